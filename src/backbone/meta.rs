@@ -1,0 +1,85 @@
+//! What an exported backbone file says about itself (ONNX `metadata_props`), so that the runner,
+//! the bank and the preprocessing never guess.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tract_onnx::pb::StringStringEntryProto;
+
+use super::arch::Arch;
+
+/// Bumped when the graph's inputs or outputs change meaning.
+pub const GRAPH_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    /// f32 weights and activations.
+    F32,
+    /// int8 per-output-channel weights, activations quantised per tensor at run time.
+    Int8,
+}
+
+impl Quant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::F32 => "f32",
+            Quant::Int8 => "int8",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneMeta {
+    pub arch: Arch,
+    pub patch: usize,
+    pub input_size: usize,
+    pub embed_dim: usize,
+    pub heads: usize,
+    /// Blocks whose patch tokens are concatenated (channel axis) into the output.
+    pub feature_blocks: Vec<usize>,
+    /// Blocks 0..prompt_blocks take a prefix prompt (all blocks that run).
+    pub prompt_blocks: usize,
+    pub prompt_len: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub weights_sha256: String,
+    pub quant: Quant,
+}
+
+impl BackboneMeta {
+    pub fn grid(&self) -> usize {
+        self.input_size / self.patch
+    }
+
+    pub fn patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        self.embed_dim * self.feature_blocks.len()
+    }
+
+    pub fn to_props(&self) -> Vec<StringStringEntryProto> {
+        let json = serde_json::to_string(self).expect("metadata serialises");
+        [("ucad.format", GRAPH_FORMAT.to_string()), ("ucad.backbone", json)]
+            .into_iter()
+            .map(|(key, value)| StringStringEntryProto { key: key.into(), value })
+            .collect()
+    }
+
+    pub fn from_props(props: &[StringStringEntryProto], origin: &str) -> Result<BackboneMeta> {
+        let map: HashMap<&str, &str> = props.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+        let format: u32 = map
+            .get("ucad.format")
+            .with_context(|| format!("{origin}: not a ucad backbone (no ucad metadata); export it with `ucad export`"))?
+            .parse()
+            .with_context(|| format!("{origin}: bad ucad.format metadata"))?;
+        if format != GRAPH_FORMAT {
+            bail!("{origin}: backbone graph format {format}, this ucad reads {GRAPH_FORMAT}; re-export it");
+        }
+        let json = map.get("ucad.backbone").with_context(|| format!("{origin}: ucad.backbone metadata missing"))?;
+        serde_json::from_str(json).with_context(|| format!("{origin}: bad ucad.backbone metadata"))
+    }
+}

@@ -1,0 +1,112 @@
+//! Runs an exported backbone under tract: plain (frozen ViT) or prompted passes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use prost::Message;
+use tract_core::prelude::*;
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::{Framework, InferenceFact, InferenceModelExt};
+
+use super::meta::BackboneMeta;
+
+/// A learned prefix prompt for every prompted block: row-major [blocks, 2 (key, value), len, dim].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    pub blocks: usize,
+    pub len: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Prompt {
+    pub fn zeros(meta: &BackboneMeta) -> Prompt {
+        let (blocks, len, dim) = (meta.prompt_blocks, meta.prompt_len, meta.embed_dim);
+        Prompt { blocks, len, dim, data: vec![0.0; blocks * 2 * len * dim] }
+    }
+
+    fn fits(&self, meta: &BackboneMeta) -> bool {
+        (self.blocks, self.len, self.dim) == (meta.prompt_blocks, meta.prompt_len, meta.embed_dim)
+    }
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+pub struct Backbone {
+    pub meta: BackboneMeta,
+    pub path: PathBuf,
+    /// sha256 of the ONNX file: what a bank records to refuse another backbone.
+    pub file_sha256: String,
+    batch: usize,
+    plan: Plan,
+}
+
+impl Backbone {
+    /// Loads for single images (the device hot path).
+    pub fn load(path: &Path) -> Result<Backbone> {
+        Backbone::load_batched(path, 1)
+    }
+
+    pub fn load_batched(path: &Path, batch: usize) -> Result<Backbone> {
+        ensure!(batch >= 1, "batch must be at least 1");
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read backbone {}", path.display()))?;
+        let proto = ModelProto::decode(bytes.as_slice())
+            .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
+        let meta = BackboneMeta::from_props(&proto.metadata_props, &path.display().to_string())?;
+        let plan = optimise(&proto, &meta, batch).with_context(|| format!("{}: tract cannot load it", path.display()))?;
+        let file_sha256 = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(&bytes))
+        };
+        Ok(Backbone { meta, path: path.to_path_buf(), file_sha256, batch, plan })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Patch features [batch, N, F] for a batch of normalised images [batch, 3, S, S]; each
+    /// sample gets its own prompt (None = plain pass).
+    pub fn run(&self, images: Tensor, prompts: &[Option<&Prompt>]) -> Result<Tensor> {
+        let s = self.meta.input_size;
+        ensure!(images.shape() == [self.batch, 3, s, s], "image tensor {:?}, expected [{}, 3, {s}, {s}]", images.shape(), self.batch);
+        ensure!(prompts.len() == self.batch, "{} prompts for a batch of {}", prompts.len(), self.batch);
+        let per_sample = self.meta.prompt_blocks * 2 * self.meta.prompt_len * self.meta.embed_dim;
+        let mut prompt = vec![0f32; self.batch * per_sample];
+        let mut gate = vec![0f32; self.batch];
+        for (i, p) in prompts.iter().enumerate() {
+            if let Some(p) = p {
+                ensure!(p.fits(&self.meta), "prompt [{}, 2, {}, {}] does not fit this backbone", p.blocks, p.len, p.dim);
+                prompt[i * per_sample..][..per_sample].copy_from_slice(&p.data);
+                gate[i] = 1.0;
+            }
+        }
+        let prompt_shape = [self.batch, self.meta.prompt_blocks, 2, self.meta.prompt_len, self.meta.embed_dim];
+        let inputs = tvec!(
+            images.into(),
+            Tensor::from_shape(&prompt_shape, &prompt)?.into(),
+            Tensor::from_shape(&[self.batch], &gate)?.into(),
+        );
+        let mut out = self.plan.run(inputs)?;
+        Ok(out.remove(0).into_tensor())
+    }
+
+    /// Features of one image as a row-major [N, F] vector.
+    pub fn features(&self, image: Tensor, prompt: Option<&Prompt>) -> Result<Vec<f32>> {
+        ensure!(self.batch == 1, "features() needs a backbone loaded for batch 1");
+        let out = self.run(image, &[prompt])?;
+        Ok(out.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+    }
+}
+
+fn optimise(proto: &ModelProto, meta: &BackboneMeta, batch: usize) -> Result<Plan> {
+    let s = meta.input_size;
+    let prompt_shape = [batch, meta.prompt_blocks, 2, meta.prompt_len, meta.embed_dim];
+    let model = tract_onnx::onnx()
+        .model_for_proto_model(proto)?
+        .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [batch, 3, s, s]))?
+        .with_input_fact(1, InferenceFact::dt_shape(f32::datum_type(), prompt_shape))?
+        .with_input_fact(2, InferenceFact::dt_shape(f32::datum_type(), [batch]))?;
+    Ok(model.into_optimized()?.into_runnable()?)
+}
