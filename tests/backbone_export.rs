@@ -16,9 +16,17 @@ fn random_vec(len: usize, seed: u64, range: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-range..range)).collect()
 }
 
-fn exported(blocks: Vec<usize>, prompt_len: usize, dir: &tempfile::TempDir) -> (VitWeights, ExportOptions, std::path::PathBuf) {
+fn exported(
+    blocks: Vec<usize>,
+    prompt_len: usize,
+    dir: &tempfile::TempDir,
+) -> (VitWeights, ExportOptions, std::path::PathBuf) {
     let weights = VitWeights::random(ARCH, 7);
-    let opts = ExportOptions { blocks, prompt_len, ..ExportOptions::defaults(ARCH) };
+    let opts = ExportOptions {
+        blocks,
+        prompt_len,
+        ..ExportOptions::defaults(ARCH)
+    };
     let path = dir.path().join("tiny.onnx");
     export_to_file(&weights, &opts, &path).expect("export");
     (weights, opts, path)
@@ -62,9 +70,20 @@ fn plain_and_prompted_match_the_reference_forward() {
 
         let prompt = prompt_for(&backbone, 3);
         let prompted = backbone.features(image_tensor(&[&img]), Some(&prompt)).unwrap();
-        let want = reference::forward(&weights, &ARCH.spec(), &img, opts.input_size, &blocks, Some((&prompt.data, len)));
+        let want = reference::forward(
+            &weights,
+            &ARCH.spec(),
+            &img,
+            opts.input_size,
+            &blocks,
+            Some((&prompt.data, len)),
+        );
         assert_close(&prompted, &want, 1e-4);
-        let moved = prompted.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let moved = prompted
+            .iter()
+            .zip(&plain)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(moved > 1e-2, "the prompt must change the features (max change {moved})");
     }
 }
@@ -77,7 +96,9 @@ fn prompts_are_per_sample_with_no_batch_position_dependence() {
     let batched = Backbone::load_batched(&path, 3).unwrap();
     let (a, b, c) = (image(10), image(11), image(12));
     let (pa, pc) = (prompt_for(&single, 20), prompt_for(&single, 21));
-    let out = batched.run(image_tensor(&[&a, &b, &c]), &[Some(&pa), None, Some(&pc)]).unwrap();
+    let out = batched
+        .run(image_tensor(&[&a, &b, &c]), &[Some(&pa), None, Some(&pc)])
+        .unwrap();
     let out = out.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
     let per = out.len() / 3;
     let alone = [
@@ -89,7 +110,9 @@ fn prompts_are_per_sample_with_no_batch_position_dependence() {
         assert_close(&out[i * per..(i + 1) * per], want, 1e-5);
     }
     // Swapping batch positions swaps the outputs, nothing else.
-    let swapped = batched.run(image_tensor(&[&c, &b, &a]), &[Some(&pc), None, Some(&pa)]).unwrap();
+    let swapped = batched
+        .run(image_tensor(&[&c, &b, &a]), &[Some(&pc), None, Some(&pa)])
+        .unwrap();
     let swapped = swapped.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
     assert_close(&swapped[..per], &alone[2], 1e-5);
     assert_close(&swapped[2 * per..], &alone[0], 1e-5);
@@ -101,13 +124,25 @@ fn int8_export_runs_and_stays_close_to_f32() {
     let weights = VitWeights::random(ARCH, 7);
     let f32_path = dir.path().join("f32.onnx");
     let int8_path = dir.path().join("int8.onnx");
-    let opts = ExportOptions { blocks: vec![3], ..ExportOptions::defaults(ARCH) };
+    let opts = ExportOptions {
+        blocks: vec![3],
+        ..ExportOptions::defaults(ARCH)
+    };
     export_to_file(&weights, &opts, &f32_path).unwrap();
-    let int8_opts = ExportOptions { quant: ucad::backbone::Quant::Int8, ..opts };
+    let int8_opts = ExportOptions {
+        quant: ucad::backbone::Quant::Int8,
+        ..opts
+    };
     export_to_file(&weights, &int8_opts, &int8_path).unwrap();
     let img = image(5);
-    let a = Backbone::load(&f32_path).unwrap().features(image_tensor(&[&img]), None).unwrap();
-    let b = Backbone::load(&int8_path).unwrap().features(image_tensor(&[&img]), None).unwrap();
+    let a = Backbone::load(&f32_path)
+        .unwrap()
+        .features(image_tensor(&[&img]), None)
+        .unwrap();
+    let b = Backbone::load(&int8_path)
+        .unwrap()
+        .features(image_tensor(&[&img]), None)
+        .unwrap();
     for (ta, tb) in a.chunks(32).zip(b.chunks(32)) {
         let cos = common::cosine(ta, tb);
         assert!(cos > 0.99, "int8 token cosine {cos}");

@@ -13,7 +13,7 @@ use prost::Message;
 use tract_onnx::pb::{ModelProto, OperatorSetIdProto};
 
 use super::arch::{Activation, Arch, ArchSpec};
-use super::meta::{BackboneMeta, Quant};
+use super::meta::{BackboneMeta, Quant, Resize};
 use super::onnx_graph::{attr_float, attr_int, attr_ints, Dim, GraphBuilder};
 use super::resample::resize_grid;
 use super::weights::VitWeights;
@@ -29,6 +29,7 @@ pub struct ExportOptions {
     pub blocks: Vec<usize>,
     pub prompt_len: usize,
     pub quant: Quant,
+    pub resize: Resize,
 }
 
 impl ExportOptions {
@@ -39,17 +40,27 @@ impl ExportOptions {
             blocks: vec![5.min(arch.spec().depth - 1)],
             prompt_len: 1,
             quant: Quant::F32,
+            resize: Resize::Squash,
         }
     }
 
     fn check(&self, spec: &ArchSpec) -> Result<()> {
         ensure!(!self.blocks.is_empty(), "at least one feature block is needed");
         for b in &self.blocks {
-            ensure!(*b < spec.depth, "block {b} does not exist: {} has blocks 0..{}", self.arch, spec.depth - 1);
+            ensure!(
+                *b < spec.depth,
+                "block {b} does not exist: {} has blocks 0..{}",
+                self.arch,
+                spec.depth - 1
+            );
         }
         ensure!(self.prompt_len >= 1, "prompt length must be at least 1");
         if self.input_size == 0 || self.input_size % spec.patch != 0 {
-            bail!("input size {} is not a positive multiple of the patch size {}", self.input_size, spec.patch);
+            bail!(
+                "input size {} is not a positive multiple of the patch size {}",
+                self.input_size,
+                spec.patch
+            );
         }
         Ok(())
     }
@@ -72,15 +83,25 @@ pub fn export_model(weights: &VitWeights, opts: &ExportOptions) -> Result<ModelP
         prompt_blocks: blocks[blocks.len() - 1] + 1,
         feature_blocks: blocks,
         prompt_len: opts.prompt_len,
+        resize: opts.resize,
         mean: spec.mean,
         std: spec.std,
         weights_sha256: weights.sha256.clone(),
         quant: opts.quant,
     };
-    let graph = VitGraph { g: GraphBuilder::default(), w: weights, spec: &spec, meta: &meta }.build()?;
+    let graph = VitGraph {
+        g: GraphBuilder::default(),
+        w: weights,
+        spec: &spec,
+        meta: &meta,
+    }
+    .build()?;
     Ok(ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
         producer_name: "ucad".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),
@@ -97,7 +118,11 @@ pub fn export_to_file(weights: &VitWeights, opts: &ExportOptions, out: &Path) ->
 /// A linear layer's input, quantised once when several layers read it (q, k and v).
 enum LinearInput {
     F32(String),
-    Int8 { q: String, scale: String, zero_point: String },
+    Int8 {
+        q: String,
+        scale: String,
+        zero_point: String,
+    },
 }
 
 struct VitGraph<'a> {
@@ -111,10 +136,19 @@ impl VitGraph<'_> {
     fn build(mut self) -> Result<tract_onnx::pb::GraphProto> {
         let (s, d, l) = (self.meta.input_size, self.spec.embed_dim, self.meta.prompt_len);
         let p = self.meta.prompt_blocks;
-        let image = self.g.input("image", &[Dim::Symbol("batch"), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]);
+        let image = self.g.input(
+            "image",
+            &[Dim::Symbol("batch"), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)],
+        );
         let prompt = self.g.input(
             "prompt",
-            &[Dim::Symbol("batch"), Dim::Fixed(p), Dim::Fixed(2), Dim::Fixed(l), Dim::Fixed(d)],
+            &[
+                Dim::Symbol("batch"),
+                Dim::Fixed(p),
+                Dim::Fixed(2),
+                Dim::Fixed(l),
+                Dim::Fixed(d),
+            ],
         );
         let gate = self.g.input("prompt_gate", &[Dim::Symbol("batch")]);
         let gate_bias = self.gate_bias(&gate);
@@ -128,14 +162,18 @@ impl VitGraph<'_> {
             if self.meta.feature_blocks.contains(&b) {
                 let tokens = 1 + self.meta.patches() as i64;
                 let (starts, ends, axes) = (self.g.ints(&[1]), self.g.ints(&[tokens]), self.g.ints(&[1]));
-                features.push(self.g.op(&format!("features.{b}"), "Slice", &[&x, &starts, &ends, &axes], vec![]));
+                features.push(
+                    self.g
+                        .op(&format!("features.{b}"), "Slice", &[&x, &starts, &ends, &axes], vec![]),
+                );
             }
         }
         let refs: Vec<&str> = features.iter().map(String::as_str).collect();
         self.g.op_to("features", "Concat", &refs, vec![attr_int("axis", 2)]);
         let n = self.meta.patches();
         let f = self.meta.feature_dim();
-        self.g.output("features", &[Dim::Symbol("batch"), Dim::Fixed(n), Dim::Fixed(f)]);
+        self.g
+            .output("features", &[Dim::Symbol("batch"), Dim::Fixed(n), Dim::Fixed(f)]);
         Ok(self.g.finish("ucad_vit"))
     }
 
@@ -162,11 +200,19 @@ impl VitGraph<'_> {
             conv_inputs.push(self.param("patch_embed.proj.bias")?);
         }
         let refs: Vec<&str> = conv_inputs.iter().map(String::as_str).collect();
-        let attrs = vec![attr_ints("kernel_shape", &[patch, patch]), attr_ints("strides", &[patch, patch])];
+        let attrs = vec![
+            attr_ints("kernel_shape", &[patch, patch]),
+            attr_ints("strides", &[patch, patch]),
+        ];
         let conv = self.g.op("patch_embed", "Conv", &refs, attrs);
         let flat_shape = self.g.ints(&[-1, d as i64, (grid * grid) as i64]);
         let flat = self.g.op("patch_embed", "Reshape", &[&conv, &flat_shape], vec![]);
-        let patches = self.g.op("patch_embed", "Transpose", &[&flat], vec![attr_ints("perm", &[0, 2, 1])]);
+        let patches = self.g.op(
+            "patch_embed",
+            "Transpose",
+            &[&flat],
+            vec![attr_ints("perm", &[0, 2, 1])],
+        );
 
         let shape = self.g.op("cls", "Shape", &[image], vec![]);
         let (zero, one, axis0) = (self.g.ints(&[0]), self.g.ints(&[1]), self.g.ints(&[0]));
@@ -175,7 +221,9 @@ impl VitGraph<'_> {
         let cls_shape = self.g.op("cls", "Concat", &[&batch, &rest], vec![attr_int("axis", 0)]);
         let cls = self.param("cls_token")?;
         let cls = self.g.op("cls", "Expand", &[&cls, &cls_shape], vec![]);
-        let tokens = self.g.op("embed", "Concat", &[&cls, &patches], vec![attr_int("axis", 1)]);
+        let tokens = self
+            .g
+            .op("embed", "Concat", &[&cls, &patches], vec![attr_int("axis", 1)]);
 
         let pos = self.pos_embed(grid)?;
         let pos = self.g.f32_init("pos_embed", &[1, 1 + grid * grid, d], &pos);
@@ -207,13 +255,24 @@ impl VitGraph<'_> {
                 let mut out = self.g.op_n(scope, "DynamicQuantizeLinear", &[x], vec![], 3);
                 let zero_point = out.pop().expect("3 outputs");
                 let scale = out.pop().expect("3 outputs");
-                LinearInput::Int8 { q: out.pop().expect("3 outputs"), scale, zero_point }
+                LinearInput::Int8 {
+                    q: out.pop().expect("3 outputs"),
+                    scale,
+                    zero_point,
+                }
             }
         }
     }
 
     /// y = x·Wᵀ + b for W = weight[rows] (a row range selects q, k or v out of a fused qkv).
-    fn linear(&mut self, scope: &str, input: &LinearInput, weight: &str, bias: &str, rows: std::ops::Range<usize>) -> Result<String> {
+    fn linear(
+        &mut self,
+        scope: &str,
+        input: &LinearInput,
+        weight: &str,
+        bias: &str,
+        rows: std::ops::Range<usize>,
+    ) -> Result<String> {
         let w = self.w.get(weight)?;
         let cols = w.shape[1];
         let out_dim = rows.len();
@@ -223,7 +282,9 @@ impl VitGraph<'_> {
                 wt[c * out_dim + o] = w.data[r * cols + c];
             }
         }
-        let b = self.g.f32_init(&format!("{scope}.bias"), &[out_dim], &self.w.get(bias)?.data[rows]);
+        let b = self
+            .g
+            .f32_init(&format!("{scope}.bias"), &[out_dim], &self.w.get(bias)?.data[rows]);
         let y = match input {
             LinearInput::F32(x) => {
                 let wt = self.g.f32_init(&format!("{scope}.weight_t"), &[cols, out_dim], &wt);
@@ -232,7 +293,7 @@ impl VitGraph<'_> {
             LinearInput::Int8 { q, scale, zero_point } => {
                 let (wq, wscale) = quantize_columns(&wt, cols, out_dim);
                 let wq = self.g.i8_init(&format!("{scope}.weight_q"), &[cols, out_dim], &wq);
-                let wzp = self.g.i8_init(&format!("{scope}.weight_zp"), &[out_dim], &vec![0; out_dim]);
+                let wzp = self.g.i8_init(&format!("{scope}.weight_zp"), &[], &[0]);
                 let wscale = self.g.f32_init(&format!("{scope}.weight_scale"), &[out_dim], &wscale);
                 let acc = self.g.op(scope, "MatMulInteger", &[q, &wq, zero_point, &wzp], vec![]);
                 let acc = self.g.op(scope, "Cast", &[&acc], vec![attr_int("to", 1)]);
@@ -256,7 +317,10 @@ impl VitGraph<'_> {
         let (d, t, l) = (self.spec.embed_dim, 1 + self.meta.patches(), self.meta.prompt_len);
         let s = format!("blocks.{b}.attn");
         let input = self.linear_input(&s, x);
-        let (qkv_w, qkv_b) = (format!("blocks.{b}.attn.qkv.weight"), format!("blocks.{b}.attn.qkv.bias"));
+        let (qkv_w, qkv_b) = (
+            format!("blocks.{b}.attn.qkv.weight"),
+            format!("blocks.{b}.attn.qkv.bias"),
+        );
         let q = self.linear(&format!("{s}.q"), &input, &qkv_w, &qkv_b, 0..d)?;
         let k = self.linear(&format!("{s}.k"), &input, &qkv_w, &qkv_b, d..2 * d)?;
         let v = self.linear(&format!("{s}.v"), &input, &qkv_w, &qkv_b, 2 * d..3 * d)?;
@@ -267,32 +331,54 @@ impl VitGraph<'_> {
         let v = self.split_heads(&s, &v, t, false);
 
         let block_index = self.g.index(b as i64);
-        let block_prompt = self.g.op(&s, "Gather", &[prompt, &block_index], vec![attr_int("axis", 1)]);
+        let block_prompt = self
+            .g
+            .op(&s, "Gather", &[prompt, &block_index], vec![attr_int("axis", 1)]);
         let (key_index, value_index) = (self.g.index(0), self.g.index(1));
-        let pk = self.g.op(&s, "Gather", &[&block_prompt, &key_index], vec![attr_int("axis", 1)]);
-        let pv = self.g.op(&s, "Gather", &[&block_prompt, &value_index], vec![attr_int("axis", 1)]);
+        let pk = self
+            .g
+            .op(&s, "Gather", &[&block_prompt, &key_index], vec![attr_int("axis", 1)]);
+        let pv = self
+            .g
+            .op(&s, "Gather", &[&block_prompt, &value_index], vec![attr_int("axis", 1)]);
         let pk_t = self.split_heads(&s, &pk, l, true);
         let pv = self.split_heads(&s, &pv, l, false);
 
         let prefix_logits = self.g.op(&s, "MatMul", &[&q, &pk_t], vec![]);
         let prefix_logits = self.g.op(&s, "Add", &[&prefix_logits, gate_bias], vec![]);
         let token_logits = self.g.op(&s, "MatMul", &[&q, &k_t], vec![]);
-        let logits = self.g.op(&s, "Concat", &[&prefix_logits, &token_logits], vec![attr_int("axis", 3)]);
+        let logits = self.g.op(
+            &s,
+            "Concat",
+            &[&prefix_logits, &token_logits],
+            vec![attr_int("axis", 3)],
+        );
         let probs = self.g.op(&s, "Softmax", &[&logits], vec![attr_int("axis", 3)]);
         let values = self.g.op(&s, "Concat", &[&pv, &v], vec![attr_int("axis", 2)]);
         let heads = self.g.op(&s, "MatMul", &[&probs, &values], vec![]);
-        let heads = self.g.op(&s, "Transpose", &[&heads], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        let heads = self
+            .g
+            .op(&s, "Transpose", &[&heads], vec![attr_ints("perm", &[0, 2, 1, 3])]);
         let shape = self.g.ints(&[-1, t as i64, d as i64]);
         let merged = self.g.op(&s, "Reshape", &[&heads, &shape], vec![]);
         let input = self.linear_input(&format!("{s}.proj"), &merged);
-        self.linear(&format!("{s}.proj"), &input, &format!("{s}.proj.weight"), &format!("{s}.proj.bias"), 0..d)
+        self.linear(
+            &format!("{s}.proj"),
+            &input,
+            &format!("{s}.proj.weight"),
+            &format!("{s}.proj.bias"),
+            0..d,
+        )
     }
 
     fn activation(&mut self, scope: &str, x: &str) -> String {
         match self.spec.activation {
             Activation::Gelu => {
-                let (inv_sqrt2, one, half) =
-                    (self.g.scalar(std::f32::consts::FRAC_1_SQRT_2), self.g.scalar(1.0), self.g.scalar(0.5));
+                let (inv_sqrt2, one, half) = (
+                    self.g.scalar(std::f32::consts::FRAC_1_SQRT_2),
+                    self.g.scalar(1.0),
+                    self.g.scalar(0.5),
+                );
                 let scaled = self.g.op(scope, "Mul", &[x, &inv_sqrt2], vec![]);
                 let erf = self.g.op(scope, "Erf", &[&scaled], vec![]);
                 let erf1 = self.g.op(scope, "Add", &[&erf, &one], vec![]);
@@ -312,10 +398,22 @@ impl VitGraph<'_> {
         let (d, h) = (self.spec.embed_dim, self.spec.mlp_hidden);
         let s = format!("blocks.{b}.mlp");
         let input = self.linear_input(&format!("{s}.fc1"), x);
-        let hidden = self.linear(&format!("{s}.fc1"), &input, &format!("{s}.fc1.weight"), &format!("{s}.fc1.bias"), 0..h)?;
+        let hidden = self.linear(
+            &format!("{s}.fc1"),
+            &input,
+            &format!("{s}.fc1.weight"),
+            &format!("{s}.fc1.bias"),
+            0..h,
+        )?;
         let hidden = self.activation(&s, &hidden);
         let input = self.linear_input(&format!("{s}.fc2"), &hidden);
-        self.linear(&format!("{s}.fc2"), &input, &format!("{s}.fc2.weight"), &format!("{s}.fc2.bias"), 0..d)
+        self.linear(
+            &format!("{s}.fc2"),
+            &input,
+            &format!("{s}.fc2.weight"),
+            &format!("{s}.fc2.bias"),
+            0..d,
+        )
     }
 
     fn residual(&mut self, x: &str, branch: &str, gamma: &str) -> Result<String> {
@@ -350,6 +448,10 @@ pub fn quantize_columns(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f3
             }
         })
         .collect();
-    let q = w.iter().enumerate().map(|(i, v)| (v / scales[i % cols]).round().clamp(-127.0, 127.0) as i8).collect();
+    let q = w
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v / scales[i % cols]).round().clamp(-127.0, 127.0) as i8)
+        .collect();
     (q, scales)
 }

@@ -30,6 +30,16 @@ impl Quant {
     }
 }
 
+/// How an image of any size becomes the square network input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Resize the whole image to S×S (keeps every pixel in view; aspect is not kept).
+    Squash,
+    /// Resize the shorter side to S, then take the centre S×S.
+    CenterCrop,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackboneMeta {
     pub arch: Arch,
@@ -42,6 +52,7 @@ pub struct BackboneMeta {
     /// Blocks 0..prompt_blocks take a prefix prompt (all blocks that run).
     pub prompt_blocks: usize,
     pub prompt_len: usize,
+    pub resize: Resize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub weights_sha256: String,
@@ -79,7 +90,9 @@ impl BackboneMeta {
         if format != GRAPH_FORMAT {
             bail!("{origin}: backbone graph format {format}, this ucad reads {GRAPH_FORMAT}; re-export it");
         }
-        let json = map.get("ucad.backbone").with_context(|| format!("{origin}: ucad.backbone metadata missing"))?;
+        let json = map
+            .get("ucad.backbone")
+            .with_context(|| format!("{origin}: ucad.backbone metadata missing"))?;
         serde_json::from_str(json).with_context(|| format!("{origin}: bad ucad.backbone metadata"))
     }
 }

@@ -19,7 +19,11 @@ fn taps(out: usize, len_in: usize, len_out: usize) -> [(usize, f64); 4] {
 
 /// Resizes a row-major `[grid_in, grid_in, dim]` grid to `[grid_out, grid_out, dim]`.
 pub fn resize_grid(grid: &[f32], grid_in: usize, grid_out: usize, dim: usize) -> Vec<f32> {
-    assert_eq!(grid.len(), grid_in * grid_in * dim, "grid size does not match its shape");
+    assert_eq!(
+        grid.len(),
+        grid_in * grid_in * dim,
+        "grid size does not match its shape"
+    );
     let mut rows = vec![0f64; grid_out * grid_in * dim];
     for oy in 0..grid_out {
         for (iy, wy) in taps(oy, grid_in, grid_out) {

@@ -23,7 +23,12 @@ pub struct Prompt {
 impl Prompt {
     pub fn zeros(meta: &BackboneMeta) -> Prompt {
         let (blocks, len, dim) = (meta.prompt_blocks, meta.prompt_len, meta.embed_dim);
-        Prompt { blocks, len, dim, data: vec![0.0; blocks * 2 * len * dim] }
+        Prompt {
+            blocks,
+            len,
+            dim,
+            data: vec![0.0; blocks * 2 * len * dim],
+        }
     }
 
     fn fits(&self, meta: &BackboneMeta) -> bool {
@@ -49,17 +54,29 @@ impl Backbone {
     }
 
     pub fn load_batched(path: &Path, batch: usize) -> Result<Backbone> {
-        ensure!(batch >= 1, "batch must be at least 1");
         let bytes = std::fs::read(path).with_context(|| format!("cannot read backbone {}", path.display()))?;
-        let proto = ModelProto::decode(bytes.as_slice())
+        Backbone::from_bytes(&bytes, path, batch)
+    }
+
+    /// Loads an ONNX file already in memory; `path` names it in errors and reports.
+    pub fn from_bytes(bytes: &[u8], path: &Path, batch: usize) -> Result<Backbone> {
+        ensure!(batch >= 1, "batch must be at least 1");
+        let proto = ModelProto::decode(bytes)
             .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
         let meta = BackboneMeta::from_props(&proto.metadata_props, &path.display().to_string())?;
-        let plan = optimise(&proto, &meta, batch).with_context(|| format!("{}: tract cannot load it", path.display()))?;
+        let plan =
+            optimise(&proto, &meta, batch).with_context(|| format!("{}: tract cannot load it", path.display()))?;
         let file_sha256 = {
             use sha2::{Digest, Sha256};
-            hex::encode(Sha256::digest(&bytes))
+            hex::encode(Sha256::digest(bytes))
         };
-        Ok(Backbone { meta, path: path.to_path_buf(), file_sha256, batch, plan })
+        Ok(Backbone {
+            meta,
+            path: path.to_path_buf(),
+            file_sha256,
+            batch,
+            plan,
+        })
     }
 
     pub fn batch(&self) -> usize {
@@ -70,19 +87,41 @@ impl Backbone {
     /// sample gets its own prompt (None = plain pass).
     pub fn run(&self, images: Tensor, prompts: &[Option<&Prompt>]) -> Result<Tensor> {
         let s = self.meta.input_size;
-        ensure!(images.shape() == [self.batch, 3, s, s], "image tensor {:?}, expected [{}, 3, {s}, {s}]", images.shape(), self.batch);
-        ensure!(prompts.len() == self.batch, "{} prompts for a batch of {}", prompts.len(), self.batch);
+        ensure!(
+            images.shape() == [self.batch, 3, s, s],
+            "image tensor {:?}, expected [{}, 3, {s}, {s}]",
+            images.shape(),
+            self.batch
+        );
+        ensure!(
+            prompts.len() == self.batch,
+            "{} prompts for a batch of {}",
+            prompts.len(),
+            self.batch
+        );
         let per_sample = self.meta.prompt_blocks * 2 * self.meta.prompt_len * self.meta.embed_dim;
         let mut prompt = vec![0f32; self.batch * per_sample];
         let mut gate = vec![0f32; self.batch];
         for (i, p) in prompts.iter().enumerate() {
             if let Some(p) = p {
-                ensure!(p.fits(&self.meta), "prompt [{}, 2, {}, {}] does not fit this backbone", p.blocks, p.len, p.dim);
+                ensure!(
+                    p.fits(&self.meta),
+                    "prompt [{}, 2, {}, {}] does not fit this backbone",
+                    p.blocks,
+                    p.len,
+                    p.dim
+                );
                 prompt[i * per_sample..][..per_sample].copy_from_slice(&p.data);
                 gate[i] = 1.0;
             }
         }
-        let prompt_shape = [self.batch, self.meta.prompt_blocks, 2, self.meta.prompt_len, self.meta.embed_dim];
+        let prompt_shape = [
+            self.batch,
+            self.meta.prompt_blocks,
+            2,
+            self.meta.prompt_len,
+            self.meta.embed_dim,
+        ];
         let inputs = tvec!(
             images.into(),
             Tensor::from_shape(&prompt_shape, &prompt)?.into(),
@@ -108,5 +147,5 @@ fn optimise(proto: &ModelProto, meta: &BackboneMeta, batch: usize) -> Result<Pla
         .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [batch, 3, s, s]))?
         .with_input_fact(1, InferenceFact::dt_shape(f32::datum_type(), prompt_shape))?
         .with_input_fact(2, InferenceFact::dt_shape(f32::datum_type(), [batch]))?;
-    Ok(model.into_optimized()?.into_runnable()?)
+    model.into_optimized()?.into_runnable()
 }

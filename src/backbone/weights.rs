@@ -49,7 +49,10 @@ pub fn expected_shapes(spec: &ArchSpec) -> Vec<(String, Vec<usize>)> {
     let h = spec.mlp_hidden;
     let tokens = 1 + spec.stored_grid * spec.stored_grid;
     let mut out = vec![
-        ("patch_embed.proj.weight".to_string(), vec![d, 3, spec.patch, spec.patch]),
+        (
+            "patch_embed.proj.weight".to_string(),
+            vec![d, 3, spec.patch, spec.patch],
+        ),
         ("cls_token".to_string(), vec![1, 1, d]),
         ("pos_embed".to_string(), vec![1, tokens, d]),
     ];
@@ -90,21 +93,25 @@ impl VitWeights {
             .into_iter()
             .filter_map(|(name, shape)| match self.params.get(&name) {
                 None => Some(format!("missing {name}")),
-                Some(p) if p.shape != shape => {
-                    Some(format!("{name} has shape {:?}, expected {shape:?}", p.shape))
-                }
+                Some(p) if p.shape != shape => Some(format!("{name} has shape {:?}, expected {shape:?}", p.shape)),
                 Some(_) => None,
             })
             .collect();
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(MappingError { origin: origin.to_string(), arch, problems })
+            Err(MappingError {
+                origin: origin.to_string(),
+                arch,
+                problems,
+            })
         }
     }
 
     pub fn get(&self, name: &str) -> Result<&Param> {
-        self.params.get(name).with_context(|| format!("weights lack tensor {name}"))
+        self.params
+            .get(name)
+            .with_context(|| format!("weights lack tensor {name}"))
     }
 
     /// Random weights for tests: deterministic for a seed, scaled so activations stay O(1).
@@ -113,19 +120,24 @@ impl VitWeights {
         let mut params = BTreeMap::new();
         for (name, shape) in expected_shapes(&arch.spec()) {
             let len: usize = shape.iter().product();
-            let fan_in = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { 1 };
-            let data: Vec<f32> = if name.ends_with("norm1.weight")
-                || name.ends_with("norm2.weight")
-                || name == "norm_pre.weight"
-            {
-                (0..len).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
+            let fan_in = if shape.len() >= 2 {
+                shape[1..].iter().product::<usize>()
             } else {
-                let scale = 1.0 / (fan_in as f32).sqrt();
-                (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+                1
             };
+            let data: Vec<f32> =
+                if name.ends_with("norm1.weight") || name.ends_with("norm2.weight") || name == "norm_pre.weight" {
+                    (0..len).map(|_| 1.0 + rng.random_range(-0.1..0.1)).collect()
+                } else {
+                    let scale = 1.0 / (fan_in as f32).sqrt();
+                    (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+                };
             params.insert(name, Param::new(shape, data));
         }
-        let mut weights = VitWeights { params, sha256: String::new() };
+        let mut weights = VitWeights {
+            params,
+            sha256: String::new(),
+        };
         weights.sha256 = hex::encode(Sha256::digest(weights.to_safetensors_bytes(arch).unwrap_or_default()));
         weights
     }
@@ -141,7 +153,11 @@ impl VitWeights {
         }
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
-        let arch = header.metadata().as_ref().and_then(|m| m.get("arch")).and_then(|a| Arch::from_name(a));
+        let arch = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("arch"))
+            .and_then(|a| Arch::from_name(a));
         let sha256 = hex::encode(Sha256::digest(&bytes));
         Ok((VitWeights { params, sha256 }, arch))
     }
@@ -162,7 +178,13 @@ impl VitWeights {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .params
             .iter()
-            .map(|(name, p)| (name.clone(), p.data.iter().flat_map(|v| v.to_le_bytes()).collect(), p.shape.clone()))
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    p.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    p.shape.clone(),
+                )
+            })
             .collect();
         let views = bytes
             .iter()
@@ -182,9 +204,18 @@ impl VitWeights {
 fn to_f32(view: &TensorView) -> Result<Vec<f32>> {
     let raw = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         other => bail!("dtype {other:?} is not a float type"),
     })
 }

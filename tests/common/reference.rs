@@ -47,7 +47,8 @@ fn erf(x: f64) -> f64 {
                     + t * (0.096_784_18
                         + t * (-0.186_288_06
                             + t * (0.278_868_07
-                                + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
             .exp();
     if x >= 0.0 {
         y
@@ -77,9 +78,16 @@ pub fn forward(
     let grid = size / p;
     let n = grid * grid;
     let t = n + 1;
-    assert_eq!(grid, spec.stored_grid, "the reference does not resample position embeddings");
+    assert_eq!(
+        grid, spec.stored_grid,
+        "the reference does not resample position embeddings"
+    );
     let proj = param(w, "patch_embed.proj.weight");
-    let proj_bias = if spec.patch_bias { param(w, "patch_embed.proj.bias").to_vec() } else { vec![0.0; d] };
+    let proj_bias = if spec.patch_bias {
+        param(w, "patch_embed.proj.bias").to_vec()
+    } else {
+        vec![0.0; d]
+    };
     let mut x = vec![0f32; t * d];
     x[..d].copy_from_slice(param(w, "cls_token"));
     for gy in 0..grid {
@@ -103,7 +111,13 @@ pub fn forward(
         *v += pe;
     }
     if spec.pre_norm {
-        x = layer_norm(&x, d, param(w, "norm_pre.weight"), param(w, "norm_pre.bias"), spec.ln_eps);
+        x = layer_norm(
+            &x,
+            d,
+            param(w, "norm_pre.weight"),
+            param(w, "norm_pre.bias"),
+            spec.ln_eps,
+        );
     }
     let last = *blocks.iter().max().expect("blocks");
     let mut out = vec![Vec::new(); blocks.len()];
@@ -127,8 +141,20 @@ pub fn forward(
 fn block(w: &VitWeights, spec: &ArchSpec, b: usize, x: &[f32], t: usize, prompt: Option<(&[f32], usize)>) -> Vec<f32> {
     let d = spec.embed_dim;
     let name = |s: &str| format!("blocks.{b}.{s}");
-    let h = layer_norm(x, d, param(w, &name("norm1.weight")), param(w, &name("norm1.bias")), spec.ln_eps);
-    let qkv = linear(&h, t, param(w, &name("attn.qkv.weight")), param(w, &name("attn.qkv.bias")), 3 * d);
+    let h = layer_norm(
+        x,
+        d,
+        param(w, &name("norm1.weight")),
+        param(w, &name("norm1.bias")),
+        spec.ln_eps,
+    );
+    let qkv = linear(
+        &h,
+        t,
+        param(w, &name("attn.qkv.weight")),
+        param(w, &name("attn.qkv.bias")),
+        3 * d,
+    );
     let (heads, hd) = (spec.heads, spec.head_dim());
     let scale = (hd as f64).powf(-0.5);
     // Keys and values: prefix tokens first, then the image tokens.
@@ -152,7 +178,14 @@ fn block(w: &VitWeights, spec: &ArchSpec, b: usize, x: &[f32], t: usize, prompt:
             let r = hh * hd..(hh + 1) * hd;
             let logits: Vec<f64> = keys
                 .iter()
-                .map(|k| q[r.clone()].iter().zip(&k[r.clone()]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale)
+                .map(|k| {
+                    q[r.clone()]
+                        .iter()
+                        .zip(&k[r.clone()])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * scale
+                })
                 .collect();
             let max = logits.iter().cloned().fold(f64::MIN, f64::max);
             let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
@@ -162,12 +195,36 @@ fn block(w: &VitWeights, spec: &ArchSpec, b: usize, x: &[f32], t: usize, prompt:
             }
         }
     }
-    let attn = linear(&attn, t, param(w, &name("attn.proj.weight")), param(w, &name("attn.proj.bias")), d);
+    let attn = linear(
+        &attn,
+        t,
+        param(w, &name("attn.proj.weight")),
+        param(w, &name("attn.proj.bias")),
+        d,
+    );
     let mut x = residual(w, spec, x, &attn, &name("ls1.gamma"));
-    let h = layer_norm(&x, d, param(w, &name("norm2.weight")), param(w, &name("norm2.bias")), spec.ln_eps);
-    let mut hidden = linear(&h, t, param(w, &name("mlp.fc1.weight")), param(w, &name("mlp.fc1.bias")), spec.mlp_hidden);
+    let h = layer_norm(
+        &x,
+        d,
+        param(w, &name("norm2.weight")),
+        param(w, &name("norm2.bias")),
+        spec.ln_eps,
+    );
+    let mut hidden = linear(
+        &h,
+        t,
+        param(w, &name("mlp.fc1.weight")),
+        param(w, &name("mlp.fc1.bias")),
+        spec.mlp_hidden,
+    );
     hidden.iter_mut().for_each(|v| *v = activate(*v, spec.activation));
-    let mlp = linear(&hidden, t, param(w, &name("mlp.fc2.weight")), param(w, &name("mlp.fc2.bias")), d);
+    let mlp = linear(
+        &hidden,
+        t,
+        param(w, &name("mlp.fc2.weight")),
+        param(w, &name("mlp.fc2.bias")),
+        d,
+    );
     x = residual(w, spec, &x, &mlp, &name("ls2.gamma"));
     x
 }
@@ -177,6 +234,12 @@ fn residual(w: &VitWeights, spec: &ArchSpec, x: &[f32], branch: &[f32], gamma: &
     x.iter()
         .zip(branch)
         .enumerate()
-        .map(|(i, (a, b))| if spec.layer_scale { a + b * param(w, gamma)[i % d] } else { a + b })
+        .map(|(i, (a, b))| {
+            if spec.layer_scale {
+                a + b * param(w, gamma)[i % d]
+            } else {
+                a + b
+            }
+        })
         .collect()
 }

