@@ -59,3 +59,61 @@ impl Preprocessor {
         Tensor::from_shape(&[1, 3, self.size, self.size], &self.planes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::{export::ExportOptions, Arch};
+
+    fn meta(resize: Resize) -> BackboneMeta {
+        let opts = ExportOptions {
+            resize,
+            ..ExportOptions::defaults(Arch::VitTinyTest)
+        };
+        let spec = Arch::VitTinyTest.spec();
+        BackboneMeta {
+            arch: Arch::VitTinyTest,
+            patch: spec.patch,
+            input_size: opts.input_size,
+            embed_dim: spec.embed_dim,
+            heads: spec.heads,
+            feature_blocks: opts.blocks,
+            prompt_blocks: 2,
+            prompt_len: 1,
+            resize,
+            mean: spec.mean,
+            std: spec.std,
+            weights_sha256: String::new(),
+            quant: opts.quant,
+        }
+    }
+
+    #[test]
+    fn normalises_each_channel_with_the_metadata_constants() {
+        let m = meta(Resize::Squash);
+        let img = RgbImage::from_pixel(50, 20, image::Rgb([255, 0, 128]));
+        let t = Preprocessor::new(&m).tensor(&img).unwrap();
+        assert_eq!(t.shape(), [1, 3, 32, 32]);
+        let v = t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+        let plane = 32 * 32;
+        for (c, px) in [255.0f32, 0.0, 128.0].iter().enumerate() {
+            let want = (px / 255.0 - m.mean[c]) / m.std[c];
+            assert!(v[c * plane..(c + 1) * plane].iter().all(|x| (x - want).abs() < 1e-5));
+        }
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle_and_squash_keeps_everything() {
+        // Left third red, middle green, right third blue.
+        let img = RgbImage::from_fn(96, 32, |x, _| match x / 32 {
+            0 => image::Rgb([255, 0, 0]),
+            1 => image::Rgb([0, 255, 0]),
+            _ => image::Rgb([0, 0, 255]),
+        });
+        let cropped = Preprocessor::new(&meta(Resize::CenterCrop)).fit(&img).unwrap();
+        assert!(cropped.pixels().all(|p| p[1] > 200));
+        let squashed = Preprocessor::new(&meta(Resize::Squash)).fit(&img).unwrap();
+        assert_eq!(squashed.get_pixel(0, 16)[0], 255);
+        assert_eq!(squashed.get_pixel(31, 16)[2], 255);
+    }
+}
