@@ -1,5 +1,7 @@
 //! ucad: unsupervised continual anomaly detection (UCAD, AAAI 2024) as an edge runtime.
 
 pub mod backbone;
+pub mod bank;
 pub mod data;
+pub mod detect;
 pub mod fsutil;

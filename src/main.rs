@@ -11,7 +11,12 @@ use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
 use ucad::backbone::parity::check_parity;
 use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor, Quant, Resize, VitWeights};
+use ucad::bank::format::load_for_backbone;
+use ucad::bank::{Bank, Precision};
+use ucad::data::folder::{list_images, load_rgb};
 use ucad::data::synthetic::textured_image;
+use ucad::detect::fit::{fit_task, FitParams};
+use ucad::detect::Detector;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +70,19 @@ enum Command {
         #[arg(long, value_enum, default_value = "squash")]
         resize: Resize,
     },
+    /// Learn one product from normal images and append it to a bank.
+    Fit(FitArgs),
+    /// Score images: routed task, score, decision.
+    Score {
+        #[arg(long, default_value = "default")]
+        backbone: String,
+        #[arg(long)]
+        bank: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Summarise a bank.
+    Inspect { bank: PathBuf },
     /// Extract patch features of images (or of a generated image) and print their summary.
     Features {
         /// A file, `default`, or an arch name (add `.int8` for the int8 export).
@@ -88,6 +106,38 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct FitArgs {
+    #[arg(long, default_value = "default")]
+    backbone: String,
+    /// The bank to append to (created when missing).
+    #[arg(long)]
+    bank: PathBuf,
+    /// The product's name.
+    #[arg(long)]
+    task: String,
+    /// A folder of normal images of the product.
+    #[arg(long)]
+    train: PathBuf,
+    #[arg(long, default_value_t = 196)]
+    key_rows: usize,
+    #[arg(long, default_value_t = 196)]
+    knowledge_rows: usize,
+    /// Nearest neighbours averaged into a patch score.
+    #[arg(long, default_value_t = 1)]
+    k: usize,
+    /// Fraction of the training images held out to calibrate the threshold.
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f32,
+    /// False-reject rate the threshold is set for (on held-out normal images).
+    #[arg(long, default_value_t = 0.01)]
+    false_reject: f32,
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +207,9 @@ fn run(cli: Cli) -> Result<()> {
             export_to_file(&weights, &opts, &out)?;
             println!("wrote {}", out.display());
         }
+        Command::Fit(args) => fit(&cache, args)?,
+        Command::Score { backbone, bank, images } => score(&cache, &backbone, &bank, &images)?,
+        Command::Inspect { bank } => inspect(&bank)?,
         Command::Features { backbone, images } => features(&cache, &backbone, &images)?,
         Command::CheckParity { arch, blocks } => {
             let report = check_parity(&cache, arch, &blocks)?;
@@ -207,6 +260,96 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()
             "{name}: features [{}, {}] mean {mean:.4} rms {rms:.4} in {ms:.1} ms",
             meta.patches(),
             meta.feature_dim()
+        );
+    }
+    Ok(())
+}
+
+fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
+    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
+    let mut bank = if args.bank.exists() {
+        load_for_backbone(&args.bank, &backbone.file_sha256)?
+    } else {
+        Bank::new(
+            &backbone.file_sha256,
+            backbone.meta.feature_dim(),
+            backbone.meta.patches(),
+        )
+    };
+    let images = list_images(&args.train)?;
+    let params = FitParams {
+        key_rows: args.key_rows,
+        knowledge_rows: args.knowledge_rows,
+        k: args.k,
+        holdout: args.holdout,
+        target_false_reject: args.false_reject,
+        precision: args.precision,
+        seed: args.seed,
+    };
+    let start = Instant::now();
+    let task = fit_task(&backbone, &args.task, &images, &params)?;
+    bank.append(task)?;
+    bank.save(&args.bank)?;
+    println!(
+        "fitted {} on {} images in {:.1} s; {} now holds {} task(s), version {}",
+        args.task,
+        images.len(),
+        start.elapsed().as_secs_f64(),
+        args.bank.display(),
+        bank.tasks.len(),
+        bank.version
+    );
+    Ok(())
+}
+
+fn score(cache: &ModelCache, backbone: &str, bank: &std::path::Path, images: &[PathBuf]) -> Result<()> {
+    let backbone = Backbone::load(&cache.resolve(backbone)?)?;
+    let detector = Detector::new(&load_for_backbone(bank, &backbone.file_sha256)?)?;
+    let mut pre = Preprocessor::new(&backbone.meta);
+    for path in images {
+        let j = detector.judge(&backbone, pre.tensor(&load_rgb(path)?)?)?;
+        let threshold = detector.tasks[j.routing.task].threshold;
+        let decision = if j.anomalous { "REJECT" } else { "pass" };
+        println!(
+            "{}: task {} (routing margin {:.4}) score {:.4} threshold {threshold:.4} {decision}",
+            path.display(),
+            j.task_name,
+            j.routing.margin,
+            j.score
+        );
+    }
+    Ok(())
+}
+
+fn inspect(path: &std::path::Path) -> Result<()> {
+    let bank = Bank::load(path)?;
+    println!(
+        "{}: bank version {}, backbone {}",
+        path.display(),
+        bank.version,
+        bank.backbone_sha256
+    );
+    println!(
+        "feature dim {}, {} patches per image, {} task(s)",
+        bank.feature_dim,
+        bank.patches,
+        bank.tasks.len()
+    );
+    for (t, (_, bytes)) in bank.tasks.iter().zip(bank.bytes_per_task()) {
+        println!(
+            "  {}: key {} rows, knowledge {} rows ({:?}), prompt {}, k {}, threshold {:.4} (normal held-out: n {} mean {:.4} std {:.4} max {:.4}), {} bytes",
+            t.name,
+            t.key.len(),
+            t.knowledge.len(),
+            t.knowledge.precision(),
+            if t.prompt.is_some() { "yes" } else { "no" },
+            t.k,
+            t.threshold,
+            t.normal.count,
+            t.normal.mean,
+            t.normal.std,
+            t.normal.max,
+            bytes
         );
     }
     Ok(())

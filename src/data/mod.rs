@@ -1,3 +1,4 @@
 //! Images in and out: dataset readers and the synthetic generator.
 
+pub mod folder;
 pub mod synthetic;

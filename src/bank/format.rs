@@ -1,0 +1,274 @@
+//! The bank file: `UCADBANK` magic, format version, body length, a postcard body and the
+//! sha256 of the body. Tasks are kept in learning order; appending one leaves the bytes of the
+//! others untouched.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::rows::Rows;
+
+const MAGIC: &[u8; 8] = b"UCADBANK";
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8;
+const CHECKSUM_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BankError {
+    #[error("{path}: cannot read the bank: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a ucad bank (bad magic)")]
+    NotABank { path: String },
+    #[error("{path}: bank format {found} is newer than this ucad reads ({supported}); update ucad")]
+    NewerFormat { path: String, found: u32, supported: u32 },
+    #[error("{path}: bank format {found} is no longer read; re-fit the bank")]
+    OlderFormat { path: String, found: u32 },
+    #[error("{path}: truncated bank ({got} bytes, the header announces {expected})")]
+    Truncated { path: String, expected: u64, got: u64 },
+    #[error("{path}: bank checksum mismatch (the file is damaged)")]
+    Checksum { path: String },
+    #[error("{path}: bank body does not decode: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("{path}: bank was fitted on backbone {bank}, not on the loaded backbone {backbone}")]
+    WrongBackbone {
+        path: String,
+        bank: String,
+        backbone: String,
+    },
+    #[error("{path}: bank does not fit the configured capacity: {reason}")]
+    OverCapacity { path: String, reason: String },
+}
+
+/// Statistics of image scores of held-out normal training images (never test images).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalStats {
+    pub count: u32,
+    pub mean: f32,
+    pub std: f32,
+    pub max: f32,
+    /// The false-reject rate the threshold was set for.
+    pub target_false_reject: f32,
+}
+
+/// A learned prefix prompt, [blocks, 2, len, dim] as rows of `dim`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPrompt {
+    pub blocks: u32,
+    pub len: u32,
+    pub rows: Rows,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub name: String,
+    /// Coreset of plain (un-prompted) patch features: what routing compares with.
+    pub key: Rows,
+    pub prompt: Option<StoredPrompt>,
+    /// Coreset of (prompted) patch features: what patch scores are distances to.
+    pub knowledge: Rows,
+    /// Neighbours averaged for a patch score.
+    pub k: u32,
+    /// Image score above which a part of this product is rejected.
+    pub threshold: f32,
+    pub normal: NormalStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bank {
+    /// Increases with every change; devices refuse an older bank than the one installed.
+    pub version: u64,
+    /// sha256 of the backbone file the features came from.
+    pub backbone_sha256: String,
+    pub feature_dim: u32,
+    pub patches: u32,
+    pub tasks: Vec<Task>,
+}
+
+/// Limits a device reserves memory for; a bank beyond them is refused, never truncated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub tasks: usize,
+    pub rows_per_task: usize,
+}
+
+impl Bank {
+    pub fn new(backbone_sha256: &str, feature_dim: usize, patches: usize) -> Bank {
+        Bank {
+            version: 0,
+            backbone_sha256: backbone_sha256.to_string(),
+            feature_dim: feature_dim as u32,
+            patches: patches as u32,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Appends a task (replacing none) and bumps the version.
+    pub fn append(&mut self, task: Task) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.tasks.iter().any(|t| t.name == task.name),
+            "the bank already has a task named {}",
+            task.name
+        );
+        anyhow::ensure!(
+            task.key.dim() == self.feature_dim as usize && task.knowledge.dim() == self.feature_dim as usize,
+            "task {} has rows of another feature dim than the bank ({})",
+            task.name,
+            self.feature_dim
+        );
+        self.tasks.push(task);
+        self.version += 1;
+        Ok(())
+    }
+
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let body = postcard::to_allocvec(self).expect("bank serialises");
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&Sha256::digest(&body));
+        out
+    }
+
+    /// Parses a bank; `origin` names it in errors. Never panics, whatever the bytes.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Bank, BankError> {
+        let path = origin.to_string();
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(BankError::NotABank { path });
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(BankError::Truncated {
+                path,
+                expected: HEADER_LEN as u64,
+                got: bytes.len() as u64,
+            });
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version > FORMAT_VERSION {
+            return Err(BankError::NewerFormat {
+                path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if version < FORMAT_VERSION {
+            return Err(BankError::OlderFormat { path, found: version });
+        }
+        let body_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let expected = (HEADER_LEN as u64)
+            .saturating_add(body_len)
+            .saturating_add(CHECKSUM_LEN as u64);
+        if bytes.len() as u64 != expected {
+            return Err(BankError::Truncated {
+                path,
+                expected,
+                got: bytes.len() as u64,
+            });
+        }
+        let body = &bytes[HEADER_LEN..HEADER_LEN + body_len as usize];
+        if Sha256::digest(body).as_slice() != &bytes[HEADER_LEN + body_len as usize..] {
+            return Err(BankError::Checksum { path });
+        }
+        let bank: Bank = postcard::from_bytes(body).map_err(|e| BankError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        bank.check_consistency()
+            .map_err(|reason| BankError::Corrupt { path, reason })?;
+        Ok(bank)
+    }
+
+    fn check_consistency(&self) -> Result<(), String> {
+        for t in &self.tasks {
+            for (what, rows) in [("key", &t.key), ("knowledge", &t.knowledge)] {
+                if !rows.is_consistent() || rows.dim() != self.feature_dim as usize || rows.is_empty() {
+                    return Err(format!(
+                        "task {}: {what} rows do not match the feature dim {}",
+                        t.name, self.feature_dim
+                    ));
+                }
+            }
+            if t.k == 0 || t.k as usize > t.knowledge.len() {
+                return Err(format!(
+                    "task {}: k = {} with {} knowledge rows",
+                    t.name,
+                    t.k,
+                    t.knowledge.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Bank, BankError> {
+        let bytes = std::fs::read(path).map_err(|source| BankError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Bank::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        crate::fsutil::write_atomic(path, &self.to_bytes())
+    }
+
+    pub fn check_backbone(&self, backbone_sha256: &str, origin: &str) -> Result<(), BankError> {
+        if self.backbone_sha256 != backbone_sha256 {
+            return Err(BankError::WrongBackbone {
+                path: origin.to_string(),
+                bank: short(&self.backbone_sha256),
+                backbone: short(backbone_sha256),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn check_capacity(&self, capacity: Capacity, origin: &str) -> Result<(), BankError> {
+        let over = |reason: String| {
+            Err(BankError::OverCapacity {
+                path: origin.to_string(),
+                reason,
+            })
+        };
+        if self.tasks.len() > capacity.tasks {
+            return over(format!("{} tasks, room for {}", self.tasks.len(), capacity.tasks));
+        }
+        for t in &self.tasks {
+            let rows = t.key.len().max(t.knowledge.len());
+            if rows > capacity.rows_per_task {
+                return over(format!(
+                    "task {} has {rows} rows, room for {}",
+                    t.name, capacity.rows_per_task
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn bytes_per_task(&self) -> Vec<(String, usize)> {
+        self.tasks
+            .iter()
+            .map(|t| {
+                let prompt = t.prompt.as_ref().map_or(0, |p| p.rows.bytes());
+                (t.name.clone(), t.key.bytes() + t.knowledge.bytes() + prompt)
+            })
+            .collect()
+    }
+}
+
+fn short(sha: &str) -> String {
+    sha.chars().take(12).collect()
+}
+
+/// Loads a bank for a backbone, with both checks: what every command that scores does.
+pub fn load_for_backbone(path: &Path, backbone_sha256: &str) -> Result<Bank, BankError> {
+    let bank = Bank::load(path)?;
+    bank.check_backbone(backbone_sha256, &path.display().to_string())?;
+    Ok(bank)
+}

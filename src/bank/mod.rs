@@ -1,0 +1,8 @@
+//! The key–prompt–knowledge memory bank: its file format and the coreset that fills it.
+
+pub mod coreset;
+pub mod format;
+pub mod rows;
+
+pub use format::{Bank, BankError, NormalStats, Task};
+pub use rows::{Precision, Rows};
