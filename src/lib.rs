@@ -4,4 +4,5 @@ pub mod backbone;
 pub mod bank;
 pub mod data;
 pub mod detect;
+pub mod eval;
 pub mod fsutil;

@@ -1,6 +1,6 @@
 //! The `ucad` command line: parses and dispatches to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -14,9 +14,12 @@ use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor
 use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Precision};
 use ucad::data::folder::{list_images, load_rgb};
-use ucad::data::synthetic::textured_image;
+use ucad::data::synthetic::{products, textured_image, SplitCounts};
 use ucad::detect::fit::{fit_task, FitParams};
+use ucad::detect::heatmap::save_overlay;
+use ucad::detect::map::anomaly_map;
 use ucad::detect::Detector;
+use ucad::eval::protocol::{self, EvalOptions};
 
 #[derive(Parser)]
 #[command(
@@ -31,8 +34,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch the default backbones and extract features of a generated image with each.
-    Demo,
+    /// Fetch the default backbone, generate products with defects, learn them one after another
+    /// and report detection, localisation, forgetting and routing.
+    Demo {
+        #[arg(long, default_value = "default")]
+        backbone: String,
+        #[arg(long, default_value_t = 4)]
+        products: usize,
+    },
     /// Manage the offline default backbones (models/cache, or $UCAD_MODELS).
     Models {
         #[command(subcommand)]
@@ -72,12 +81,19 @@ enum Command {
     },
     /// Learn one product from normal images and append it to a bank.
     Fit(FitArgs),
+    /// Run the continual protocol on a dataset and report (BENCHMARK.md).
+    Eval(EvalArgs),
+    /// Write generated products with defects and masks (MVTec AD layout).
+    Generate(GenerateArgs),
     /// Score images: routed task, score, decision.
     Score {
         #[arg(long, default_value = "default")]
         backbone: String,
         #[arg(long)]
         bank: PathBuf,
+        /// Write a heatmap PNG per image here.
+        #[arg(long)]
+        heatmaps: Option<PathBuf>,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -121,6 +137,13 @@ struct FitArgs {
     /// A folder of normal images of the product.
     #[arg(long)]
     train: PathBuf,
+    #[command(flatten)]
+    params: FitParamsArgs,
+}
+
+/// How a task is learned (shared by `fit` and `eval`).
+#[derive(clap::Args)]
+struct FitParamsArgs {
     #[arg(long, default_value_t = 196)]
     key_rows: usize,
     #[arg(long, default_value_t = 196)]
@@ -140,6 +163,62 @@ struct FitArgs {
     seed: u64,
 }
 
+impl FitParamsArgs {
+    fn params(&self) -> FitParams {
+        FitParams {
+            key_rows: self.key_rows,
+            knowledge_rows: self.knowledge_rows,
+            k: self.k,
+            holdout: self.holdout,
+            target_false_reject: self.false_reject,
+            precision: self.precision,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[arg(long, default_value = "default")]
+    backbone: String,
+    /// Dataset root (MVTec AD layout, or VisA with split_csv/1cls.csv).
+    #[arg(long)]
+    data: PathBuf,
+    /// Tasks in learning order.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write final-stage heatmaps here.
+    #[arg(long)]
+    heatmaps: Option<PathBuf>,
+    /// Memory of the upper reference, as a fraction of all training patches.
+    #[arg(long, default_value_t = 0.1)]
+    reference_fraction: f32,
+    #[command(flatten)]
+    params: FitParamsArgs,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Folder to write the products into (MVTec AD layout, one folder per product).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    products: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    #[arg(long, default_value_t = 40)]
+    train: usize,
+    #[arg(long, default_value_t = 10)]
+    test_good: usize,
+    #[arg(long, default_value_t = 12)]
+    test_defective: usize,
+}
+
 #[derive(Subcommand)]
 enum ModelsAction {
     /// Fetch, verify, import and export both default archs (idempotent).
@@ -157,17 +236,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let cache = ModelCache::locate();
     match cli.command {
-        Command::Demo => {
-            cache.fetch_all()?;
-            for backbone in [
-                "vit-b16-clip",
-                "vit-b16-clip.int8",
-                "vit-s14-dinov2",
-                "vit-s14-dinov2.int8",
-            ] {
-                features(&cache, backbone, &[])?;
-            }
-        }
+        Command::Demo { backbone, products } => demo(&cache, &backbone, products)?,
         Command::Models {
             action: ModelsAction::Fetch,
         } => {
@@ -208,7 +277,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
         }
         Command::Fit(args) => fit(&cache, args)?,
-        Command::Score { backbone, bank, images } => score(&cache, &backbone, &bank, &images)?,
+        Command::Eval(args) => eval(&cache, args)?,
+        Command::Generate(args) => generate(&args)?,
+        Command::Score {
+            backbone,
+            bank,
+            heatmaps,
+            images,
+        } => score(&cache, &backbone, &bank, heatmaps.as_deref(), &images)?,
         Command::Inspect { bank } => inspect(&bank)?,
         Command::Features { backbone, images } => features(&cache, &backbone, &images)?,
         Command::CheckParity { arch, blocks } => {
@@ -277,15 +353,7 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
         )
     };
     let images = list_images(&args.train)?;
-    let params = FitParams {
-        key_rows: args.key_rows,
-        knowledge_rows: args.knowledge_rows,
-        k: args.k,
-        holdout: args.holdout,
-        target_false_reject: args.false_reject,
-        precision: args.precision,
-        seed: args.seed,
-    };
+    let params = args.params.params();
     let start = Instant::now();
     let task = fit_task(&backbone, &args.task, &images, &params)?;
     bank.append(task)?;
@@ -302,12 +370,13 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
     Ok(())
 }
 
-fn score(cache: &ModelCache, backbone: &str, bank: &std::path::Path, images: &[PathBuf]) -> Result<()> {
+fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path>, images: &[PathBuf]) -> Result<()> {
     let backbone = Backbone::load(&cache.resolve(backbone)?)?;
     let detector = Detector::new(&load_for_backbone(bank, &backbone.file_sha256)?)?;
     let mut pre = Preprocessor::new(&backbone.meta);
     for path in images {
-        let j = detector.judge(&backbone, pre.tensor(&load_rgb(path)?)?)?;
+        let image = load_rgb(path)?;
+        let j = detector.judge(&backbone, pre.tensor(&image)?)?;
         let threshold = detector.tasks[j.routing.task].threshold;
         let decision = if j.anomalous { "REJECT" } else { "pass" };
         println!(
@@ -317,11 +386,79 @@ fn score(cache: &ModelCache, backbone: &str, bank: &std::path::Path, images: &[P
             j.routing.margin,
             j.score
         );
+        if let Some(dir) = heatmaps {
+            let relative: Vec<f32> = j.patch_scores.iter().map(|s| s - threshold).collect();
+            let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
+            let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
+            save_overlay(&dir.join(format!("{stem}.png")), &pre.fit(&image)?, &map, threshold)?;
+        }
     }
     Ok(())
 }
 
-fn inspect(path: &std::path::Path) -> Result<()> {
+fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
+    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
+    let options = EvalOptions {
+        fit: args.params.params(),
+        reference_fraction: args.reference_fraction,
+        heatmaps: args.heatmaps,
+    };
+    let start = Instant::now();
+    let report = protocol::run(&backbone, &args.data, &args.tasks, &options)?;
+    print!("{}", report.table());
+    println!("eval finished in {:.1} s", start.elapsed().as_secs_f64());
+    if let Some(path) = args.json {
+        ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn demo(cache: &ModelCache, backbone: &str, count: usize) -> Result<()> {
+    cache.fetch_all()?;
+    let dir = std::env::temp_dir().join(format!("ucad-demo-{}", std::process::id()));
+    let counts = SplitCounts {
+        train: 30,
+        test_good: 8,
+        test_defective: 12,
+    };
+    let mut names = Vec::new();
+    for product in products(count, 0) {
+        product.write_mvtec(&dir, 256, counts)?;
+        names.push(product.name.clone());
+    }
+    println!(
+        "generated {} products in {}: {}",
+        count,
+        dir.display(),
+        names.join(", ")
+    );
+    let backbone = Backbone::load(&cache.resolve(backbone)?)?;
+    let options = EvalOptions {
+        fit: FitParams::default(),
+        reference_fraction: 0.1,
+        heatmaps: Some(dir.join("heatmaps")),
+    };
+    let report = protocol::run(&backbone, &dir, &names, &options)?;
+    print!("{}", report.table());
+    println!("heatmaps in {}", dir.join("heatmaps").display());
+    Ok(())
+}
+
+fn generate(args: &GenerateArgs) -> Result<()> {
+    let counts = SplitCounts {
+        train: args.train,
+        test_good: args.test_good,
+        test_defective: args.test_defective,
+    };
+    for product in products(args.products, args.seed) {
+        product.write_mvtec(&args.out, args.size, counts)?;
+        println!("{}", product.name);
+    }
+    Ok(())
+}
+
+fn inspect(path: &Path) -> Result<()> {
     let bank = Bank::load(path)?;
     println!(
         "{}: bank version {}, backbone {}",

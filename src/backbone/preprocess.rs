@@ -2,10 +2,12 @@
 
 use anyhow::{ensure, Result};
 use image::imageops::{self, FilterType};
-use image::RgbImage;
+use image::{GrayImage, ImageBuffer, Pixel, RgbImage};
 use tract_core::prelude::Tensor;
 
 use super::meta::{BackboneMeta, Resize};
+
+type Image<P> = ImageBuffer<P, Vec<<P as Pixel>::Subpixel>>;
 
 /// Holds the output buffer so that steady-state frames reuse it.
 pub struct Preprocessor {
@@ -28,20 +30,34 @@ impl Preprocessor {
         }
     }
 
+    /// Side of the square network input, and of anomaly maps.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// The S×S view of `image` the network sees (also what anomaly maps are drawn over).
     pub fn fit(&self, image: &RgbImage) -> Result<RgbImage> {
+        self.fit_with(image, FilterType::Triangle)
+    }
+
+    /// A ground-truth mask in the same geometry as [`Preprocessor::fit`] (nearest neighbour).
+    pub fn fit_mask(&self, mask: &GrayImage) -> Result<GrayImage> {
+        self.fit_with(mask, FilterType::Nearest)
+    }
+
+    fn fit_with<P: Pixel + 'static>(&self, image: &Image<P>, filter: FilterType) -> Result<Image<P>> {
         let (w, h) = image.dimensions();
         ensure!(w > 0 && h > 0, "image is empty ({w}×{h})");
         let s = self.size as u32;
         Ok(match self.resize {
-            Resize::Squash => imageops::resize(image, s, s, FilterType::Triangle),
+            Resize::Squash => imageops::resize(image, s, s, filter),
             Resize::CenterCrop => {
                 let scale = s as f64 / w.min(h) as f64;
                 let (rw, rh) = (
                     ((w as f64 * scale).round() as u32).max(s),
                     ((h as f64 * scale).round() as u32).max(s),
                 );
-                let resized = imageops::resize(image, rw, rh, FilterType::Triangle);
+                let resized = imageops::resize(image, rw, rh, filter);
                 imageops::crop_imm(&resized, (rw - s) / 2, (rh - s) / 2, s, s).to_image()
             }
         })

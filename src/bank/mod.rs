@@ -4,5 +4,5 @@ pub mod coreset;
 pub mod format;
 pub mod rows;
 
-pub use format::{Bank, BankError, NormalStats, Task};
+pub use format::{Bank, BankError, Capacity, NormalStats, Task};
 pub use rows::{Precision, Rows};

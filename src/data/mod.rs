@@ -1,4 +1,5 @@
 //! Images in and out: dataset readers and the synthetic generator.
 
+pub mod dataset;
 pub mod folder;
 pub mod synthetic;

@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::TaskIndex;
+use super::{image_score, TaskIndex};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::{NormalStats, Precision, Rows, Task};
@@ -44,45 +44,73 @@ impl Default for FitParams {
     }
 }
 
-/// Plain patch features of each image, with a progress bar.
+/// Plain patch features of each image, on every core (one tract plan, one preprocessor per
+/// worker), with a progress bar. Order follows `images`.
 pub fn extract_features(backbone: &Backbone, images: &[PathBuf], label: &str) -> Result<Vec<Vec<f32>>> {
-    let mut pre = Preprocessor::new(&backbone.meta);
     let bar = ProgressBar::new(images.len() as u64).with_message(label.to_string());
     bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]").expect("template"));
-    let features = images
-        .iter()
-        .map(|p| {
-            bar.inc(1);
-            backbone.features(pre.tensor(&load_rgb(p)?)?, None)
-        })
-        .collect::<Result<_>>();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(images.len().max(1));
+    let chunk = images.len().div_ceil(workers).max(1);
+    let features = std::thread::scope(|scope| {
+        let handles: Vec<_> = images
+            .chunks(chunk)
+            .map(|part| {
+                let bar = bar.clone();
+                scope.spawn(move || -> Result<Vec<Vec<f32>>> {
+                    let mut pre = Preprocessor::new(&backbone.meta);
+                    part.iter()
+                        .map(|p| {
+                            bar.inc(1);
+                            backbone.features(pre.tensor(&load_rgb(p)?)?, None)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("feature worker panicked"))
+            .collect::<Result<Vec<_>>>()
+    });
     bar.finish_and_clear();
-    features
+    Ok(features?.concat())
 }
 
-/// Splits the images into (memory, held-out), deterministically for the seed.
-fn split(images: &[PathBuf], holdout: f32, seed: u64) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+/// Splits image indices into (memory, held-out), deterministically for the seed.
+fn split(count: usize, holdout: f32, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     ensure!((0.0..1.0).contains(&holdout), "holdout fraction must be in [0, 1)");
-    let mut shuffled = images.to_vec();
+    let mut shuffled: Vec<usize> = (0..count).collect();
     shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let held = ((images.len() as f32 * holdout).round() as usize).max(1);
+    let held = ((count as f32 * holdout).round() as usize).max(1);
     ensure!(
-        images.len() > held,
-        "{} training images are too few: at least 2 are needed (one is held out)",
-        images.len()
+        count > held,
+        "{count} training images are too few: at least 2 are needed (one is held out)"
     );
     let memory = shuffled.split_off(held);
     Ok((memory, shuffled))
 }
 
+/// Learns a task from the normal images in `images`.
 pub fn fit_task(backbone: &Backbone, name: &str, images: &[PathBuf], params: &FitParams) -> Result<Task> {
+    let features = extract_features(backbone, images, &format!("{name}: features"))?;
+    fit_from_features(name, &features, backbone.meta.feature_dim(), params)
+}
+
+/// Learns a task from the plain features of its normal training images (one row-major [N, F]
+/// vector per image, rows of `dim`).
+pub fn fit_from_features(name: &str, features: &[Vec<f32>], dim: usize, params: &FitParams) -> Result<Task> {
     ensure!(
         params.k >= 1 && params.key_rows >= 1 && params.knowledge_rows >= 1,
         "k and row counts must be ≥ 1"
     );
-    let (memory_images, held_images) = split(images, params.holdout, params.seed)?;
-    let dim = backbone.meta.feature_dim();
-    let memory: Vec<f32> = extract_features(backbone, &memory_images, &format!("{name}: features"))?.concat();
+    let (memory_ids, held_ids) = split(features.len(), params.holdout, params.seed)?;
+    ensure!(
+        features.iter().all(|f| !f.is_empty() && f.len() % dim == 0),
+        "features are not rows of {dim}"
+    );
+    let memory: Vec<f32> = memory_ids.iter().flat_map(|&i| features[i].iter().copied()).collect();
     let key = gather_rows(
         &memory,
         dim,
@@ -110,17 +138,16 @@ pub fn fit_task(backbone: &Backbone, name: &str, images: &[PathBuf], params: &Fi
     };
     task.k = params.k.min(task.knowledge.len()) as u32;
     let index = TaskIndex::new(&task);
-    let held = extract_features(backbone, &held_images, &format!("{name}: calibration"))?;
-    let scores: Vec<f32> = held
+    let scores: Vec<f32> = held_ids
         .iter()
-        .map(|f| index.patch_scores(f).into_iter().fold(f32::NEG_INFINITY, f32::max))
+        .map(|&i| image_score(&index.patch_scores(&features[i])))
         .collect();
     task.normal = normal_stats(&scores, params.target_false_reject);
     task.threshold = threshold_for(&scores, params.target_false_reject);
     info!(
         "{name}: {} memory / {} held-out images, {} key and {} knowledge rows, threshold {:.4}",
-        memory_images.len(),
-        held_images.len(),
+        memory_ids.len(),
+        held_ids.len(),
         task.key.len(),
         task.knowledge.len(),
         task.threshold

@@ -2,6 +2,7 @@
 //! patches against that product's knowledge, decide against that product's threshold.
 
 pub mod fit;
+pub mod heatmap;
 pub mod knn;
 pub mod map;
 
@@ -107,7 +108,7 @@ impl Detector {
         let routing = self.route(&plain);
         let patch_scores = self.score_task(backbone, &image, &plain, routing.task)?;
         let task = &self.tasks[routing.task];
-        let score = patch_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let score = image_score(&patch_scores);
         Ok(Judgement {
             task_name: task.name.clone(),
             anomalous: score > task.threshold,
@@ -116,6 +117,11 @@ impl Detector {
             routing,
         })
     }
+}
+
+/// An image's anomaly score: its worst patch.
+pub fn image_score(patch_scores: &[f32]) -> f32 {
+    patch_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 fn routing_from(distances: &[f32]) -> Routing {

@@ -8,3 +8,32 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     (dot / (na * nb).max(1e-30)) as f32
 }
+
+/// Exports the tiny random ViT (8×8 patches of a 64-pixel input) into `dir`.
+pub fn tiny_backbone(dir: &std::path::Path) -> std::path::PathBuf {
+    use ucad::backbone::{export_to_file, Arch, ExportOptions, VitWeights};
+    let arch = Arch::VitTinyTest;
+    let options = ExportOptions {
+        input_size: 64,
+        blocks: vec![2],
+        ..ExportOptions::defaults(arch)
+    };
+    let path = dir.join("tiny.onnx");
+    export_to_file(&VitWeights::random(arch, 11), &options, &path).expect("export the tiny backbone");
+    path
+}
+
+/// Writes `count` generated products (MVTec AD layout) under `dir` and returns their names.
+pub fn synthetic_products(
+    dir: &std::path::Path,
+    count: usize,
+    counts: ucad::data::synthetic::SplitCounts,
+) -> Vec<String> {
+    ucad::data::synthetic::products(count, 5)
+        .iter()
+        .map(|p| {
+            p.write_mvtec(dir, 64, counts).expect("write a product");
+            p.name.clone()
+        })
+        .collect()
+}

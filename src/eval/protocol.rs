@@ -1,0 +1,292 @@
+//! The continual protocol of BENCHMARK.md: learn tasks in order; after each, score the test sets
+//! of all tasks learned so far without the task id (routing over the bank's keys); then the same
+//! with the oracle task id, and an upper reference with a large per-task memory.
+//! Features are plain (no prompts), so each image goes through the backbone once.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use log::info;
+
+use super::aupro::aupro;
+use super::continual::Matrix;
+use super::metrics::TieGroups;
+use super::report::{Report, TaskMetrics, Timing};
+use crate::backbone::{Backbone, Preprocessor};
+use crate::bank::coreset::{gather_rows, greedy_coreset};
+use crate::bank::Bank;
+use crate::data::dataset::{ground_truth, load_task, TaskData};
+use crate::data::folder::load_rgb;
+use crate::detect::fit::{extract_features, fit_from_features, FitParams};
+use crate::detect::heatmap::save_overlay;
+use crate::detect::knn::KnnIndex;
+use crate::detect::map::anomaly_map;
+use crate::detect::{image_score, Detector};
+
+pub const AUPRO_MAX_FPR: f64 = 0.3;
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub fit: FitParams,
+    /// Coreset fraction of the upper reference memory (PatchCore-style, oracle task id).
+    pub reference_fraction: f32,
+    /// Where to write final-stage heatmaps, one folder per task.
+    pub heatmaps: Option<PathBuf>,
+}
+
+/// A task's data with its features computed once.
+struct Prepared {
+    data: TaskData,
+    train: Vec<Vec<f32>>,
+    test: Vec<Vec<f32>>,
+    truth: Vec<Vec<bool>>,
+    /// Side of the anomaly maps and ground truths.
+    size: usize,
+    train_s: f64,
+    test_s: f64,
+}
+
+/// How one test image was scored: by which task, how clearly it was routed, and its patch
+/// scores relative to that task's threshold (0 = the decision boundary).
+struct Scored {
+    task: usize,
+    /// Routing margin; `None` when the task was given.
+    margin: Option<f32>,
+    patches: Vec<f32>,
+}
+
+/// A whole test set, scored.
+struct SetScores {
+    scored: Vec<Scored>,
+    maps: Vec<Vec<f32>>,
+}
+
+pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOptions) -> Result<Report> {
+    anyhow::ensure!(!tasks.is_empty(), "no tasks to evaluate");
+    let data: Vec<TaskData> = tasks.iter().map(|t| load_task(root, t)).collect::<Result<_>>()?;
+    let sets: Vec<Prepared> = data.into_iter().map(|d| prepare(backbone, d)).collect::<Result<_>>()?;
+    let dim = backbone.meta.feature_dim();
+    let mut bank = Bank::new(&backbone.file_sha256, dim, backbone.meta.patches());
+    let mut matrices: Vec<Matrix> = vec![Vec::new(); 3];
+    let mut fit_s = Vec::new();
+    let mut final_scores = Vec::new();
+    let mut final_metrics = Vec::new();
+    let mut route_score_ms = 0.0;
+    for (t, set) in sets.iter().enumerate() {
+        let start = Instant::now();
+        bank.append(fit_from_features(&set.data.name, &set.train, dim, &options.fit)?)?;
+        fit_s.push(set.train_s + start.elapsed().as_secs_f64());
+        let detector = Detector::new(&bank)?;
+        let scoring = Instant::now();
+        let row: Vec<(SetScores, TaskMetrics)> = sets[..=t]
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                let scores = score_set(backbone, s, |f| routed(&detector, f));
+                let metrics = measure(s, &scores, j, Some(detector.tasks[j].threshold));
+                (scores, metrics)
+            })
+            .collect();
+        for (m, matrix) in matrices.iter_mut().enumerate() {
+            matrix.push(
+                row.iter()
+                    .map(|(_, r)| [r.image_auroc, r.pixel_auroc, r.aupro][m])
+                    .collect(),
+            );
+        }
+        if t + 1 == sets.len() {
+            route_score_ms = scoring.elapsed().as_secs_f64() * 1e3 / total_test_images(&sets) as f64;
+            (final_scores, final_metrics) = row.into_iter().unzip();
+        }
+        info!("learned {} ({}/{})", set.data.name, t + 1, sets.len());
+    }
+    let detector = Detector::new(&bank)?;
+    let oracle: Vec<TaskMetrics> = sets
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            let scores = score_set(backbone, s, |f| oracle(&detector, j, f));
+            measure(s, &scores, j, Some(detector.tasks[j].threshold))
+        })
+        .collect();
+    let reference = upper_reference(backbone, &sets, options)?;
+    if let Some(dir) = &options.heatmaps {
+        write_heatmaps(backbone, dir, &sets, &final_scores, &detector)?;
+    }
+    let timing = timing(&sets, &fit_s, route_score_ms);
+    Ok(Report::new(
+        backbone,
+        tasks,
+        &bank,
+        matrices,
+        final_metrics,
+        oracle,
+        reference,
+        timing,
+        options,
+    ))
+}
+
+fn prepare(backbone: &Backbone, data: TaskData) -> Result<Prepared> {
+    let start = Instant::now();
+    let train = extract_features(backbone, &data.train, &format!("{}: train", data.name))?;
+    let train_s = start.elapsed().as_secs_f64();
+    let paths: Vec<PathBuf> = data.test.iter().map(|t| t.image.clone()).collect();
+    let start = Instant::now();
+    let test = extract_features(backbone, &paths, &format!("{}: test", data.name))?;
+    let test_s = start.elapsed().as_secs_f64();
+    let pre = Preprocessor::new(&backbone.meta);
+    let truth = data
+        .test
+        .iter()
+        .map(|item| {
+            let dims = image::image_dimensions(&item.image)
+                .with_context(|| format!("cannot read image {}", item.image.display()))?;
+            ground_truth(item, dims, &pre)
+        })
+        .collect::<Result<_>>()?;
+    Ok(Prepared {
+        data,
+        train,
+        test,
+        truth,
+        size: pre.size(),
+        train_s,
+        test_s,
+    })
+}
+
+fn total_test_images(sets: &[Prepared]) -> usize {
+    sets.iter().map(|s| s.test.len()).sum()
+}
+
+fn routed(detector: &Detector, features: &[f32]) -> Scored {
+    let routing = detector.route(features);
+    let mut scored = oracle(detector, routing.task, features);
+    scored.margin = Some(routing.margin);
+    scored
+}
+
+fn oracle(detector: &Detector, task: usize, features: &[f32]) -> Scored {
+    let t = &detector.tasks[task];
+    let patches = t.patch_scores(features).into_iter().map(|s| s - t.threshold).collect();
+    Scored {
+        task,
+        margin: None,
+        patches,
+    }
+}
+
+fn score_set(backbone: &Backbone, set: &Prepared, scorer: impl Fn(&[f32]) -> Scored) -> SetScores {
+    let (grid, size) = (backbone.meta.grid(), backbone.meta.input_size);
+    let scored: Vec<Scored> = set.test.iter().map(|f| scorer(f)).collect();
+    let maps = scored.iter().map(|s| anomaly_map(&s.patches, grid, size)).collect();
+    SetScores { scored, maps }
+}
+
+/// Metrics of one task's scored test set; `threshold` is the task's own (`None` for the reference).
+fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32>) -> TaskMetrics {
+    let labels: Vec<bool> = set.data.test.iter().map(|t| t.is_anomalous()).collect();
+    let image: Vec<f32> = scores.scored.iter().map(|s| image_score(&s.patches)).collect();
+    let images = TieGroups::new(&image, &labels);
+    let pixels = TieGroups::new(&scores.maps.concat(), &set.truth.concat());
+    let pairs: Vec<(&[f32], &[bool])> = scores
+        .maps
+        .iter()
+        .zip(&set.truth)
+        .map(|(m, t)| (&m[..], &t[..]))
+        .collect();
+    let rate = |anomalous: bool, rejected: bool| {
+        let chosen: Vec<bool> = image
+            .iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l == anomalous)
+            .map(|(s, _)| (*s > 0.0) == rejected)
+            .collect();
+        (!chosen.is_empty()).then(|| chosen.iter().filter(|c| **c).count() as f64 / chosen.len() as f64)
+    };
+    let mut margins: Vec<f32> = scores.scored.iter().filter_map(|s| s.margin).collect();
+    margins.sort_by(f32::total_cmp);
+    let routed = !margins.is_empty();
+    let own_share = scores.scored.iter().filter(|s| s.task == own).count() as f64 / scores.scored.len() as f64;
+    let decided = threshold.is_some();
+    TaskMetrics {
+        task: set.data.name.clone(),
+        test_images: labels.len(),
+        image_auroc: images.auroc(),
+        image_ap: images.average_precision(),
+        f1_max: images.f1_max(),
+        pixel_auroc: pixels.auroc(),
+        pixel_ap: pixels.average_precision(),
+        aupro: aupro(&pairs, set.size, AUPRO_MAX_FPR),
+        routing_accuracy: routed.then_some(own_share),
+        routing_margin_min: margins.first().map(|m| *m as f64),
+        routing_margin_median: margins.get(margins.len() / 2).map(|m| *m as f64),
+        threshold: threshold.map(f64::from),
+        false_reject_rate: rate(false, true).filter(|_| decided),
+        escape_rate: rate(true, false).filter(|_| decided),
+    }
+}
+
+/// PatchCore-style per-task scoring with the oracle task id and a memory of `reference_fraction`
+/// of all training patches (greedy coreset), k = 1: what the compact bank is measured against.
+fn upper_reference(backbone: &Backbone, sets: &[Prepared], options: &EvalOptions) -> Result<Vec<TaskMetrics>> {
+    let dim = backbone.meta.feature_dim();
+    sets.iter()
+        .map(|set| {
+            let start = Instant::now();
+            let memory = set.train.concat();
+            let count = ((memory.len() / dim) as f32 * options.reference_fraction).ceil() as usize;
+            let rows = gather_rows(&memory, dim, &greedy_coreset(&memory, dim, count, options.fit.seed));
+            let index = KnnIndex::new(rows, dim);
+            let scores = score_set(backbone, set, |f| Scored {
+                task: 0,
+                margin: None,
+                patches: index.search(f, 1).into_iter().map(|(_, d)| d).collect(),
+            });
+            info!(
+                "{}: reference memory {count} rows, {:.1} s",
+                set.data.name,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(measure(set, &scores, 0, None))
+        })
+        .collect()
+}
+
+fn write_heatmaps(
+    backbone: &Backbone,
+    dir: &Path,
+    sets: &[Prepared],
+    scores: &[SetScores],
+    detector: &Detector,
+) -> Result<()> {
+    let pre = Preprocessor::new(&backbone.meta);
+    for (set, scores) in sets.iter().zip(scores) {
+        for ((item, scored), map) in set.data.test.iter().zip(&scores.scored).zip(&scores.maps) {
+            let view = pre.fit(&load_rgb(&item.image)?)?;
+            let stem = item
+                .image
+                .file_stem()
+                .expect("listed files have names")
+                .to_string_lossy();
+            let path = dir.join(&set.data.name).join(format!("{}_{stem}.png", item.defect));
+            save_overlay(&path, &view, map, detector.tasks[scored.task].threshold)?;
+        }
+    }
+    info!("heatmaps written to {}", dir.display());
+    Ok(())
+}
+
+/// `route_score_ms`: routing, scoring and map per image in the final stage (all tasks learned).
+fn timing(sets: &[Prepared], fit_s: &[f64], route_score_ms: f64) -> Timing {
+    let backbone_ms = sets.iter().map(|s| s.test_s).sum::<f64>() * 1e3 / total_test_images(sets) as f64;
+    Timing {
+        fit_s_per_task: fit_s.iter().sum::<f64>() / fit_s.len() as f64,
+        ms_per_image: backbone_ms + route_score_ms,
+        backbone_ms_per_image: backbone_ms,
+        route_score_ms_per_image: route_score_ms,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}

@@ -1,0 +1,123 @@
+//! Damaged, foreign and oversized banks are refused with a clear error, never a panic.
+
+use ucad::bank::format::{load_for_backbone, BankError};
+use ucad::bank::{Bank, Capacity, NormalStats, Precision, Rows, Task};
+
+fn task(name: &str, rows: usize, precision: Precision) -> Task {
+    let data: Vec<f32> = (0..rows * 4).map(|i| (i as f32 * 0.37).sin()).collect();
+    Task {
+        name: name.into(),
+        key: Rows::new(4, data.clone(), precision),
+        prompt: None,
+        knowledge: Rows::new(4, data, precision),
+        k: 1,
+        threshold: 0.5,
+        normal: NormalStats {
+            count: 3,
+            mean: 0.2,
+            std: 0.1,
+            max: 0.4,
+            target_false_reject: 0.01,
+        },
+    }
+}
+
+fn small_bank() -> Bank {
+    let mut bank = Bank::new("ab".repeat(32).as_str(), 4, 16);
+    bank.append(task("a", 3, Precision::F32)).unwrap();
+    bank.append(task("b", 2, Precision::F16)).unwrap();
+    bank
+}
+
+#[test]
+fn a_bank_round_trips() {
+    let bank = small_bank();
+    assert_eq!(Bank::from_bytes(&bank.to_bytes(), "mem").unwrap(), bank);
+}
+
+#[test]
+fn every_truncation_is_refused_naming_the_file() {
+    let bytes = small_bank().to_bytes();
+    for len in 0..bytes.len() {
+        let err = Bank::from_bytes(&bytes[..len], "bank.ucad").expect_err("a truncated bank loads");
+        assert!(err.to_string().starts_with("bank.ucad: "), "{err}");
+        assert!(
+            matches!(err, BankError::NotABank { .. } | BankError::Truncated { .. }),
+            "len {len}: {err}"
+        );
+    }
+}
+
+#[test]
+fn every_flipped_byte_is_refused() {
+    let bytes = small_bank().to_bytes();
+    for at in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x20;
+        assert!(
+            Bank::from_bytes(&damaged, "bank.ucad").is_err(),
+            "flip at byte {at} loads"
+        );
+    }
+}
+
+#[test]
+fn a_newer_format_asks_for_an_update() {
+    let mut bytes = small_bank().to_bytes();
+    bytes[8] = 99;
+    let err = Bank::from_bytes(&bytes, "bank.ucad").unwrap_err();
+    assert!(matches!(err, BankError::NewerFormat { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn a_bank_from_another_backbone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.ucad");
+    small_bank().save(&path).unwrap();
+    let err = load_for_backbone(&path, &"cd".repeat(32)).unwrap_err();
+    assert!(matches!(err, BankError::WrongBackbone { .. }), "{err}");
+    assert!(err.to_string().contains("bank.ucad"), "{err}");
+    assert!(load_for_backbone(&path, &"ab".repeat(32)).is_ok());
+}
+
+#[test]
+fn a_bank_over_capacity_is_refused() {
+    let bank = small_bank();
+    let tight = Capacity {
+        tasks: 1,
+        rows_per_task: 10,
+    };
+    assert!(matches!(
+        bank.check_capacity(tight, "b"),
+        Err(BankError::OverCapacity { .. })
+    ));
+    let rows = Capacity {
+        tasks: 8,
+        rows_per_task: 2,
+    };
+    assert!(matches!(
+        bank.check_capacity(rows, "b"),
+        Err(BankError::OverCapacity { .. })
+    ));
+    assert!(bank
+        .check_capacity(
+            Capacity {
+                tasks: 2,
+                rows_per_task: 3
+            },
+            "b"
+        )
+        .is_ok());
+}
+
+#[test]
+fn appending_leaves_earlier_task_bytes_in_place() {
+    let mut bank = small_bank();
+    let before = bank.to_bytes();
+    bank.append(task("c", 2, Precision::F32)).unwrap();
+    let after = bank.to_bytes();
+    let first = postcard::to_allocvec(&bank.tasks[0]).unwrap();
+    let find = |hay: &[u8]| hay.windows(first.len()).position(|w| w == first.as_slice());
+    assert!(find(&before).is_some() && find(&after).is_some());
+    assert_eq!(bank.version, 3);
+}
