@@ -24,28 +24,83 @@ pub fn greedy_coreset(rows: &[f32], dim: usize, count: usize, seed: u64) -> Vec<
     let mut chosen = Vec::with_capacity(count);
     let mut nearest = vec![f32::INFINITY; n];
     let mut current = first;
+    // Rows per worker: large sets are split over the cores (each pass streams all rows).
+    let workers = if n >= PARALLEL_ROWS {
+        std::thread::available_parallelism().map_or(1, |w| w.get())
+    } else {
+        1
+    };
+    let chunk = n.div_ceil(workers);
     for _ in 0..count {
         chosen.push(current);
-        let c = &projected[current * p..(current + 1) * p];
-        for (i, best) in nearest.iter_mut().enumerate() {
-            let d: f32 = projected[i * p..(i + 1) * p]
-                .iter()
-                .zip(c)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
-            *best = best.min(d);
-        }
-        current = nearest
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-            .map(|(i, _)| i)
-            .expect("n > 0");
+        let centre = &projected[current * p..(current + 1) * p];
+        current = std::thread::scope(|scope| {
+            let handles: Vec<_> = nearest
+                .chunks_mut(chunk)
+                .zip(projected.chunks(chunk * p))
+                .enumerate()
+                .map(|(w, (near, rows))| scope.spawn(move || relax(near, rows, centre, p, w * chunk)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("coreset worker panicked"))
+                .reduce(farther)
+                .expect("n > 0")
+                .1
+        });
     }
     chosen
 }
 
-/// Rows times a Gaussian [dim, 128] matrix (or the rows themselves when dim ≤ 128).
+/// Below this many rows one thread is faster than spawning workers every step.
+const PARALLEL_ROWS: usize = 16_384;
+
+/// Lowers each row's distance to the chosen set with the new centre; returns the farthest row
+/// (distance, global index) of this slice.
+fn relax(nearest: &mut [f32], rows: &[f32], centre: &[f32], p: usize, offset: usize) -> (f32, usize) {
+    let mut best = (f32::NEG_INFINITY, usize::MAX);
+    for (i, (near, row)) in nearest.iter_mut().zip(rows.chunks_exact(p)).enumerate() {
+        *near = near.min(squared_distance(row, centre));
+        best = farther(best, (*near, offset + i));
+    }
+    best
+}
+
+/// The farther of two candidates; the lower index on ties, so the result does not depend on
+/// how rows were split between workers.
+fn farther(a: (f32, usize), b: (f32, usize)) -> (f32, usize) {
+    match a.0.total_cmp(&b.0) {
+        std::cmp::Ordering::Greater => a,
+        std::cmp::Ordering::Less => b,
+        std::cmp::Ordering::Equal => {
+            if a.1 <= b.1 {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// Eight independent accumulators so that the compiler vectorises the loop.
+fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for lane in 0..8 {
+            let d = x[lane] - y[lane];
+            acc[lane] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 fn project(rows: &[f32], dim: usize, seed: u64) -> Vec<f32> {
     if dim <= PROJECTION_DIM {
         return rows.to_vec();
@@ -93,5 +148,24 @@ mod tests {
         clusters.sort();
         assert_eq!(clusters, vec![0, 1, 2, 3]);
         assert_eq!(greedy_coreset(&rows, dim, 500, 3).len(), 100);
+    }
+
+    #[test]
+    fn split_over_workers_it_picks_what_a_plain_loop_picks() {
+        let (dim, n, count) = (8, PARALLEL_ROWS + 1000, 40);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let rows: Vec<f32> = (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let fast = greedy_coreset(&rows, dim, count, 9);
+        let mut naive = vec![ChaCha8Rng::seed_from_u64(9 ^ 0x5eed).random_range(0..n)];
+        let mut nearest = vec![f32::INFINITY; n];
+        while naive.len() < count {
+            let c = &rows[naive[naive.len() - 1] * dim..][..dim];
+            for (i, near) in nearest.iter_mut().enumerate() {
+                *near = near.min(squared_distance(&rows[i * dim..][..dim], c));
+            }
+            let far = (0..n).fold(0, |b, i| if nearest[i] > nearest[b] { i } else { b });
+            naive.push(far);
+        }
+        assert_eq!(fast, naive);
     }
 }
