@@ -6,3 +6,4 @@ pub mod data;
 pub mod detect;
 pub mod eval;
 pub mod fsutil;
+pub mod runtime;

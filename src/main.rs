@@ -20,6 +20,12 @@ use ucad::detect::heatmap::save_overlay;
 use ucad::detect::map::anomaly_map;
 use ucad::detect::Detector;
 use ucad::eval::protocol::{self, EvalOptions};
+use ucad::runtime::config::{RunConfig, SourceConfig};
+use ucad::runtime::inspection::Inspector;
+use ucad::runtime::learn::learn_conveyor;
+
+#[global_allocator]
+static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
 
 #[derive(Parser)]
 #[command(
@@ -39,8 +45,10 @@ enum Command {
     Demo {
         #[arg(long, default_value = "default")]
         backbone: String,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 3)]
         products: usize,
+        #[arg(long, default_value_t = 36)]
+        frames: u64,
     },
     /// Manage the offline default backbones (models/cache, or $UCAD_MODELS).
     Models {
@@ -81,6 +89,8 @@ enum Command {
     },
     /// Learn one product from normal images and append it to a bank.
     Fit(FitArgs),
+    /// The inspection loop on a board: frames in, decisions out on the reject line.
+    Run(RunArgs),
     /// Run the continual protocol on a dataset and report (BENCHMARK.md).
     Eval(EvalArgs),
     /// Write generated products with defects and masks (MVTec AD layout).
@@ -201,6 +211,22 @@ struct EvalArgs {
 }
 
 #[derive(clap::Args)]
+struct RunArgs {
+    /// A board config (board/*.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Stop after this many frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Write the run summary here on exit.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+    /// First learn the conveyor source's generated products into the configured bank.
+    #[arg(long)]
+    learn: bool,
+}
+
+#[derive(clap::Args)]
 struct GenerateArgs {
     /// Folder to write the products into (MVTec AD layout, one folder per product).
     #[arg(long)]
@@ -236,7 +262,11 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let cache = ModelCache::locate();
     match cli.command {
-        Command::Demo { backbone, products } => demo(&cache, &backbone, products)?,
+        Command::Demo {
+            backbone,
+            products,
+            frames,
+        } => demo(&cache, &backbone, products, frames)?,
         Command::Models {
             action: ModelsAction::Fetch,
         } => {
@@ -277,6 +307,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
         }
         Command::Fit(args) => fit(&cache, args)?,
+        Command::Run(args) => run_loop(&cache, RunConfig::load(&args.config)?, &args)?,
         Command::Eval(args) => eval(&cache, args)?,
         Command::Generate(args) => generate(&args)?,
         Command::Score {
@@ -414,34 +445,63 @@ fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn demo(cache: &ModelCache, backbone: &str, count: usize) -> Result<()> {
+/// The embedded dry-run board: generated products, a simulated reject line.
+const SIM_CONFIG: &str = include_str!("../board/sim.toml");
+
+fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64) -> Result<()> {
     cache.fetch_all()?;
+    let mut config: RunConfig = toml::from_str(SIM_CONFIG).context("the embedded board/sim.toml")?;
     let dir = std::env::temp_dir().join(format!("ucad-demo-{}", std::process::id()));
-    let counts = SplitCounts {
-        train: 30,
-        test_good: 8,
-        test_defective: 12,
-    };
-    let mut names = Vec::new();
-    for product in products(count, 0) {
-        product.write_mvtec(&dir, 256, counts)?;
-        names.push(product.name.clone());
+    config.bank.path = dir.join("bank.ucad");
+    config.backbone = backbone.to_string();
+    if let SourceConfig::Conveyor { products: count, .. } = &mut config.source {
+        *count = products;
     }
-    println!(
-        "generated {} products in {}: {}",
-        count,
-        dir.display(),
-        names.join(", ")
-    );
-    let backbone = Backbone::load(&cache.resolve(backbone)?)?;
-    let options = EvalOptions {
-        fit: FitParams::default(),
-        reference_fraction: 0.1,
-        heatmaps: Some(dir.join("heatmaps")),
+    config.check()?;
+    let args = RunArgs {
+        config: PathBuf::from("board/sim.toml"),
+        frames: Some(frames),
+        summary_json: Some(dir.join("summary.json")),
+        learn: true,
     };
-    let report = protocol::run(&backbone, &dir, &names, &options)?;
-    print!("{}", report.table());
-    println!("heatmaps in {}", dir.join("heatmaps").display());
+    run_loop(cache, config, &args)
+}
+
+fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()> {
+    let backbone = Backbone::load(&cache.resolve(&config.backbone)?)?;
+    if args.learn {
+        if let Some(dir) = config.bank.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        learn_conveyor(&backbone, &config.source, &config.bank.path, &FitParams::default())?;
+    }
+    let mut source = ucad::runtime::source::open(&config.source)?;
+    let mut inspector = Inspector::new(backbone, config);
+    let outcome = inspector.run(source.as_mut(), args.frames)?;
+    let s = &outcome.summary;
+    let show = |v: Option<u64>| v.map_or("—".to_string(), |v| v.to_string());
+    println!(
+        "parts {} rejected {} (per task {:?}) escapes {} false rejects {} fail-safe {}",
+        s.parts,
+        s.rejects,
+        s.rejects_per_task,
+        show(s.escapes),
+        show(s.false_rejects),
+        s.failsafe_rejects
+    );
+    println!(
+        "latency p50 {:.1} ms p99 {:.1} ms; reject timing error max {} ms; {} allocations/frame; peak RSS {} MB",
+        s.p50_ms.unwrap_or(f64::NAN),
+        s.p99_ms.unwrap_or(f64::NAN),
+        s.reject_timing_error_ms_max.map_or("—".into(), |e| format!("{e:.3}")),
+        s.allocations_per_frame.map_or("—".into(), |a| format!("{a:.0}")),
+        s.peak_rss_bytes
+            .map_or("—".into(), |b| format!("{:.0}", b as f64 / 1e6))
+    );
+    if let Some(path) = &args.summary_json {
+        ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
+        println!("summary written to {}", path.display());
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
 use rand::seq::SliceRandom;
@@ -44,9 +45,19 @@ impl Default for FitParams {
     }
 }
 
-/// Plain patch features of each image, on every core (one tract plan, one preprocessor per
-/// worker), with a progress bar. Order follows `images`.
+/// Plain patch features of each image file, on every core, with a progress bar.
 pub fn extract_features(backbone: &Backbone, images: &[PathBuf], label: &str) -> Result<Vec<Vec<f32>>> {
+    extract_features_with(backbone, images, label, |p| load_rgb(p))
+}
+
+/// Plain patch features of each item as `load` turns it into an image, on every core (one tract
+/// plan, one preprocessor per worker), with a progress bar. Order follows `images`.
+pub fn extract_features_with<T: Sync>(
+    backbone: &Backbone,
+    images: &[T],
+    label: &str,
+    load: impl Fn(&T) -> Result<RgbImage> + Sync,
+) -> Result<Vec<Vec<f32>>> {
     let bar = ProgressBar::new(images.len() as u64).with_message(label.to_string());
     bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]").expect("template"));
     let workers = std::thread::available_parallelism()
@@ -57,13 +68,13 @@ pub fn extract_features(backbone: &Backbone, images: &[PathBuf], label: &str) ->
         let handles: Vec<_> = images
             .chunks(chunk)
             .map(|part| {
-                let bar = bar.clone();
+                let (bar, load) = (bar.clone(), &load);
                 scope.spawn(move || -> Result<Vec<Vec<f32>>> {
                     let mut pre = Preprocessor::new(&backbone.meta);
                     part.iter()
                         .map(|p| {
                             bar.inc(1);
-                            backbone.features(pre.tensor(&load_rgb(p)?)?, None)
+                            backbone.features(pre.tensor(&load(p)?)?, None)
                         })
                         .collect()
                 })
@@ -169,12 +180,34 @@ fn normal_stats(scores: &[f32], target_false_reject: f32) -> NormalStats {
     }
 }
 
-/// The (1 − rate) quantile of the held-out normal scores, linearly interpolated; with few
-/// held-out images this is their maximum, i.e. no held-out normal image is rejected.
+/// The threshold for a target false-reject rate from held-out normal scores: their empirical
+/// (1 − rate) quantile when there are at least 1/rate of them. With fewer, that quantile is at
+/// most their maximum, which a new normal part exceeds far more often than `rate`; then the
+/// larger of it and the same quantile of a Gumbel distribution fitted to the scores (moments)
+/// is used: an image score is a maximum over patches, and maxima have Gumbel-like right tails.
 pub fn threshold_for(scores: &[f32], target_false_reject: f32) -> f32 {
+    let rate = target_false_reject.clamp(1e-6, 0.5);
+    let empirical = empirical_quantile(scores, 1.0 - rate);
+    if scores.len() as f32 * rate >= 1.0 {
+        return empirical;
+    }
+    let stats = normal_stats(scores, rate);
+    empirical.max(gumbel_quantile(stats.mean as f64, stats.std as f64, 1.0 - rate as f64) as f32)
+}
+
+/// Quantile `p` of the Gumbel (maximum) distribution with the given mean and standard deviation.
+fn gumbel_quantile(mean: f64, std: f64, p: f64) -> f64 {
+    const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
+    let scale = std * 6f64.sqrt() / std::f64::consts::PI;
+    let location = mean - EULER_GAMMA * scale;
+    location - scale * (-p.ln()).ln()
+}
+
+/// Linearly interpolated quantile `q` of `scores`.
+fn empirical_quantile(scores: &[f32], q: f32) -> f32 {
     let mut sorted = scores.to_vec();
     sorted.sort_by(f32::total_cmp);
-    let pos = (1.0 - target_false_reject.clamp(0.0, 1.0)) * (sorted.len() - 1) as f32;
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
 }
@@ -184,10 +217,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threshold_is_the_interpolated_quantile() {
+    fn quantiles_are_interpolated_and_the_gumbel_quantile_is_right() {
         let scores: Vec<f32> = (0..101).map(|i| i as f32).collect();
-        assert_eq!(threshold_for(&scores, 0.01), 99.0);
-        assert_eq!(threshold_for(&scores, 0.0), 100.0);
-        assert_eq!(threshold_for(&[3.0, 1.0, 2.0], 0.01), 2.98);
+        assert_eq!(empirical_quantile(&scores, 0.99), 99.0);
+        assert_eq!(empirical_quantile(&[3.0, 1.0, 2.0], 0.99), 2.98);
+        // Standard Gumbel (location 0, scale 1): mean γ, std π/√6; its median is −ln ln 2.
+        let (mean, std) = (0.577_215_664_901_532_9, std::f64::consts::PI / 6f64.sqrt());
+        assert!((gumbel_quantile(mean, std, 0.5) + 2f64.ln().ln()).abs() < 1e-12);
+        assert!((gumbel_quantile(mean, std, 0.99) - 4.600_149_226).abs() < 1e-8);
+    }
+
+    #[test]
+    fn few_held_out_scores_get_a_fitted_tail_beyond_their_maximum() {
+        // Five scores: the empirical 0.99 quantile is nearly their max (2.98); the tail goes beyond.
+        let few = [1.0, 1.5, 2.0, 2.5, 3.0];
+        let t = threshold_for(&few, 0.01);
+        let std = (few.iter().map(|s| (s - 2.0f32).powi(2)).sum::<f32>() / 5.0).sqrt();
+        assert!(
+            (t - gumbel_quantile(2.0, std as f64, 0.99) as f32).abs() < 1e-5 && t > 3.0,
+            "{t}"
+        );
+        // Enough scores to see the quantile: the empirical one governs.
+        let many: Vec<f32> = (0..1001).map(|i| i as f32 / 1000.0).collect();
+        let t = threshold_for(&many, 0.01);
+        assert!((t - 0.99).abs() < 1e-6, "{t}");
     }
 }

@@ -1,0 +1,36 @@
+//! Learning the generated products of a conveyor source, for dry runs and the demo.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use log::info;
+
+use super::config::SourceConfig;
+use super::source::conveyor_products;
+use crate::backbone::Backbone;
+use crate::bank::Bank;
+use crate::detect::fit::{extract_features_with, fit_from_features, FitParams};
+
+/// Learns each product of the conveyor one after another from its normal training images and
+/// writes a new bank to `path`.
+pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, params: &FitParams) -> Result<Bank> {
+    let SourceConfig::Conveyor { size, train_images, .. } = *source else {
+        anyhow::bail!("only a conveyor source has generated products to learn");
+    };
+    let dim = backbone.meta.feature_dim();
+    let mut bank = Bank::new(&backbone.file_sha256, dim, backbone.meta.patches());
+    for product in conveyor_products(source)? {
+        let start = Instant::now();
+        let indices: Vec<usize> = (0..train_images).collect();
+        let features = extract_features_with(backbone, &indices, &product.name, |i| Ok(product.normal(size, *i)))?;
+        bank.append(fit_from_features(&product.name, &features, dim, params)?)?;
+        info!(
+            "learned {} from {train_images} normal images in {:.1} s",
+            product.name,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    bank.save(path)?;
+    Ok(bank)
+}

@@ -1,0 +1,189 @@
+//! Frame sources behind one trait: replayed images (a folder, or the synthetic conveyor) paced
+//! at a frame rate, and — with the `device` feature — a V4L2 camera.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::SourceConfig;
+use crate::data::folder::{list_images, load_rgb};
+use crate::data::synthetic::{products, Product};
+
+/// What a part really was, when the source knows (replays of generated parts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truth {
+    pub product: usize,
+    pub defective: bool,
+}
+
+/// One captured frame; sources write into it so that its buffer is reused.
+pub struct Frame {
+    pub image: RgbImage,
+    pub captured: Instant,
+    pub sequence: u64,
+    pub truth: Option<Truth>,
+}
+
+impl Frame {
+    pub fn new() -> Frame {
+        Frame {
+            image: RgbImage::new(0, 0),
+            captured: Instant::now(),
+            sequence: 0,
+            truth: None,
+        }
+    }
+}
+
+impl Default for Frame {
+    fn default() -> Frame {
+        Frame::new()
+    }
+}
+
+pub trait FrameSource: Send {
+    /// Waits for the next frame and writes it into `frame`; `Ok(false)` when a finite source ends.
+    fn next(&mut self, frame: &mut Frame) -> Result<bool>;
+}
+
+/// Frames held in memory, captured at `fps` from the first call on. A consumer that falls behind
+/// gets frames with their original capture times (as from a camera's buffer queue).
+pub struct Replay {
+    clips: Vec<(RgbImage, Option<Truth>)>,
+    order: Box<dyn FnMut(u64) -> Option<usize> + Send>,
+    period: Duration,
+    start: Option<Instant>,
+    sequence: u64,
+}
+
+impl Replay {
+    fn next_clip(&mut self) -> Option<usize> {
+        (self.order)(self.sequence)
+    }
+}
+
+impl FrameSource for Replay {
+    fn next(&mut self, frame: &mut Frame) -> Result<bool> {
+        let Some(clip) = self.next_clip() else { return Ok(false) };
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let due = start + self.period.mul_f64(self.sequence as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let (image, truth) = &self.clips[clip];
+        if frame.image.dimensions() == image.dimensions() {
+            frame.image.copy_from_slice(image);
+        } else {
+            frame.image = image.clone();
+        }
+        frame.captured = due;
+        frame.sequence = self.sequence;
+        frame.truth = *truth;
+        self.sequence += 1;
+        Ok(true)
+    }
+}
+
+/// Generated parts on a conveyor: runs of `run_length` parts of one product, then the next
+/// product; each part defective with probability 1/`defect_every` (seeded). Parts are rendered
+/// at start-up from image indices the training images do not use.
+pub fn conveyor(config: &SourceConfig) -> Result<Replay> {
+    let SourceConfig::Conveyor {
+        fps,
+        products: count,
+        seed,
+        run_length,
+        defect_every,
+        size,
+        train_images,
+    } = *config
+    else {
+        bail!("not a conveyor source");
+    };
+    const VARIANTS: usize = 8;
+    let line = products(count, seed);
+    let mut clips = Vec::with_capacity(count * 2 * VARIANTS);
+    for (p, product) in line.iter().enumerate() {
+        for v in 0..VARIANTS {
+            clips.push((
+                product.normal(size, train_images + v),
+                Some(Truth {
+                    product: p,
+                    defective: false,
+                }),
+            ));
+            clips.push((
+                product.defective(size, v).0,
+                Some(Truth {
+                    product: p,
+                    defective: true,
+                }),
+            ));
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc0ffee);
+    let order = move |sequence: u64| {
+        let product = (sequence as usize / run_length) % count;
+        let defective = rng.random_range(0..defect_every) == 0;
+        let variant = rng.random_range(0..VARIANTS);
+        Some((product * VARIANTS + variant) * 2 + defective as usize)
+    };
+    Ok(Replay {
+        clips,
+        order: Box::new(order),
+        period: Duration::from_secs_f64(1.0 / fps),
+        start: None,
+        sequence: 0,
+    })
+}
+
+/// The products of a conveyor source, for learning them.
+pub fn conveyor_products(config: &SourceConfig) -> Result<Vec<Product>> {
+    match *config {
+        SourceConfig::Conveyor {
+            products: count, seed, ..
+        } => Ok(products(count, seed)),
+        _ => bail!("only a conveyor source has generated products to learn"),
+    }
+}
+
+/// The images of a folder in name order (loaded at start-up), once or looping.
+pub fn folder(path: &Path, fps: f64, repeat: bool) -> Result<Replay> {
+    let files = list_images(path)?;
+    const MAX_IMAGES: usize = 10_000;
+    ensure!(
+        files.len() <= MAX_IMAGES,
+        "{}: more than {MAX_IMAGES} images to replay",
+        path.display()
+    );
+    let clips: Vec<(RgbImage, Option<Truth>)> =
+        files.iter().map(|f| Ok((load_rgb(f)?, None))).collect::<Result<_>>()?;
+    let count = clips.len() as u64;
+    let order = move |sequence: u64| (repeat || sequence < count).then_some((sequence % count) as usize);
+    Ok(Replay {
+        clips,
+        order: Box::new(order),
+        period: Duration::from_secs_f64(1.0 / fps),
+        start: None,
+        sequence: 0,
+    })
+}
+
+/// The source a config names.
+pub fn open(config: &SourceConfig) -> Result<Box<dyn FrameSource>> {
+    Ok(match config {
+        SourceConfig::Conveyor { .. } => Box::new(conveyor(config)?),
+        SourceConfig::Folder { path, fps, repeat } => Box::new(folder(path, *fps, *repeat)?),
+        SourceConfig::V4l2 { device, .. } => {
+            bail!(
+                "{}: this build has no V4L2 support (build with --features device)",
+                device.display()
+            )
+        }
+    })
+}

@@ -1,0 +1,93 @@
+//! The whole loop on the synthetic conveyor with the simulated reject line: defective parts of
+//! interleaved products are rejected on time, normal parts pass. Needs the default backbone
+//! (`ucad models fetch`; CI sets UCAD_REQUIRE_MODELS=1 so that its absence fails).
+
+use std::time::Duration;
+
+use ucad::backbone::models::ModelCache;
+use ucad::backbone::Backbone;
+use ucad::detect::fit::FitParams;
+use ucad::runtime::config::{RunConfig, SourceConfig};
+use ucad::runtime::inspection::Inspector;
+use ucad::runtime::learn::learn_conveyor;
+use ucad::runtime::source::conveyor;
+
+#[global_allocator]
+static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
+
+const FRAMES: u64 = 18;
+
+#[test]
+fn defective_parts_of_interleaved_products_are_rejected_on_time() {
+    let cache = ModelCache::locate();
+    let Ok(path) = cache.resolve("default") else {
+        assert!(
+            std::env::var_os("UCAD_REQUIRE_MODELS").is_none(),
+            "UCAD_REQUIRE_MODELS is set but no default backbone"
+        );
+        eprintln!("skipping: run `ucad models fetch` first");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: RunConfig = toml::from_str(include_str!("../board/sim.toml")).unwrap();
+    config.bank.path = dir.path().join("bank.ucad");
+    config.source = SourceConfig::Conveyor {
+        fps: 2.0,
+        products: 2,
+        seed: 3,
+        run_length: 3,
+        defect_every: 2,
+        size: 256,
+        train_images: 60,
+    };
+    config.check().unwrap();
+    let backbone = Backbone::load(&path).unwrap();
+    // A stricter false-reject target than the default: this test is about the loop and the
+    // line, and 12 held-out images cannot pin a 1 % tail of this synthetic product.
+    let params = FitParams {
+        target_false_reject: 0.001,
+        ..FitParams::default()
+    };
+    learn_conveyor(&backbone, &config.source, &config.bank.path, &params).unwrap();
+
+    let mut source = conveyor(&config.source).unwrap();
+    let travel = Duration::from_secs_f64(config.reject.travel_delay_ms / 1e3);
+    let mut inspector = Inspector::new(backbone, config);
+    let outcome = inspector.run(&mut source, Some(FRAMES)).unwrap();
+
+    let products: Vec<usize> = outcome.parts.iter().map(|p| p.truth.unwrap().product).collect();
+    let switches = products.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(switches >= 2, "products are not interleaved: {products:?}");
+    let defective = outcome.parts.iter().filter(|p| p.truth.unwrap().defective).count();
+    assert!(
+        defective >= 3 && defective < FRAMES as usize,
+        "{defective} defective parts"
+    );
+
+    let sim = outcome.sim.expect("a simulated line");
+    let record = sim.lock().unwrap();
+    let rises: Vec<_> = record.edges.iter().filter(|e| e.active).collect();
+    for part in &outcome.parts {
+        let due = part.captured + travel;
+        let near = |e: &&&ucad::runtime::reject::Edge| {
+            let gap = if e.actual > due { e.actual - due } else { due - e.actual };
+            gap <= Duration::from_millis(1)
+        };
+        let truth = part.truth.unwrap();
+        assert!(!part.failsafe, "part {} needed the fail-safe", part.sequence);
+        assert_eq!(part.rejected, truth.defective, "part {}: {part:?}", part.sequence);
+        let fired = rises.iter().filter(near).count();
+        assert_eq!(
+            fired, truth.defective as usize,
+            "part {}: {fired} reject edges within ±1 ms",
+            part.sequence
+        );
+    }
+    assert_eq!(record.edges.len(), 2 * defective, "every pulse rises and falls once");
+    assert!(!record.active, "the line is idle after shutdown");
+    let summary = &outcome.summary;
+    assert_eq!((summary.escapes, summary.false_rejects), (Some(0), Some(0)));
+    let worst = summary.reject_timing_error_ms_max.unwrap();
+    assert!(worst <= 1.0, "an edge was {worst:.3} ms off its schedule");
+    assert!(summary.allocations_per_frame.is_some() && summary.peak_rss_bytes.is_some());
+}
