@@ -475,7 +475,8 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         }
         learn_conveyor(&backbone, &config.source, &config.bank.path, &FitParams::default())?;
     }
-    let mut source = ucad::runtime::source::open(&config.source)?;
+    let stall = std::time::Duration::from_secs_f64(config.failsafe.stall_ms / 1e3);
+    let mut source = ucad::runtime::source::open(&config.source, stall)?;
     let mut inspector = Inspector::new(backbone, config);
     let outcome = inspector.run(source.as_mut(), args.frames)?;
     let s = &outcome.summary;

@@ -302,9 +302,24 @@ fn open_line(config: &LineConfig) -> Result<OpenedLine> {
             let (line, record) = SimulatedLine::new(SIM_EDGES);
             Ok((Box::new(line), Some(record)))
         }
+        #[cfg(feature = "device")]
+        LineConfig::Rppal { pin, active_high } => {
+            Ok((Box::new(super::device::RppalLine::open(*pin, *active_high)?), None))
+        }
+        #[cfg(feature = "device")]
+        LineConfig::Gpiocdev {
+            chip,
+            line,
+            active_high,
+        } => Ok((
+            Box::new(super::device::GpiocdevLine::open(chip, *line, *active_high)?),
+            None,
+        )),
+        #[cfg(not(feature = "device"))]
         LineConfig::Rppal { pin, .. } => {
             anyhow::bail!("GPIO pin {pin}: this build has no rppal support (build with --features device)")
         }
+        #[cfg(not(feature = "device"))]
         LineConfig::Gpiocdev { chip, line, .. } => anyhow::bail!(
             "{} line {line}: this build has no GPIO character device support (build with --features device)",
             chip.display()

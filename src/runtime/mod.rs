@@ -3,8 +3,11 @@
 pub mod alloc;
 pub mod config;
 pub mod counters;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod inspection;
 pub mod learn;
+pub mod pixels;
 pub mod reject;
 pub mod schedule;
 pub mod source;
