@@ -351,10 +351,7 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()
     } else {
         images
             .iter()
-            .map(|p| {
-                let img = image::open(p).with_context(|| format!("cannot read image {}", p.display()))?;
-                Ok((p.display().to_string(), img.to_rgb8()))
-            })
+            .map(|p| Ok((p.display().to_string(), load_rgb(p)?)))
             .collect::<Result<_>>()?
     };
     for (name, img) in inputs {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use image::RgbImage;
+use image::{EncodableLayout, ImageBuffer, PixelWithColorType, RgbImage};
 
 const EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
@@ -35,4 +35,18 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         bail!("{}: image is empty", path.display());
     }
     Ok(img.to_rgb8())
+}
+
+/// Writes an image (format from the extension), creating its folder.
+pub fn save_image<P>(image: &ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> Result<()>
+where
+    P: PixelWithColorType,
+    [P::Subpixel]: EncodableLayout,
+{
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    image
+        .save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use super::folder::save_image;
 
 /// A smooth coloured texture with a few blobs: structured enough to exercise a ViT, and the
 /// same for the same seed on every machine.
@@ -233,28 +235,22 @@ impl Product {
     /// Writes the MVTec AD layout: train/good, test/good, test/<defect> and ground_truth masks.
     pub fn write_mvtec(&self, root: &Path, size: u32, counts: SplitCounts) -> Result<()> {
         let dir = root.join(&self.name);
-        let save = |image: &RgbImage, path: &Path| -> Result<()> {
-            std::fs::create_dir_all(path.parent().expect("has parent"))?;
-            image
-                .save(path)
-                .with_context(|| format!("cannot write {}", path.display()))
-        };
         for i in 0..counts.train {
-            save(&self.normal(size, i), &dir.join(format!("train/good/{i:03}.png")))?;
+            save_image(&self.normal(size, i), &dir.join(format!("train/good/{i:03}.png")))?;
         }
         for i in 0..counts.test_good {
-            save(
+            save_image(
                 &self.normal(size, counts.train + i),
                 &dir.join(format!("test/good/{i:03}.png")),
             )?;
         }
         for i in 0..counts.test_defective {
             let (image, mask, defect) = self.defective(size, i);
-            save(&image, &dir.join(format!("test/{}/{i:03}.png", defect.name())))?;
-            let mask_path = dir.join(format!("ground_truth/{}/{i:03}_mask.png", defect.name()));
-            std::fs::create_dir_all(mask_path.parent().expect("has parent"))?;
-            mask.save(&mask_path)
-                .with_context(|| format!("cannot write {}", mask_path.display()))?;
+            save_image(&image, &dir.join(format!("test/{}/{i:03}.png", defect.name())))?;
+            save_image(
+                &mask,
+                &dir.join(format!("ground_truth/{}/{i:03}_mask.png", defect.name())),
+            )?;
         }
         Ok(())
     }

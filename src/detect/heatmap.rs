@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use image::{Rgb, RgbImage};
+
+use crate::data::folder::save_image;
 
 /// Blends a colour ramp over `view` (the network's S×S view): transparent well below the
 /// threshold, yellow at it, red at twice its distance from zero. `map` holds scores minus the
@@ -28,10 +30,5 @@ pub fn overlay(view: &RgbImage, map: &[f32], threshold: f32) -> Result<RgbImage>
 }
 
 pub fn save_overlay(path: &Path, view: &RgbImage, map: &[f32], threshold: f32) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    overlay(view, map, threshold)?
-        .save(path)
-        .with_context(|| format!("cannot write heatmap {}", path.display()))
+    save_image(&overlay(view, map, threshold)?, path)
 }
