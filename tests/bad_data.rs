@@ -20,6 +20,21 @@ fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `ucad fit` of task `p` from the images in `train`.
+fn fit(backbone: &Path, bank: &Path, train: &Path) -> (bool, String) {
+    ucad(&[
+        "fit",
+        "--backbone",
+        arg(backbone),
+        "--bank",
+        arg(bank),
+        "--task",
+        "p",
+        "--train",
+        arg(train),
+    ])
+}
+
 #[test]
 fn an_empty_train_folder_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -27,17 +42,7 @@ fn an_empty_train_folder_is_refused_naming_it() {
     let empty = dir.path().join("empty_train");
     std::fs::create_dir(&empty).unwrap();
     let bank = dir.path().join("bank.ucad");
-    let (ok, err) = ucad(&[
-        "fit",
-        "--backbone",
-        arg(&backbone),
-        "--bank",
-        arg(&bank),
-        "--task",
-        "p",
-        "--train",
-        arg(&empty),
-    ]);
+    let (ok, err) = fit(&backbone, &bank, &empty);
     assert!(!ok && err.contains("empty_train") && err.contains("no images"), "{err}");
     assert!(!bank.exists(), "a failed fit wrote a bank");
 }
@@ -92,17 +97,7 @@ fn a_missing_dataset_and_an_unreadable_image_are_named() {
     std::fs::write(train.join("broken.png"), b"not a png").unwrap();
     std::fs::write(train.join("other.png"), b"nor this").unwrap();
     let bank = dir.path().join("bank.ucad");
-    let (ok, err) = ucad(&[
-        "fit",
-        "--backbone",
-        arg(&backbone),
-        "--bank",
-        arg(&bank),
-        "--task",
-        "p",
-        "--train",
-        arg(&train),
-    ]);
+    let (ok, err) = fit(&backbone, &bank, &train);
     assert!(!ok && err.contains("broken.png"), "{err}");
 }
 

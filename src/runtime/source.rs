@@ -61,6 +61,21 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// `order` maps a frame's sequence number to the clip shown (`None` ends the replay).
+    fn new(
+        clips: Vec<(RgbImage, Option<Truth>)>,
+        order: impl FnMut(u64) -> Option<usize> + Send + 'static,
+        fps: f64,
+    ) -> Replay {
+        Replay {
+            clips,
+            order: Box::new(order),
+            period: Duration::from_secs_f64(1.0 / fps),
+            start: None,
+            sequence: 0,
+        }
+    }
+
     fn next_clip(&mut self) -> Option<usize> {
         (self.order)(self.sequence)
     }
@@ -133,13 +148,7 @@ pub fn conveyor(config: &SourceConfig) -> Result<Replay> {
         let variant = rng.random_range(0..VARIANTS);
         Some((product * VARIANTS + variant) * 2 + defective as usize)
     };
-    Ok(Replay {
-        clips,
-        order: Box::new(order),
-        period: Duration::from_secs_f64(1.0 / fps),
-        start: None,
-        sequence: 0,
-    })
+    Ok(Replay::new(clips, order, fps))
 }
 
 /// The products of a conveyor source, for learning them.
@@ -165,13 +174,7 @@ pub fn folder(path: &Path, fps: f64, repeat: bool) -> Result<Replay> {
         files.iter().map(|f| Ok((load_rgb(f)?, None))).collect::<Result<_>>()?;
     let count = clips.len() as u64;
     let order = move |sequence: u64| (repeat || sequence < count).then_some((sequence % count) as usize);
-    Ok(Replay {
-        clips,
-        order: Box::new(order),
-        period: Duration::from_secs_f64(1.0 / fps),
-        start: None,
-        sequence: 0,
-    })
+    Ok(Replay::new(clips, order, fps))
 }
 
 /// The source a config names; `stall` bounds how long a camera may go without a frame.
