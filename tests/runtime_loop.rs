@@ -16,6 +16,8 @@ use ucad::runtime::source::conveyor;
 static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
 
 const FRAMES: u64 = 18;
+/// Runs of the loop allowed when the host steals CPU time during them (see below).
+const ATTEMPTS: usize = 5;
 
 #[test]
 fn defective_parts_of_interleaved_products_are_rejected_on_time() {
@@ -50,9 +52,31 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
     };
     learn_conveyor(&backbone, &config.source, &config.bank.path, &params).unwrap();
 
-    let mut source = conveyor(&config.source).unwrap();
     let travel = Duration::from_secs_f64(config.reject.travel_delay_ms / 1e3);
-    let mut inspector = Inspector::new(backbone, config);
+    // Edge timing is only evidence about our scheduler when the hypervisor did not take the
+    // CPU away during the run: an attempt whose late edges coincide with measured host steal
+    // time is repeated (at most ATTEMPTS); without steal, late edges fail at once.
+    for attempt in 1..=ATTEMPTS {
+        let steal_before = host_steal_ticks();
+        let late = run_once(&config, &path, travel);
+        let stolen = host_steal_ticks()
+            .zip(steal_before)
+            .map_or(0, |(after, before)| after - before);
+        if late.is_empty() {
+            return;
+        }
+        assert!(
+            stolen > 0 && attempt < ATTEMPTS,
+            "late edges ({stolen} ticks of host steal): {late:?}"
+        );
+        eprintln!("attempt {attempt}: {late:?} while the host stole {stolen} ticks; repeating");
+    }
+}
+
+/// One run of the loop; asserts the decisions and returns the timing violations found.
+fn run_once(config: &RunConfig, backbone: &std::path::Path, travel: Duration) -> Vec<String> {
+    let mut source = conveyor(&config.source).unwrap();
+    let mut inspector = Inspector::new(Backbone::load(backbone).unwrap(), config.clone());
     let outcome = inspector.run(&mut source, Some(FRAMES)).unwrap();
 
     let products: Vec<usize> = outcome.parts.iter().map(|p| p.truth.unwrap().product).collect();
@@ -67,6 +91,7 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
     let sim = outcome.sim.expect("a simulated line");
     let record = sim.lock().unwrap();
     let rises: Vec<_> = record.edges.iter().filter(|e| e.active).collect();
+    let mut late = Vec::new();
     for part in &outcome.parts {
         let due = part.captured + travel;
         let near = |e: &&&ucad::runtime::reject::Edge| {
@@ -77,17 +102,24 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
         assert!(!part.failsafe, "part {} needed the fail-safe", part.sequence);
         assert_eq!(part.rejected, truth.defective, "part {}: {part:?}", part.sequence);
         let fired = rises.iter().filter(near).count();
-        assert_eq!(
-            fired, truth.defective as usize,
-            "part {}: {fired} reject edges within ±1 ms",
-            part.sequence
-        );
+        if fired != truth.defective as usize {
+            late.push(format!("part {}: {fired} reject edges within ±1 ms", part.sequence));
+        }
     }
     assert_eq!(record.edges.len(), 2 * defective, "every pulse rises and falls once");
     assert!(!record.active, "the line is idle after shutdown");
     let summary = &outcome.summary;
     assert_eq!((summary.escapes, summary.false_rejects), (Some(0), Some(0)));
     let worst = summary.reject_timing_error_ms_max.unwrap();
-    assert!(worst <= 1.0, "an edge was {worst:.3} ms off its schedule");
+    if worst > 1.0 {
+        late.push(format!("an edge was {worst:.3} ms off its schedule"));
+    }
     assert!(summary.allocations_per_frame.is_some() && summary.peak_rss_bytes.is_some());
+    late
+}
+
+/// Host steal time of all CPUs so far (/proc/stat), in clock ticks.
+fn host_steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
 }
