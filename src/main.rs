@@ -21,6 +21,7 @@ use ucad::detect::map::anomaly_map;
 use ucad::detect::Detector;
 use ucad::eval::protocol::{self, EvalOptions};
 use ucad::runtime::config::{RunConfig, SourceConfig};
+use ucad::runtime::counters::StageMeans;
 use ucad::runtime::inspection::Inspector;
 use ucad::runtime::learn::learn_conveyor;
 
@@ -49,6 +50,17 @@ enum Command {
         products: usize,
         #[arg(long, default_value_t = 36)]
         frames: u64,
+    },
+    /// The demo's loop, timed per stage: decode, preprocess, backbone passes, routing, kNN,
+    /// decision, the frame/backbone time ratio, allocations and peak RSS.
+    BenchRuntime {
+        #[arg(long, default_value = "default")]
+        backbone: String,
+        #[arg(long, default_value_t = 60)]
+        frames: u64,
+        /// Also write the run's summary here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Manage the offline default backbones (models/cache, or $UCAD_MODELS).
     Models {
@@ -266,7 +278,8 @@ fn run(cli: Cli) -> Result<()> {
             backbone,
             products,
             frames,
-        } => demo(&cache, &backbone, products, frames)?,
+        } => demo(&cache, &backbone, products, frames, None)?,
+        Command::BenchRuntime { backbone, frames, json } => demo(&cache, &backbone, 3, frames, json)?,
         Command::Models {
             action: ModelsAction::Fetch,
         } => {
@@ -445,11 +458,15 @@ fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
 /// The embedded dry-run board: generated products, a simulated reject line.
 const SIM_CONFIG: &str = include_str!("../board/sim.toml");
 
-fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64) -> Result<()> {
+/// Learns the simulated board's products into a fresh bank and runs its loop.
+fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summary: Option<PathBuf>) -> Result<()> {
     cache.fetch_all()?;
     let mut config: RunConfig = toml::from_str(SIM_CONFIG).context("the embedded board/sim.toml")?;
     let dir = std::env::temp_dir().join(format!("ucad-demo-{}", std::process::id()));
     config.bank.path = dir.join("bank.ucad");
+    if let Some(audit) = &mut config.audit {
+        audit.dir = dir.join("audit");
+    }
     config.backbone = backbone.to_string();
     if let SourceConfig::Conveyor { products: count, .. } = &mut config.source {
         *count = products;
@@ -458,7 +475,7 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64) -> Res
     let args = RunArgs {
         config: PathBuf::from("board/sim.toml"),
         frames: Some(frames),
-        summary_json: Some(dir.join("summary.json")),
+        summary_json: Some(summary.unwrap_or_else(|| dir.join("summary.json"))),
         learn: true,
     };
     run_loop(cache, config, &args)
@@ -488,19 +505,52 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         s.failsafe_rejects
     );
     println!(
-        "latency p50 {:.1} ms p99 {:.1} ms; reject timing error max {} ms; {} allocations/frame; peak RSS {} MB",
+        "latency p50 {:.1} ms p99 {:.1} ms; reject timing error max {} ms; dropped frames {}; audit not saved {}",
         s.p50_ms.unwrap_or(f64::NAN),
         s.p99_ms.unwrap_or(f64::NAN),
         s.reject_timing_error_ms_max.map_or("—".into(), |e| format!("{e:.3}")),
-        s.allocations_per_frame.map_or("—".into(), |a| format!("{a:.0}")),
-        s.peak_rss_bytes
-            .map_or("—".into(), |b| format!("{:.0}", b as f64 / 1e6))
+        s.dropped_frames,
+        s.audit_not_saved
+    );
+    print_stages(&s.stages_ms);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "memory: {} heap allocations/frame, {} frame-pool allocations/frame (pool peak {:.1} of {:.0} MiB); peak RSS {}",
+        s.allocations_per_frame.map_or("—".into(), |a| format!("{a:.2}")),
+        s.pool_allocations_per_frame.map_or("—".into(), |a| format!("{a:.0}")),
+        mib(s.frame_pool_peak_bytes),
+        mib(s.frame_pool_bytes),
+        s.peak_rss_bytes.map_or("—".into(), |b| format!("{:.0} MiB", mib(b)))
     );
     if let Some(path) = &args.summary_json {
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
         println!("summary written to {}", path.display());
     }
     Ok(())
+}
+
+fn print_stages(stages: &StageMeans) {
+    let total = stages.total();
+    println!("{:<22} {:>9} {:>7}", "stage (mean per frame)", "ms", "share");
+    for (name, ms) in [
+        ("decode", stages.decode),
+        ("preprocess", stages.preprocess),
+        ("backbone, plain pass", stages.plain_pass),
+        ("routing", stages.routing),
+        ("backbone, prompted", stages.prompted_pass),
+        ("kNN scoring", stages.knn),
+        ("decision", stages.decision),
+    ] {
+        println!(
+            "{name:<22} {ms:>9.3} {:>6.1}%",
+            100.0 * ms / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!(
+        "{:<22} {total:>9.3}   frame time / backbone time = {:.3}",
+        "total",
+        total / stages.backbone().max(f64::MIN_POSITIVE)
+    );
 }
 
 fn generate(args: &GenerateArgs) -> Result<()> {

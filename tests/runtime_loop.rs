@@ -41,6 +41,7 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
         defect_every: 2,
         size: 256,
         train_images: 60,
+        mjpeg: true,
     };
     config.check().unwrap();
     let backbone = Backbone::load(&path).unwrap();
@@ -114,7 +115,12 @@ fn run_once(config: &RunConfig, backbone: &std::path::Path, travel: Duration) ->
     if worst > 1.0 {
         late.push(format!("an edge was {worst:.3} ms off its schedule"));
     }
-    assert!(summary.allocations_per_frame.is_some() && summary.peak_rss_bytes.is_some());
+    assert_eq!(
+        summary.allocations_per_frame,
+        Some(0.0),
+        "heap allocations after warm-up"
+    );
+    assert!(summary.peak_rss_bytes.is_some());
     late
 }
 

@@ -6,6 +6,8 @@ pub mod heatmap;
 pub mod knn;
 pub mod map;
 
+use std::borrow::Cow;
+
 use anyhow::{ensure, Result};
 use tract_core::prelude::Tensor;
 
@@ -93,13 +95,24 @@ impl Detector {
         routing_from(&distances)
     }
 
+    /// The features a task scores: its prompted pass when it has a prompt, else the plain ones.
+    pub fn task_features<'a>(
+        &self,
+        backbone: &Backbone,
+        image: &Tensor,
+        plain: &'a [f32],
+        task: usize,
+    ) -> Result<Cow<'a, [f32]>> {
+        Ok(match &self.tasks[task].prompt {
+            Some(prompt) => Cow::Owned(backbone.features(image.clone(), Some(prompt))?),
+            None => Cow::Borrowed(plain),
+        })
+    }
+
     /// Scores an image against a given task (the oracle path) from its plain features.
     pub fn score_task(&self, backbone: &Backbone, image: &Tensor, plain: &[f32], task: usize) -> Result<Vec<f32>> {
-        let t = &self.tasks[task];
-        Ok(match &t.prompt {
-            Some(prompt) => t.patch_scores(&backbone.features(image.clone(), Some(prompt))?),
-            None => t.patch_scores(plain),
-        })
+        let features = self.task_features(backbone, image, plain, task)?;
+        Ok(self.tasks[task].patch_scores(&features))
     }
 
     /// Plain pass → route → (prompted pass) → patch scores → decision.

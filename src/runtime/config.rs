@@ -20,9 +20,44 @@ pub struct RunConfig {
     pub reject: RejectConfig,
     #[serde(default)]
     pub failsafe: FailsafeConfig,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// Saving rejected frames with their heatmaps (off when absent).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// Seconds between counter lines in the log.
     #[serde(default = "default_log_every")]
     pub log_every_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Reserved at start-up for everything a frame allocates while it is judged (tract's
+    /// intermediate tensors above all); see `runtime::alloc`.
+    pub frame_pool_mib: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> MemoryConfig {
+        MemoryConfig { frame_pool_mib: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where rejected frames and their heatmaps go (relative to the config file).
+    pub dir: PathBuf,
+    /// Disk budget: the oldest saved parts are deleted to stay under it.
+    pub max_mib: u64,
+    /// Rejected frames that may wait for the writer; more are counted as not saved.
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+}
+
+fn default_audit_queue() -> usize {
+    4
 }
 
 fn default_backbone() -> String {
@@ -73,6 +108,9 @@ pub enum SourceConfig {
         /// Normal training images per product written for `ucad fit` (see `ucad run --learn`).
         #[serde(default = "default_train_images")]
         train_images: usize,
+        /// Deliver frames JPEG-compressed, as an MJPEG camera does (decoded in the loop).
+        #[serde(default)]
+        mjpeg: bool,
     },
     /// The images of a folder, in name order, at `fps` (looping when `repeat`).
     Folder {
@@ -195,6 +233,13 @@ pub struct FailsafeConfig {
     /// Asserted by the `stop_line` action.
     #[serde(default)]
     pub stop_line: Option<LineConfig>,
+    /// Consecutive source failures (camera errors, stalls) tolerated before the loop ends.
+    #[serde(default = "default_source_retries")]
+    pub source_retries: u32,
+}
+
+fn default_source_retries() -> u32 {
+    3
 }
 
 impl Default for FailsafeConfig {
@@ -204,6 +249,7 @@ impl Default for FailsafeConfig {
             deadline_ms: 1000.0,
             stall_ms: 5000.0,
             stop_line: None,
+            source_retries: default_source_retries(),
         }
     }
 }
@@ -238,6 +284,9 @@ impl RunConfig {
             }
         };
         join(&mut self.bank.path);
+        if let Some(audit) = &mut self.audit {
+            join(&mut audit.dir);
+        }
         if let SourceConfig::Folder { path, .. } = &mut self.source {
             join(path);
         }
@@ -269,6 +318,16 @@ impl RunConfig {
             self.bank.capacity_tasks >= 1 && self.bank.capacity_rows >= 1,
             "bank capacity must be positive"
         );
+        ensure!(
+            self.memory.frame_pool_mib >= 1,
+            "memory.frame_pool_mib must be at least 1"
+        );
+        if let Some(audit) = &self.audit {
+            ensure!(
+                audit.max_mib >= 1 && audit.queue >= 1,
+                "audit.max_mib and audit.queue must be at least 1"
+            );
+        }
         if let Some(roi) = self.roi {
             ensure!(roi.width > 0 && roi.height > 0, "roi must not be empty");
         }

@@ -1,6 +1,6 @@
 //! What the loop counts, in fixed memory, and the summary it writes on exit.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use heapless::HistoryBuffer;
 use serde::Serialize;
@@ -10,13 +10,69 @@ use super::inspection::PartRecord;
 /// Latencies kept for the percentiles (the most recent ones).
 const LATENCY_WINDOW: usize = 4096;
 
+/// Where a judged frame's time goes, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Decode,
+    Preprocess,
+    PlainPass,
+    Routing,
+    PromptedPass,
+    Knn,
+    Decision,
+}
+
+const STAGES: usize = 7;
+
+/// Times consecutive stages: each mark charges the time since the previous one.
+pub struct Lap(Instant);
+
+impl Lap {
+    pub fn start() -> Lap {
+        Lap(Instant::now())
+    }
+
+    pub fn mark(&mut self, counters: &mut Counters, stage: Stage) {
+        let now = Instant::now();
+        counters.stage_time[stage as usize] += now - self.0;
+        self.0 = now;
+    }
+}
+
+/// Mean milliseconds per judged frame in each stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageMeans {
+    pub decode: f64,
+    pub preprocess: f64,
+    pub plain_pass: f64,
+    pub routing: f64,
+    pub prompted_pass: f64,
+    pub knn: f64,
+    pub decision: f64,
+}
+
+impl StageMeans {
+    pub fn total(&self) -> f64 {
+        self.decode + self.preprocess + self.plain_pass + self.routing + self.prompted_pass + self.knn + self.decision
+    }
+
+    pub fn backbone(&self) -> f64 {
+        self.plain_pass + self.prompted_pass
+    }
+}
+
 pub struct Counters {
     pub frames: u64,
+    /// Frames that went through the model (not fail-safed before).
+    pub judged: u64,
+    stage_time: [Duration; STAGES],
     pub rejects: u64,
     /// Rejects per task, sized for the bank at start-up.
     pub rejects_per_task: Vec<u64>,
     pub failsafes: u64,
     pub stalls: u64,
+    pub dropped_frames: u64,
+    pub audit_not_saved: u64,
     pub routing_switches: u64,
     /// Parts with ground truth, and how the decisions compared with it.
     pub known_parts: u64,
@@ -35,11 +91,29 @@ pub struct Summary {
     pub false_rejects: Option<u64>,
     pub failsafe_rejects: u64,
     pub stalls: u64,
+    pub dropped_frames: u64,
+    pub audit_not_saved: u64,
     pub routing_switches: u64,
     pub reject_timing_error_ms_max: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    pub stages_ms: StageMeans,
+    /// System-heap allocations (all threads) per frame after warm-up.
     pub allocations_per_frame: Option<f64>,
+    /// Allocations per frame after warm-up served by the fixed frame pool.
+    pub pool_allocations_per_frame: Option<f64>,
+    pub frame_pool_bytes: u64,
+    pub frame_pool_peak_bytes: u64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// What the allocator reports for a run's summary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryReport {
+    pub allocations_per_frame: Option<f64>,
+    pub pool_allocations_per_frame: Option<f64>,
+    pub frame_pool_bytes: u64,
+    pub frame_pool_peak_bytes: u64,
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -47,10 +121,14 @@ impl Counters {
     pub fn new(tasks: usize) -> Counters {
         Counters {
             frames: 0,
+            judged: 0,
+            stage_time: [Duration::ZERO; STAGES],
             rejects: 0,
             rejects_per_task: vec![0; tasks],
             failsafes: 0,
             stalls: 0,
+            dropped_frames: 0,
+            audit_not_saved: 0,
             routing_switches: 0,
             known_parts: 0,
             escapes: 0,
@@ -76,29 +154,44 @@ impl Counters {
         }
     }
 
+    /// The latency at quantile `q` of the recent window; sorts a copy on the stack, so that
+    /// the periodic log line allocates nothing.
     fn percentile(&self, q: f64) -> Option<f64> {
-        let mut sorted: Vec<f32> = self.latencies_ms.as_slice().to_vec();
-        sorted.sort_by(f32::total_cmp);
-        let last = sorted.len().checked_sub(1)?;
+        let window = self.latencies_ms.as_slice();
+        let last = window.len().checked_sub(1)?;
+        let mut sorted = [0f32; LATENCY_WINDOW];
+        let sorted = &mut sorted[..window.len()];
+        sorted.copy_from_slice(window);
+        sorted.sort_unstable_by(f32::total_cmp);
         Some(sorted[(q * last as f64).round() as usize] as f64)
     }
 
-    /// The periodic log line.
-    pub fn line(&self) -> String {
-        format!(
-            "frames {} rejects {} {:?} failsafe {} stalls {} switches {} p50 {:.1} ms p99 {:.1} ms",
-            self.frames,
-            self.rejects,
-            self.rejects_per_task,
-            self.failsafes,
-            self.stalls,
-            self.routing_switches,
-            self.percentile(0.5).unwrap_or(f64::NAN),
-            self.percentile(0.99).unwrap_or(f64::NAN)
-        )
+    /// The periodic log line (formatted where it is written).
+    pub fn line(&self) -> impl std::fmt::Display + '_ {
+        CountersLine(self)
     }
 
-    pub fn summary(&self, timing_error_ms: Option<f64>, allocations: Option<f64>, peak_rss: Option<u64>) -> Summary {
+    fn stage_means(&self) -> StageMeans {
+        let mean = |stage: Stage| {
+            let total = self.stage_time[stage as usize].as_secs_f64() * 1e3;
+            if self.judged == 0 {
+                0.0
+            } else {
+                total / self.judged as f64
+            }
+        };
+        StageMeans {
+            decode: mean(Stage::Decode),
+            preprocess: mean(Stage::Preprocess),
+            plain_pass: mean(Stage::PlainPass),
+            routing: mean(Stage::Routing),
+            prompted_pass: mean(Stage::PromptedPass),
+            knn: mean(Stage::Knn),
+            decision: mean(Stage::Decision),
+        }
+    }
+
+    pub fn summary(&self, timing_error_ms: Option<f64>, memory: MemoryReport) -> Summary {
         let known = self.known_parts > 0;
         Summary {
             frames: self.frames,
@@ -109,12 +202,39 @@ impl Counters {
             false_rejects: known.then_some(self.false_rejects),
             failsafe_rejects: self.failsafes,
             stalls: self.stalls,
+            dropped_frames: self.dropped_frames,
+            audit_not_saved: self.audit_not_saved,
             routing_switches: self.routing_switches,
             reject_timing_error_ms_max: timing_error_ms,
             p50_ms: self.percentile(0.5),
             p99_ms: self.percentile(0.99),
-            allocations_per_frame: allocations,
-            peak_rss_bytes: peak_rss,
+            stages_ms: self.stage_means(),
+            allocations_per_frame: memory.allocations_per_frame,
+            pool_allocations_per_frame: memory.pool_allocations_per_frame,
+            frame_pool_bytes: memory.frame_pool_bytes,
+            frame_pool_peak_bytes: memory.frame_pool_peak_bytes,
+            peak_rss_bytes: memory.peak_rss_bytes,
         }
+    }
+}
+
+struct CountersLine<'a>(&'a Counters);
+
+impl std::fmt::Display for CountersLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.0;
+        write!(
+            f,
+            "frames {} rejects {} {:?} failsafe {} stalls {} dropped {} switches {} p50 {:.1} ms p99 {:.1} ms",
+            c.frames,
+            c.rejects,
+            c.rejects_per_task,
+            c.failsafes,
+            c.stalls,
+            c.dropped_frames,
+            c.routing_switches,
+            c.percentile(0.5).unwrap_or(f64::NAN),
+            c.percentile(0.99).unwrap_or(f64::NAN)
+        )
     }
 }

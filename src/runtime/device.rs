@@ -25,7 +25,7 @@ pub struct V4l2Source {
     width: u32,
     height: u32,
     last_sequence: Option<u32>,
-    pub dropped: u64,
+    dropped: u64,
 }
 
 impl V4l2Source {
@@ -89,19 +89,25 @@ impl FrameSource for V4l2Source {
             self.dropped += meta.sequence.wrapping_sub(last).saturating_sub(1) as u64;
         }
         self.last_sequence = Some(meta.sequence);
+        // Sized once for the largest frame the driver's buffers can hold.
+        frame.encoded.reserve(data.len().saturating_sub(frame.encoded.len()));
         let used = &data[..(meta.bytesused as usize).min(data.len())];
         match self.format {
-            PixelFormat::Yuyv => yuyv_to_rgb(used, self.width, self.height, &mut frame.image)?,
-            PixelFormat::Mjpeg => {
-                frame.image = image::load_from_memory_with_format(used, image::ImageFormat::Jpeg)
-                    .with_context(|| format!("{}: frame {} is not a valid JPEG", self.path.display(), meta.sequence))?
-                    .to_rgb8();
+            PixelFormat::Yuyv => {
+                yuyv_to_rgb(used, self.width, self.height, &mut frame.image)?;
+                frame.jpeg = false;
             }
+            // Decoded by the loop, where a damaged frame gets the fail-safe.
+            PixelFormat::Mjpeg => frame.set_jpeg(used),
         }
         frame.captured = captured;
         frame.sequence = meta.sequence as u64;
         frame.truth = None;
         Ok(true)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped
     }
 }
 

@@ -9,9 +9,12 @@ use image::RgbImage;
 use log::{debug, error, info, warn};
 use tract_core::prelude::Tensor;
 
-use super::alloc::{allocations, peak_rss_bytes};
+use super::alloc::{
+    allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, reserve_frame_pool, AllocationCounts,
+};
+use super::audit::{copy_image, Auditor};
 use super::config::{FailsafeAction, LineConfig, RoutingConfig, RoutingMode, RunConfig};
-use super::counters::{Counters, Summary};
+use super::counters::{Counters, Lap, MemoryReport, Stage, Summary};
 use super::reject::{Actuator, RejectLine, SimRecord, SimulatedLine};
 use super::schedule::Pulse;
 use super::source::{Frame, FrameSource};
@@ -22,6 +25,9 @@ use crate::detect::{image_score, Detector};
 
 /// Frames before allocation counting starts (buffers and caches fill on the first ones).
 const WARM_UP_FRAMES: u64 = 5;
+
+/// Parts whose records an endless run keeps (the first ones; counters cover the rest).
+const PART_RECORDS: u64 = 4096;
 
 /// One judged (or fail-safed) part, for tests and audits.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +64,17 @@ pub struct Inspector {
     detector: Option<Detector>,
     pre: Preprocessor,
     roi_view: RgbImage,
+    /// The judged task's patch scores for the last frame.
+    patch_scores: Vec<f32>,
     config: RunConfig,
     sticky: Sticky,
+}
+
+/// What the loop holds while it runs.
+struct Line {
+    actuator: Actuator,
+    auditor: Option<Auditor>,
+    counters: Counters,
 }
 
 impl Inspector {
@@ -86,6 +101,7 @@ impl Inspector {
         };
         Inspector {
             pre: Preprocessor::new(&backbone.meta),
+            patch_scores: Vec::with_capacity(backbone.meta.grid() * backbone.meta.grid()),
             backbone,
             detector,
             roi_view: RgbImage::new(0, 0),
@@ -99,32 +115,63 @@ impl Inspector {
 
     /// Runs until the source ends or `max_frames` frames were taken.
     pub fn run(&mut self, source: &mut dyn FrameSource, max_frames: Option<u64>) -> Result<Outcome> {
-        let (line, sim) = open_line(&self.config.reject.line)?;
-        let actuator = Actuator::start(line);
+        reserve_frame_pool(self.config.memory.frame_pool_mib << 20)?;
+        let (reject_line, sim) = open_line(&self.config.reject.line)?;
+        let auditor = match &self.config.audit {
+            Some(audit) => Some(Auditor::start(audit, &self.backbone.meta, (0, 0))?),
+            None => None,
+        };
         let tasks = self.detector.as_ref().map_or(0, |d| d.tasks.len());
-        let mut counters = Counters::new(tasks);
-        let mut parts = Vec::with_capacity(max_frames.unwrap_or(0).min(1 << 20) as usize);
+        let mut line = Line {
+            actuator: Actuator::start(reject_line),
+            auditor,
+            counters: Counters::new(tasks),
+        };
+        let mut parts = Vec::with_capacity(max_frames.unwrap_or(PART_RECORDS).min(1 << 20) as usize);
         let mut frame = Frame::new();
         let mut last_log = Instant::now();
-        let mut steady_allocations = None;
+        let mut steady = None;
+        let mut failures = 0;
         let result = loop {
+            let counters = &mut line.counters;
             if max_frames.is_some_and(|m| counters.frames >= m) {
                 break Ok(());
             }
-            if counters.frames == WARM_UP_FRAMES {
-                steady_allocations = allocations().map(|a| (a, counters.frames));
+            if counters.frames == WARM_UP_FRAMES && steady.is_none() {
+                steady = allocation_counts().map(|a| (a, counters.frames));
             }
+            let previous = (frame.captured, source.dropped());
             let waited = Instant::now();
             match source.next(&mut frame) {
-                Ok(true) => {}
+                Ok(true) => failures = 0,
                 Ok(false) => break Ok(()),
-                Err(e) => break Err(e.context("the frame source failed")),
+                Err(e) => {
+                    error!("{e:#}");
+                    failures += 1;
+                    if let Err(stop) = self.blind(waited, Instant::now(), &mut line) {
+                        break Err(stop);
+                    }
+                    if failures > self.config.failsafe.source_retries {
+                        break Err(e.context(format!("the frame source failed {failures} times in a row")));
+                    }
+                    continue;
+                }
             }
             if waited.elapsed() > self.stall_limit() {
                 warn!("source stalled for {:.0} ms", waited.elapsed().as_secs_f64() * 1e3);
-                counters.stalls += 1;
+                if let Err(stop) = self.blind(waited, Instant::now(), &mut line) {
+                    break Err(stop);
+                }
             }
-            let record = self.inspect(&frame, &actuator, &mut counters);
+            let dropped = source.dropped().saturating_sub(previous.1);
+            if dropped > 0 && line.counters.frames > 0 {
+                warn!("the source dropped {dropped} frames before frame {}", frame.sequence);
+                line.counters.dropped_frames += dropped;
+                if let Err(stop) = self.blind(previous.0, frame.captured, &mut line) {
+                    break Err(stop);
+                }
+            }
+            let record = self.inspect(&mut frame, &mut line);
             if parts.len() < parts.capacity() {
                 parts.push(record);
             }
@@ -132,15 +179,16 @@ impl Inspector {
                 break Err(anyhow::anyhow!("frame {} could not be judged in time", record.sequence));
             }
             if last_log.elapsed().as_secs_f64() >= self.config.log_every_s {
-                info!("{}", counters.line());
+                info!("{}", line.counters.line());
                 last_log = Instant::now();
             }
         };
-        let allocations_per_frame = steady_allocations.and_then(|(before, at)| {
-            let frames = counters.frames.checked_sub(at).filter(|f| *f > 0)?;
-            Some((allocations()? - before) as f64 / frames as f64)
-        });
-        actuator.shutdown();
+        let memory = memory_report(steady, line.counters.frames);
+        line.actuator.shutdown();
+        if let Some(auditor) = line.auditor {
+            line.counters.audit_not_saved = auditor.not_saved;
+            auditor.finish();
+        }
         if let Err(e) = &result {
             error!("{e:#}: applying the fail-safe");
             self.stop_line();
@@ -148,8 +196,8 @@ impl Inspector {
         let timing_error = sim
             .as_ref()
             .and_then(|s| max_timing_error_ms(&s.lock().expect("sim record")));
-        let summary = counters.summary(timing_error, allocations_per_frame, peak_rss_bytes());
-        info!("{}", counters.line());
+        let summary = line.counters.summary(timing_error, memory);
+        info!("{}", line.counters.line());
         result.map(|()| Outcome { summary, parts, sim })
     }
 
@@ -157,9 +205,33 @@ impl Inspector {
         Duration::from_secs_f64(self.config.failsafe.stall_ms / 1e3)
     }
 
+    fn travel(&self) -> Duration {
+        Duration::from_secs_f64(self.config.reject.travel_delay_ms / 1e3)
+    }
+
+    /// The fail-safe for parts that passed the camera unseen between `from` and `to` (a stall,
+    /// a camera error, dropped frames): the reject gate stays active while they pass it, or the
+    /// line is stopped (an error ends the loop).
+    fn blind(&self, from: Instant, to: Instant, line: &mut Line) -> Result<()> {
+        line.counters.stalls += 1;
+        let unseen_ms = (to - from).as_secs_f64() * 1e3;
+        match self.config.failsafe.action {
+            FailsafeAction::Reject => {
+                let width = Duration::from_secs_f64(self.config.reject.pulse_width_ms / 1e3).max(to - from);
+                error!("no frames for {unseen_ms:.0} ms: the reject gate stays active while those parts pass it");
+                if !line.actuator.schedule(Pulse::at(from + self.travel(), width)) {
+                    error!("reject queue full; asserting the stop line");
+                    self.stop_line();
+                }
+                Ok(())
+            }
+            FailsafeAction::StopLine => Err(anyhow::anyhow!("no frames for {unseen_ms:.0} ms: parts passed unseen")),
+        }
+    }
+
     /// Judges one frame and schedules its reject; the fail-safe decides when judging is not
     /// possible in time.
-    fn inspect(&mut self, frame: &Frame, actuator: &Actuator, counters: &mut Counters) -> PartRecord {
+    fn inspect(&mut self, frame: &mut Frame, line: &mut Line) -> PartRecord {
         let deadline = Duration::from_secs_f64(self.config.failsafe.deadline_ms / 1e3);
         let mut record = PartRecord {
             sequence: frame.sequence,
@@ -171,10 +243,12 @@ impl Inspector {
             failsafe: false,
             reject_at: None,
         };
+        let counters = &mut line.counters;
         let judged = if frame.captured.elapsed() > deadline {
+            error!("frame {}: past its deadline before judging", frame.sequence);
             None
         } else {
-            match self.judge(&frame.image, counters) {
+            match in_frame_pool(|| self.judge(frame, counters)) {
                 Ok(j) => Some(j),
                 Err(e) => {
                     error!("frame {}: {e:#}", frame.sequence);
@@ -189,20 +263,30 @@ impl Inspector {
                 record.relative_score = relative;
                 record.rejected = relative > 0.0;
             }
-            _ => {
-                record.failsafe = true;
-                record.rejected = true;
-                counters.failsafes += 1;
-            }
+            Some(_) => error!("frame {}: judged after its deadline", frame.sequence),
+            None => {}
         }
+        if record.task.is_none() {
+            record.failsafe = true;
+            record.rejected = true;
+            counters.failsafes += 1;
+        }
+        let mut lap = Lap::start();
         if record.rejected {
-            let at = frame.captured + Duration::from_secs_f64(self.config.reject.travel_delay_ms / 1e3);
+            let at = frame.captured + self.travel();
             let width = Duration::from_secs_f64(self.config.reject.pulse_width_ms / 1e3);
-            if !actuator.schedule(Pulse::at(at, width)) {
+            if !line.actuator.schedule(Pulse::at(at, width)) {
                 error!("frame {}: reject queue full; asserting the stop line", frame.sequence);
                 self.stop_line();
             }
             record.reject_at = Some(at);
+            if let Some(auditor) = &mut line.auditor {
+                in_frame_pool(|| self.offer_audit(auditor, frame, &record));
+            }
+        }
+        let counters = &mut line.counters;
+        if record.task.is_some() {
+            lap.mark(counters, Stage::Decision);
         }
         counters.count(&record, frame.captured.elapsed());
         debug!(
@@ -212,38 +296,90 @@ impl Inspector {
         record
     }
 
-    /// (task, image score − threshold) for an image.
-    fn judge(&mut self, image: &RgbImage, counters: &mut Counters) -> Result<(usize, f32)> {
-        let detector = self.detector.as_ref().context("no bank loaded")?;
-        let view = match self.config.roi {
-            Some(roi) => {
-                anyhow::ensure!(
-                    roi.x + roi.width <= image.width() && roi.y + roi.height <= image.height(),
-                    "roi {roi:?} lies outside the {}×{} frame",
-                    image.width(),
-                    image.height()
-                );
-                self.roi_view = image::imageops::crop_imm(image, roi.x, roi.y, roi.width, roi.height).to_image();
-                &self.roi_view
+    fn offer_audit(&self, auditor: &mut Auditor, frame: &Frame, record: &PartRecord) {
+        let detector = self.detector.as_ref();
+        auditor.offer(|slot| {
+            slot.sequence = record.sequence;
+            slot.label.clear();
+            slot.threshold = 0.0;
+            slot.relative_patches.clear();
+            match (record.task, detector) {
+                (Some(task), Some(detector)) => {
+                    let task = &detector.tasks[task];
+                    slot.label.push_str(&task.name);
+                    slot.threshold = task.threshold;
+                    slot.relative_patches
+                        .extend(self.patch_scores.iter().map(|s| s - task.threshold));
+                }
+                _ => slot.label.push_str("failsafe"),
             }
-            None => image,
-        };
-        let tensor: Tensor = self.pre.tensor(view)?;
+            copy_image(&frame.image, &mut slot.frame);
+        });
+    }
+
+    /// (task, image score − threshold) for a frame; its patch scores are left in
+    /// `self.patch_scores`.
+    fn judge(&mut self, frame: &mut Frame, counters: &mut Counters) -> Result<(usize, f32)> {
+        let mut lap = Lap::start();
+        anyhow::ensure!(self.detector.is_some(), "no bank loaded");
+        frame.decode()?;
+        lap.mark(counters, Stage::Decode);
+        let tensor = self.preprocess(&frame.image)?;
+        lap.mark(counters, Stage::Preprocess);
         let plain = self.backbone.features(tensor.clone(), None)?;
+        lap.mark(counters, Stage::PlainPass);
+        let detector = self.detector.as_ref().context("no bank loaded")?;
         let mut task = route(&mut self.sticky, self.config.routing, detector, &plain, counters);
-        let mut relative = relative_score(detector, &self.backbone, &tensor, &plain, task)?;
+        lap.mark(counters, Stage::Routing);
+        let mut relative = self.score(&tensor, &plain, task, &mut lap, counters)?;
         if self.config.routing.mode == RoutingMode::Sticky && relative > 0.0 && self.sticky.since_reroute > 0 {
             // A would-be reject in sticky mode: make sure it is not a different product.
-            let fresh = detector.route(&plain).task;
+            let fresh = self.detector.as_ref().context("no bank loaded")?.route(&plain).task;
+            lap.mark(counters, Stage::Routing);
             if fresh != task {
                 counters.routing_switches += 1;
                 self.sticky.task = Some(fresh);
                 task = fresh;
-                relative = relative_score(detector, &self.backbone, &tensor, &plain, task)?;
+                relative = self.score(&tensor, &plain, task, &mut lap, counters)?;
             }
             self.sticky.since_reroute = 0;
         }
+        counters.judged += 1;
         Ok((task, relative))
+    }
+
+    /// The region of interest as the network's input tensor.
+    fn preprocess(&mut self, image: &RgbImage) -> Result<Tensor> {
+        let Some(roi) = self.config.roi else {
+            return self.pre.tensor(image);
+        };
+        anyhow::ensure!(
+            roi.x + roi.width <= image.width() && roi.y + roi.height <= image.height(),
+            "roi {roi:?} lies outside the {}×{} frame",
+            image.width(),
+            image.height()
+        );
+        self.roi_view = image::imageops::crop_imm(image, roi.x, roi.y, roi.width, roi.height).to_image();
+        self.pre.tensor(&self.roi_view)
+    }
+
+    /// Scores the frame against `task` into `self.patch_scores`; returns image score − threshold.
+    fn score(
+        &mut self,
+        image: &Tensor,
+        plain: &[f32],
+        task: usize,
+        lap: &mut Lap,
+        counters: &mut Counters,
+    ) -> Result<f32> {
+        let detector = self.detector.as_ref().context("no bank loaded")?;
+        let features = detector.task_features(&self.backbone, image, plain, task)?;
+        lap.mark(counters, Stage::PromptedPass);
+        let index = &detector.tasks[task];
+        self.patch_scores.clear();
+        self.patch_scores.extend(index.patch_scores(&features));
+        lap.mark(counters, Stage::Knn);
+        Ok(image_score(&self.patch_scores) - index.threshold)
     }
 
     fn stop_line(&self) {
@@ -258,6 +394,26 @@ impl Inspector {
             }
             Err(e) => error!("cannot open the stop line: {e:#}"),
         }
+    }
+}
+
+/// Heap and pool allocations per frame since warm-up, pool use and peak RSS.
+fn memory_report(steady: Option<(AllocationCounts, u64)>, frames: u64) -> MemoryReport {
+    let (pool_size, pool_peak) = frame_pool_bytes();
+    let per_frame = steady.and_then(|(before, at)| {
+        let frames = frames.checked_sub(at).filter(|f| *f > 0)? as f64;
+        let now = allocation_counts()?;
+        Some((
+            (now.heap - before.heap) as f64 / frames,
+            (now.pool - before.pool) as f64 / frames,
+        ))
+    });
+    MemoryReport {
+        allocations_per_frame: per_frame.map(|p| p.0),
+        pool_allocations_per_frame: per_frame.map(|p| p.1),
+        frame_pool_bytes: pool_size as u64,
+        frame_pool_peak_bytes: pool_peak as u64,
+        peak_rss_bytes: peak_rss_bytes(),
     }
 }
 
@@ -284,11 +440,6 @@ fn route(
         since_reroute: 0,
     };
     task
-}
-
-fn relative_score(detector: &Detector, backbone: &Backbone, image: &Tensor, plain: &[f32], task: usize) -> Result<f32> {
-    let patches = detector.score_task(backbone, image, plain, task)?;
-    Ok(image_score(&patches) - detector.tasks[task].threshold)
 }
 
 /// Edge capacity of a simulated line (reserved at start-up).

@@ -6,16 +6,26 @@ use std::time::Instant;
 use anyhow::Result;
 use log::info;
 
+use image::RgbImage;
+
 use super::config::SourceConfig;
+use super::pixels::{decode_jpeg, encode_jpeg};
 use super::source::conveyor_products;
 use crate::backbone::Backbone;
 use crate::bank::Bank;
 use crate::detect::fit::{extract_features_with, fit_from_features, FitParams};
 
-/// Learns each product of the conveyor one after another from its normal training images and
-/// writes a new bank to `path`.
+/// Learns each product of the conveyor one after another from its normal training images (as
+/// the camera delivers them: JPEG-compressed for an MJPEG source) and writes a new bank to
+/// `path`.
 pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, params: &FitParams) -> Result<Bank> {
-    let SourceConfig::Conveyor { size, train_images, .. } = *source else {
+    let SourceConfig::Conveyor {
+        size,
+        train_images,
+        mjpeg,
+        ..
+    } = *source
+    else {
         anyhow::bail!("only a conveyor source has generated products to learn");
     };
     let dim = backbone.meta.feature_dim();
@@ -23,7 +33,15 @@ pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, p
     for product in conveyor_products(source)? {
         let start = Instant::now();
         let indices: Vec<usize> = (0..train_images).collect();
-        let features = extract_features_with(backbone, &indices, &product.name, |i| Ok(product.normal(size, *i)))?;
+        let features = extract_features_with(backbone, &indices, &product.name, |i| {
+            let image = product.normal(size, *i);
+            if !mjpeg {
+                return Ok(image);
+            }
+            let mut captured = RgbImage::new(0, 0);
+            decode_jpeg(&encode_jpeg(&image)?, &mut captured)?;
+            Ok(captured)
+        })?;
         bank.append(fit_from_features(&product.name, &features, dim, params)?)?;
         info!(
             "learned {} from {train_images} normal images in {:.1} s",

@@ -1,6 +1,7 @@
 //! The device runtime (`ucad run`): frames in, decisions out on a reject line, in fixed memory.
 
 pub mod alloc;
+pub mod audit;
 pub mod config;
 pub mod counters;
 #[cfg(feature = "device")]

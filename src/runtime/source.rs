@@ -4,12 +4,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::config::SourceConfig;
+use super::pixels::{decode_jpeg, encode_jpeg};
 use crate::data::folder::{list_images, load_rgb};
 use crate::data::synthetic::{products, Product};
 
@@ -20,9 +21,13 @@ pub struct Truth {
     pub defective: bool,
 }
 
-/// One captured frame; sources write into it so that its buffer is reused.
+/// One captured frame; sources write into it so that its buffers are reused.
 pub struct Frame {
+    /// The pixels: what the source delivered, or — for a JPEG frame — where it is decoded.
     pub image: RgbImage,
+    /// The compressed frame as captured, when `jpeg` (MJPEG cameras, JPEG replays).
+    pub encoded: Vec<u8>,
+    pub jpeg: bool,
     pub captured: Instant,
     pub sequence: u64,
     pub truth: Option<Truth>,
@@ -32,10 +37,36 @@ impl Frame {
     pub fn new() -> Frame {
         Frame {
             image: RgbImage::new(0, 0),
+            encoded: Vec::new(),
+            jpeg: false,
             captured: Instant::now(),
             sequence: 0,
             truth: None,
         }
+    }
+
+    /// Makes `image` hold the frame's pixels, decoding a JPEG frame into the reused buffer.
+    pub fn decode(&mut self) -> Result<()> {
+        if self.jpeg {
+            decode_jpeg(&self.encoded, &mut self.image)?;
+        }
+        Ok(())
+    }
+
+    fn set_pixels(&mut self, pixels: &RgbImage) {
+        if self.image.dimensions() == pixels.dimensions() {
+            self.image.copy_from_slice(pixels);
+        } else {
+            self.image = pixels.clone();
+        }
+        self.jpeg = false;
+    }
+
+    /// Stores a compressed frame (decoded later by [`Frame::decode`]).
+    pub fn set_jpeg(&mut self, bytes: &[u8]) {
+        self.encoded.clear();
+        self.encoded.extend_from_slice(bytes);
+        self.jpeg = true;
     }
 }
 
@@ -48,26 +79,48 @@ impl Default for Frame {
 pub trait FrameSource: Send {
     /// Waits for the next frame and writes it into `frame`; `Ok(false)` when a finite source ends.
     fn next(&mut self, frame: &mut Frame) -> Result<bool>;
+
+    /// Frames the source lost so far (a camera's skipped sequence numbers).
+    fn dropped(&self) -> u64 {
+        0
+    }
+}
+
+/// A replayed frame as stored: pixels, or a JPEG file kept compressed like a camera's MJPEG.
+pub enum Clip {
+    Pixels(RgbImage),
+    Jpeg(Vec<u8>),
 }
 
 /// Frames held in memory, captured at `fps` from the first call on. A consumer that falls behind
 /// gets frames with their original capture times (as from a camera's buffer queue).
 pub struct Replay {
-    clips: Vec<(RgbImage, Option<Truth>)>,
+    clips: Vec<(Clip, Option<Truth>)>,
     order: Box<dyn FnMut(u64) -> Option<usize> + Send>,
     period: Duration,
     start: Option<Instant>,
     sequence: u64,
+    /// The largest compressed clip: a frame's buffer is sized for it once.
+    largest_jpeg: usize,
 }
 
 impl Replay {
     /// `order` maps a frame's sequence number to the clip shown (`None` ends the replay).
     fn new(
-        clips: Vec<(RgbImage, Option<Truth>)>,
+        clips: Vec<(Clip, Option<Truth>)>,
         order: impl FnMut(u64) -> Option<usize> + Send + 'static,
         fps: f64,
     ) -> Replay {
+        let largest_jpeg = clips
+            .iter()
+            .map(|(clip, _)| match clip {
+                Clip::Jpeg(bytes) => bytes.len(),
+                Clip::Pixels(_) => 0,
+            })
+            .max()
+            .unwrap_or(0);
         Replay {
+            largest_jpeg,
             clips,
             order: Box::new(order),
             period: Duration::from_secs_f64(1.0 / fps),
@@ -90,11 +143,13 @@ impl FrameSource for Replay {
         if due > now {
             std::thread::sleep(due - now);
         }
-        let (image, truth) = &self.clips[clip];
-        if frame.image.dimensions() == image.dimensions() {
-            frame.image.copy_from_slice(image);
-        } else {
-            frame.image = image.clone();
+        frame
+            .encoded
+            .reserve(self.largest_jpeg.saturating_sub(frame.encoded.len()));
+        let (content, truth) = &self.clips[clip];
+        match content {
+            Clip::Pixels(image) => frame.set_pixels(image),
+            Clip::Jpeg(bytes) => frame.set_jpeg(bytes),
         }
         frame.captured = due;
         frame.sequence = self.sequence;
@@ -116,29 +171,29 @@ pub fn conveyor(config: &SourceConfig) -> Result<Replay> {
         defect_every,
         size,
         train_images,
+        mjpeg,
     } = *config
     else {
         bail!("not a conveyor source");
     };
     const VARIANTS: usize = 8;
     let line = products(count, seed);
+    let clip = |image: RgbImage| -> Result<Clip> {
+        Ok(if mjpeg {
+            Clip::Jpeg(encode_jpeg(&image)?)
+        } else {
+            Clip::Pixels(image)
+        })
+    };
     let mut clips = Vec::with_capacity(count * 2 * VARIANTS);
     for (p, product) in line.iter().enumerate() {
         for v in 0..VARIANTS {
-            clips.push((
-                product.normal(size, train_images + v),
-                Some(Truth {
-                    product: p,
-                    defective: false,
-                }),
-            ));
-            clips.push((
-                product.defective(size, v).0,
-                Some(Truth {
-                    product: p,
-                    defective: true,
-                }),
-            ));
+            for (image, defective) in [
+                (product.normal(size, train_images + v), false),
+                (product.defective(size, v).0, true),
+            ] {
+                clips.push((clip(image)?, Some(Truth { product: p, defective })));
+            }
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc0ffee);
@@ -170,11 +225,27 @@ pub fn folder(path: &Path, fps: f64, repeat: bool) -> Result<Replay> {
         "{}: more than {MAX_IMAGES} images to replay",
         path.display()
     );
-    let clips: Vec<(RgbImage, Option<Truth>)> =
-        files.iter().map(|f| Ok((load_rgb(f)?, None))).collect::<Result<_>>()?;
+    let clips: Vec<(Clip, Option<Truth>)> = files
+        .iter()
+        .map(|f| Ok((folder_clip(f)?, None)))
+        .collect::<Result<_>>()?;
     let count = clips.len() as u64;
     let order = move |sequence: u64| (repeat || sequence < count).then_some((sequence % count) as usize);
     Ok(Replay::new(clips, order, fps))
+}
+
+/// JPEG files stay compressed (decoded per frame, as from an MJPEG camera); other formats are
+/// decoded now.
+fn folder_clip(path: &Path) -> Result<Clip> {
+    let is_jpeg = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"));
+    Ok(if is_jpeg {
+        Clip::Jpeg(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+    } else {
+        Clip::Pixels(load_rgb(path)?)
+    })
 }
 
 /// The source a config names; `stall` bounds how long a camera may go without a frame.

@@ -1,0 +1,217 @@
+//! Saving rejected parts for audit: the frame as captured and its heatmap, written by a thread
+//! of their own so that disk speed never delays a decision, within a disk budget (the oldest
+//! saved parts are deleted first).
+//!
+//! The hot path only copies into one of a fixed set of slots allocated at start-up; when every
+//! slot is waiting for the disk, the part is counted as not saved.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use log::{error, warn};
+
+use super::alloc::in_frame_pool;
+use super::config::AuditConfig;
+use super::pixels::encode_jpeg;
+use crate::backbone::{BackboneMeta, Preprocessor};
+use crate::data::folder::save_image;
+use crate::detect::heatmap::overlay;
+use crate::detect::map::anomaly_map;
+
+/// A rejected part on its way to the disk.
+pub struct AuditSlot {
+    pub sequence: u64,
+    /// The task's name, or `failsafe` when no task judged the part.
+    pub label: String,
+    pub threshold: f32,
+    pub frame: RgbImage,
+    /// Patch scores minus the threshold; empty for a fail-safe reject.
+    pub relative_patches: Vec<f32>,
+}
+
+pub struct Auditor {
+    free: Receiver<Box<AuditSlot>>,
+    work: Option<SyncSender<Box<AuditSlot>>>,
+    writer: Option<JoinHandle<()>>,
+    pub not_saved: u64,
+}
+
+impl Auditor {
+    /// Reserves `config.queue` slots for frames of `frame_size` and starts the writer.
+    pub fn start(config: &AuditConfig, meta: &BackboneMeta, frame_size: (u32, u32)) -> Result<Auditor> {
+        std::fs::create_dir_all(&config.dir)
+            .with_context(|| format!("cannot create the audit folder {}", config.dir.display()))?;
+        let mut budget = DiskBudget::scan(&config.dir, config.max_mib << 20)?;
+        let (free_tx, free) = sync_channel(config.queue);
+        let (work, work_rx) = sync_channel::<Box<AuditSlot>>(config.queue);
+        let patches = meta.grid() * meta.grid();
+        for _ in 0..config.queue {
+            let slot = AuditSlot {
+                sequence: 0,
+                label: String::with_capacity(64),
+                threshold: 0.0,
+                frame: RgbImage::new(frame_size.0, frame_size.1),
+                relative_patches: Vec::with_capacity(patches),
+            };
+            free_tx.send(Box::new(slot)).expect("the receiver is alive");
+        }
+        let meta = meta.clone();
+        let writer = std::thread::Builder::new()
+            .name("ucad-audit".into())
+            .spawn(move || {
+                // Encoding buffers come from the frame pool too: saving stays off the heap.
+                in_frame_pool(|| {
+                    let pre = Preprocessor::new(&meta);
+                    for slot in work_rx {
+                        if let Err(e) = write_part(&slot, &pre, &meta, &mut budget) {
+                            error!("audit of frame {}: {e:#}", slot.sequence);
+                        }
+                        if free_tx.send(slot).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .context("cannot start the audit writer")?;
+        Ok(Auditor {
+            free,
+            work: Some(work),
+            writer: Some(writer),
+            not_saved: 0,
+        })
+    }
+
+    /// Hands a rejected part to the writer; `fill` writes it into a free slot.
+    pub fn offer(&mut self, fill: impl FnOnce(&mut AuditSlot)) {
+        let (Ok(mut slot), Some(work)) = (self.free.try_recv(), &self.work) else {
+            self.not_saved += 1;
+            return;
+        };
+        fill(&mut slot);
+        if work.try_send(slot).is_err() {
+            self.not_saved += 1;
+        }
+    }
+
+    /// Lets the writer finish what it holds.
+    pub fn finish(mut self) {
+        self.work = None;
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                error!("the audit writer panicked");
+            }
+        }
+    }
+}
+
+/// Copies `image` into `into`, reusing its buffer when the size matches.
+pub fn copy_image(image: &RgbImage, into: &mut RgbImage) {
+    if into.dimensions() == image.dimensions() {
+        into.copy_from_slice(image);
+    } else {
+        *into = image.clone();
+    }
+}
+
+fn write_part(slot: &AuditSlot, pre: &Preprocessor, meta: &BackboneMeta, budget: &mut DiskBudget) -> Result<()> {
+    let stem = format!("{:010}-{}", slot.sequence, slot.label);
+    let frame_path = budget.dir.join(format!("{stem}.jpg"));
+    crate::fsutil::write_atomic(&frame_path, &encode_jpeg(&slot.frame)?)?;
+    budget.add(&frame_path)?;
+    if !slot.relative_patches.is_empty() {
+        let map = anomaly_map(&slot.relative_patches, meta.grid(), meta.input_size);
+        let heatmap_path = budget.dir.join(format!("{stem}-heatmap.png"));
+        save_image(&overlay(&pre.fit(&slot.frame)?, &map, slot.threshold)?, &heatmap_path)?;
+        budget.add(&heatmap_path)?;
+    }
+    budget.enforce();
+    Ok(())
+}
+
+/// The saved files, oldest first, and their total size.
+struct DiskBudget {
+    dir: PathBuf,
+    limit: u64,
+    files: VecDeque<(PathBuf, u64)>,
+    total: u64,
+}
+
+impl DiskBudget {
+    /// Counts what earlier runs left in `dir` (names sort by frame sequence within a run).
+    fn scan(dir: &Path, limit: u64) -> Result<DiskBudget> {
+        let mut found: Vec<(std::time::SystemTime, PathBuf, u64)> = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            let meta = entry.metadata()?;
+            if meta.is_file() {
+                found.push((meta.modified()?, entry.path(), meta.len()));
+            }
+        }
+        found.sort();
+        let mut budget = DiskBudget {
+            dir: dir.to_path_buf(),
+            limit,
+            files: VecDeque::new(),
+            total: 0,
+        };
+        for (_, path, len) in found {
+            budget.total += len;
+            budget.files.push_back((path, len));
+        }
+        budget.enforce();
+        Ok(budget)
+    }
+
+    fn add(&mut self, path: &Path) -> Result<()> {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        self.total += len;
+        self.files.push_back((path.to_path_buf(), len));
+        Ok(())
+    }
+
+    /// Deletes the oldest files until the total fits the limit.
+    fn enforce(&mut self) {
+        while self.total > self.limit {
+            let Some((path, len)) = self.files.pop_front() else {
+                break;
+            };
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!("cannot delete the old audit file {}: {e}", path.display());
+            }
+            self.total -= len;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_deletes_the_oldest_files_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut budget = DiskBudget::scan(dir.path(), 2500).unwrap();
+        for i in 0..4 {
+            let path = dir.path().join(format!("{i}.bin"));
+            std::fs::write(&path, vec![0u8; 1000]).unwrap();
+            budget.add(&path).unwrap();
+            budget.enforce();
+        }
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2.bin", "3.bin"]);
+        assert_eq!(budget.total, 2000);
+        // A restart counts what is already there.
+        let rescanned = DiskBudget::scan(dir.path(), 1500).unwrap();
+        assert_eq!(rescanned.total, 1000);
+    }
+}

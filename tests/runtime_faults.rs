@@ -1,0 +1,326 @@
+//! The loop's fixed memory and its fail-safes, on the tiny backbone (no models needed): steady
+//! frames take nothing from the heap; a stall, a camera error, a damaged JPEG and a deadline miss
+//! each reject (or stop the line), log why, and the loop goes on where it can.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ucad::backbone::Backbone;
+use ucad::bank::Bank;
+use ucad::data::dataset::load_task;
+use ucad::data::folder::load_rgb;
+use ucad::data::synthetic::SplitCounts;
+use ucad::detect::fit::{fit_task, FitParams};
+use ucad::runtime::config::{AuditConfig, FailsafeAction, Roi, RunConfig};
+use ucad::runtime::inspection::{Inspector, Outcome};
+use ucad::runtime::pixels::encode_jpeg;
+use ucad::runtime::source::{Frame, FrameSource};
+
+#[global_allocator]
+static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
+
+/// Allocation counts are process-wide: these tests run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Warnings and errors the loop logged.
+static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            LOGGED.lock().unwrap().push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture;
+
+fn serial() -> MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = log::set_logger(&CAPTURE).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    LOGGED.lock().unwrap().clear();
+    guard
+}
+
+fn logged(part: &str) -> bool {
+    LOGGED.lock().unwrap().iter().any(|l| l.contains(part))
+}
+
+/// A tiny backbone, a one-product bank and that product's test images (good ones first).
+struct Setup {
+    dir: tempfile::TempDir,
+    backbone: std::path::PathBuf,
+    config: RunConfig,
+    good: Vec<RgbImage>,
+    defective: Vec<RgbImage>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let backbone_path = common::tiny_backbone(dir.path());
+    let backbone = Backbone::load(&backbone_path).unwrap();
+    let counts = SplitCounts {
+        train: 16,
+        test_good: 4,
+        test_defective: 4,
+    };
+    let name = &common::synthetic_products(dir.path(), 1, counts)[0];
+    let data = load_task(dir.path(), name).unwrap();
+    let params = FitParams {
+        key_rows: 24,
+        knowledge_rows: 48,
+        ..FitParams::default()
+    };
+    let mut bank = Bank::new(
+        &backbone.file_sha256,
+        backbone.meta.feature_dim(),
+        backbone.meta.patches(),
+    );
+    bank.append(fit_task(&backbone, name, &data.train, &params).unwrap())
+        .unwrap();
+    let mut config: RunConfig = toml::from_str(include_str!("../board/sim.toml")).unwrap();
+    config.bank.path = dir.path().join("bank.ucad");
+    bank.save(&config.bank.path).unwrap();
+    config.log_every_s = 1e9;
+    config.memory.frame_pool_mib = 16;
+    let (good, defective): (Vec<_>, Vec<_>) = data.test.iter().partition(|t| t.mask.is_none());
+    let images = |items: Vec<&ucad::data::dataset::TestItem>| -> Vec<RgbImage> {
+        items.iter().map(|t| load_rgb(&t.image).unwrap()).collect()
+    };
+    Setup {
+        config,
+        backbone: backbone_path,
+        good: images(good),
+        defective: images(defective),
+        dir,
+    }
+}
+
+impl Setup {
+    fn run(&self, config: RunConfig, source: &mut dyn FrameSource, frames: Option<u64>) -> anyhow::Result<Outcome> {
+        let mut inspector = Inspector::new(Backbone::load(&self.backbone).unwrap(), config);
+        inspector.run(source, frames)
+    }
+}
+
+/// What a scripted source does next.
+enum Event {
+    Image(RgbImage),
+    Jpeg(Vec<u8>),
+    /// A frame captured this long ago.
+    Old(RgbImage, Duration),
+    /// Nothing for this long, then the image.
+    After(Duration, RgbImage),
+    Fail,
+}
+
+struct Scripted {
+    events: VecDeque<Event>,
+    sequence: u64,
+}
+
+impl Scripted {
+    fn new(events: impl IntoIterator<Item = Event>) -> Scripted {
+        Scripted {
+            events: events.into_iter().collect(),
+            sequence: 0,
+        }
+    }
+}
+
+impl FrameSource for Scripted {
+    fn next(&mut self, frame: &mut Frame) -> anyhow::Result<bool> {
+        let Some(event) = self.events.pop_front() else {
+            return Ok(false);
+        };
+        let mut captured = Instant::now();
+        let image = match event {
+            Event::Image(image) => image,
+            Event::Jpeg(bytes) => {
+                frame.set_jpeg(&bytes);
+                return self.deliver(frame, captured);
+            }
+            Event::Old(image, age) => {
+                captured -= age;
+                image
+            }
+            Event::After(gap, image) => {
+                std::thread::sleep(gap);
+                captured = Instant::now();
+                image
+            }
+            Event::Fail => anyhow::bail!("camera: VIDIOC_DQBUF failed (device gone)"),
+        };
+        frame.image = image;
+        frame.jpeg = false;
+        self.deliver(frame, captured)
+    }
+}
+
+impl Scripted {
+    fn deliver(&mut self, frame: &mut Frame, captured: Instant) -> anyhow::Result<bool> {
+        frame.captured = captured;
+        frame.sequence = self.sequence;
+        frame.truth = None;
+        self.sequence += 1;
+        Ok(true)
+    }
+}
+
+#[test]
+fn steady_state_frames_take_nothing_from_the_heap() {
+    let _serial = serial();
+    let s = setup();
+    // A folder replay of PNG and JPEG frames (JPEGs are decoded in the loop), a region of
+    // interest, and audit saving of the rejected ones: every per-frame path at once.
+    let frames = s.dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for (i, image) in s.good.iter().chain(&s.defective).enumerate() {
+        if i % 2 == 0 {
+            image.save(frames.join(format!("{i:02}.png"))).unwrap();
+        } else {
+            std::fs::write(frames.join(format!("{i:02}.jpg")), encode_jpeg(image).unwrap()).unwrap();
+        }
+    }
+    let mut config = s.config.clone();
+    config.roi = Some(Roi {
+        x: 0,
+        y: 0,
+        width: 60,
+        height: 64,
+    });
+    config.audit = Some(AuditConfig {
+        dir: s.dir.path().join("audit"),
+        max_mib: 1,
+        queue: 2,
+    });
+    let mut source = ucad::runtime::source::folder(&frames, 20.0, true).unwrap();
+    let outcome = s.run(config, &mut source, Some(48)).unwrap();
+    let summary = outcome.summary;
+    assert_eq!(summary.frames, 48);
+    assert_eq!(summary.failsafe_rejects, 0, "{:?}", LOGGED.lock().unwrap());
+    assert!(summary.rejects > 0, "some parts are rejected (and audited)");
+    assert_eq!(summary.allocations_per_frame, Some(0.0));
+    assert!(
+        summary.pool_allocations_per_frame.unwrap() > 0.0,
+        "tract's tensors come from the frame pool"
+    );
+    assert!(summary.frame_pool_peak_bytes <= summary.frame_pool_bytes);
+    let saved = std::fs::read_dir(s.dir.path().join("audit")).unwrap().count();
+    assert!(saved > 0, "rejected frames are saved for audit");
+}
+
+#[test]
+fn a_stall_keeps_the_reject_gate_active_while_unseen_parts_pass() {
+    let _serial = serial();
+    let s = setup();
+    let mut config = s.config.clone();
+    config.failsafe.stall_ms = 100.0;
+    let good = &s.good[0];
+    let gap = Duration::from_millis(400);
+    let mut source = Scripted::new([
+        Event::Image(good.clone()),
+        Event::After(gap, good.clone()),
+        Event::Image(good.clone()),
+    ]);
+    let outcome = s.run(config, &mut source, None).unwrap();
+    assert_eq!(outcome.summary.frames, 3);
+    assert_eq!(outcome.summary.stalls, 1);
+    assert!(logged("no frames for"), "{:?}", LOGGED.lock().unwrap());
+    let record = outcome.sim.unwrap();
+    let edges = &record.lock().unwrap().edges;
+    let held = edges
+        .windows(2)
+        .filter(|w| w[0].active && !w[1].active)
+        .map(|w| w[1].intended - w[0].intended)
+        .max()
+        .expect("a reject pulse");
+    assert!(held >= gap, "the gate was active {held:?} for a {gap:?} stall");
+}
+
+#[test]
+fn camera_errors_reject_blind_and_end_the_loop_only_when_they_persist() {
+    let _serial = serial();
+    let s = setup();
+    let good = &s.good[0];
+    let mut source = Scripted::new([Event::Image(good.clone()), Event::Fail, Event::Image(good.clone())]);
+    let outcome = s.run(s.config.clone(), &mut source, None).unwrap();
+    assert_eq!((outcome.summary.frames, outcome.summary.stalls), (2, 1));
+    assert!(logged("device gone") && logged("no frames for"));
+
+    let retries = s.config.failsafe.source_retries as usize;
+    let mut failing = Scripted::new(std::iter::repeat_with(|| Event::Fail).take(retries + 2));
+    let err = s
+        .run(s.config.clone(), &mut failing, None)
+        .err()
+        .expect("the loop ends");
+    assert!(format!("{err:#}").contains("failed"), "{err:#}");
+
+    let mut config = s.config.clone();
+    config.failsafe.action = FailsafeAction::StopLine;
+    config.failsafe.stop_line = Some(ucad::runtime::config::LineConfig::Simulated);
+    let mut once = Scripted::new([Event::Fail, Event::Image(good.clone())]);
+    let err = s.run(config, &mut once, None).err().expect("stop_line ends the loop");
+    assert!(format!("{err:#}").contains("unseen"), "{err:#}");
+}
+
+#[test]
+fn a_damaged_jpeg_and_a_deadline_miss_are_rejected_and_logged() {
+    let _serial = serial();
+    let s = setup();
+    let jpeg = encode_jpeg(&s.good[0]).unwrap();
+    let deadline = Duration::from_secs_f64(s.config.failsafe.deadline_ms / 1e3);
+    let mut source = Scripted::new([
+        Event::Jpeg(jpeg.clone()),
+        Event::Jpeg(jpeg[..jpeg.len() / 3].to_vec()),
+        Event::Old(s.good[1].clone(), deadline * 2),
+        Event::Image(s.good[2].clone()),
+    ]);
+    let outcome = s.run(s.config.clone(), &mut source, None).unwrap();
+    let failsafe: Vec<bool> = outcome.parts.iter().map(|p| p.failsafe).collect();
+    assert_eq!(failsafe, [false, true, true, false]);
+    assert!(outcome.parts.iter().filter(|p| p.failsafe).all(|p| p.rejected));
+    assert!(logged("frame 1: ") && logged("JPEG"), "{:?}", LOGGED.lock().unwrap());
+    assert!(logged("frame 2: past its deadline"));
+    assert_eq!(outcome.summary.failsafe_rejects, 2);
+}
+
+#[test]
+fn the_audit_folder_stays_within_its_budget() {
+    let _serial = serial();
+    let s = setup();
+    let audit = s.dir.path().join("audit");
+    std::fs::create_dir(&audit).unwrap();
+    // What an earlier run left: 1 MiB of old files, which the budget must count.
+    std::fs::write(audit.join("0000000000-old.jpg"), vec![0u8; 1 << 20]).unwrap();
+    let mut config = s.config.clone();
+    config.audit = Some(AuditConfig {
+        dir: audit.clone(),
+        max_mib: 1,
+        queue: 4,
+    });
+    let mut source = Scripted::new(s.defective.iter().cycle().take(12).map(|d| Event::Image(d.clone())));
+    let outcome = s.run(config, &mut source, None).unwrap();
+    assert!(outcome.summary.rejects >= 6, "{:?}", outcome.summary);
+    let files: Vec<_> = std::fs::read_dir(&audit).unwrap().map(|e| e.unwrap()).collect();
+    let total: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert!(total <= 1 << 20, "{total} bytes on disk");
+    assert!(!audit.join("0000000000-old.jpg").exists(), "the oldest file went first");
+    let heatmaps = files
+        .iter()
+        .filter(|f| f.file_name().to_string_lossy().ends_with("-heatmap.png"))
+        .count();
+    assert!(heatmaps > 0);
+}
