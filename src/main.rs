@@ -516,7 +516,7 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "memory: {} heap allocations/frame, {} frame-pool allocations/frame (pool peak {:.1} of {:.0} MiB); peak RSS {}",
-        s.allocations_per_frame.map_or("—".into(), |a| format!("{a:.2}")),
+        s.allocations_per_frame.map_or("—".into(), |a| format!("{a:.3}")),
         s.pool_allocations_per_frame.map_or("—".into(), |a| format!("{a:.0}")),
         mib(s.frame_pool_peak_bytes),
         mib(s.frame_pool_bytes),

@@ -70,11 +70,7 @@ pub fn check_parity(cache: &ModelCache, arch: Arch, blocks: &[usize]) -> Result<
             ..defaults.clone()
         };
         let bytes = export_model(&weights, &opts)?.encode_to_vec();
-        Backbone::from_bytes(
-            &bytes,
-            Path::new(&format!("<{arch} block {block} {}>", quant.name())),
-            1,
-        )
+        Backbone::from_bytes(bytes, Path::new(&format!("<{arch} block {block} {}>", quant.name())), 1)
     };
     let first = exported(Quant::F32, blocks[0])?;
     let image = Preprocessor::new(&first.meta).tensor(&textured_image(256, 256, 0))?;

@@ -55,21 +55,23 @@ impl Backbone {
 
     pub fn load_batched(path: &Path, batch: usize) -> Result<Backbone> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read backbone {}", path.display()))?;
-        Backbone::from_bytes(&bytes, path, batch)
+        Backbone::from_bytes(bytes, path, batch)
     }
 
-    /// Loads an ONNX file already in memory; `path` names it in errors and reports.
-    pub fn from_bytes(bytes: &[u8], path: &Path, batch: usize) -> Result<Backbone> {
+    /// Loads an ONNX file already in memory; `path` names it in errors and reports. Each copy of
+    /// the weights is dropped as soon as the next one exists, which bounds peak memory at load.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path, batch: usize) -> Result<Backbone> {
         ensure!(batch >= 1, "batch must be at least 1");
-        let proto = ModelProto::decode(bytes)
-            .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
-        let meta = BackboneMeta::from_props(&proto.metadata_props, &path.display().to_string())?;
-        let plan =
-            optimise(&proto, &meta, batch).with_context(|| format!("{}: tract cannot load it", path.display()))?;
         let file_sha256 = {
             use sha2::{Digest, Sha256};
-            hex::encode(Sha256::digest(bytes))
+            hex::encode(Sha256::digest(&bytes))
         };
+        let proto = ModelProto::decode(bytes.as_slice())
+            .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
+        drop(bytes);
+        let meta = BackboneMeta::from_props(&proto.metadata_props, &path.display().to_string())?;
+        let plan =
+            optimise(proto, &meta, batch).with_context(|| format!("{}: tract cannot load it", path.display()))?;
         Ok(Backbone {
             meta,
             path: path.to_path_buf(),
@@ -139,11 +141,12 @@ impl Backbone {
     }
 }
 
-fn optimise(proto: &ModelProto, meta: &BackboneMeta, batch: usize) -> Result<Plan> {
+fn optimise(proto: ModelProto, meta: &BackboneMeta, batch: usize) -> Result<Plan> {
     let s = meta.input_size;
     let prompt_shape = [batch, meta.prompt_blocks, 2, meta.prompt_len, meta.embed_dim];
-    let model = tract_onnx::onnx()
-        .model_for_proto_model(proto)?
+    let model = tract_onnx::onnx().model_for_proto_model(&proto)?;
+    drop(proto);
+    let model = model
         .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), [batch, 3, s, s]))?
         .with_input_fact(1, InferenceFact::dt_shape(f32::datum_type(), prompt_shape))?
         .with_input_fact(2, InferenceFact::dt_shape(f32::datum_type(), [batch]))?;

@@ -127,6 +127,24 @@ impl Inspector {
             auditor,
             counters: Counters::new(tasks),
         };
+        // Also the first record this thread logs, so that the logger's buffers exist before the
+        // first frame.
+        info!(
+            "inspecting with {} task(s) of {}, {:?} routing, reject {:.0} ms after capture for {:.0} ms, \
+             fail-safe {:?} after {:.0} ms, frame pool {} MiB, audit {}",
+            tasks,
+            self.config.bank.path.display(),
+            self.config.routing.mode,
+            self.config.reject.travel_delay_ms,
+            self.config.reject.pulse_width_ms,
+            self.config.failsafe.action,
+            self.config.failsafe.deadline_ms,
+            self.config.memory.frame_pool_mib,
+            self.config
+                .audit
+                .as_ref()
+                .map_or("off".into(), |a| format!("{} (≤ {} MiB)", a.dir.display(), a.max_mib)),
+        );
         let mut parts = Vec::with_capacity(max_frames.unwrap_or(PART_RECORDS).min(1 << 20) as usize);
         let mut frame = Frame::new();
         let mut last_log = Instant::now();
