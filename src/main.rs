@@ -428,7 +428,7 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
             j.score
         );
         if let Some(dir) = heatmaps {
-            let relative: Vec<f32> = j.patch_scores.iter().map(|s| s - threshold).collect();
+            let relative: Vec<f32> = detector.tasks[j.routing.task].relative(&j.patch_scores).collect();
             let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
             let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
             save_overlay(&dir.join(format!("{stem}.png")), &pre.fit(&image)?, &map, threshold)?;

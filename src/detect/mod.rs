@@ -50,6 +50,12 @@ impl TaskIndex {
         found.iter().map(|(_, d)| d).sum::<f32>() / found.len() as f32
     }
 
+    /// Scores relative to this task's threshold (0 = the decision boundary), as reports, maps
+    /// and audits show them.
+    pub fn relative<'a>(&'a self, patch_scores: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
+        patch_scores.iter().map(|s| s - self.threshold)
+    }
+
     /// Per-patch mean distance to the k nearest knowledge rows.
     pub fn patch_scores(&self, features: &[f32]) -> Vec<f32> {
         self.knowledge

@@ -170,7 +170,7 @@ fn routed(detector: &Detector, features: &[f32]) -> Scored {
 
 fn oracle(detector: &Detector, task: usize, features: &[f32]) -> Scored {
     let t = &detector.tasks[task];
-    let patches = t.patch_scores(features).into_iter().map(|s| s - t.threshold).collect();
+    let patches = t.relative(&t.patch_scores(features)).collect();
     Scored {
         task,
         margin: None,

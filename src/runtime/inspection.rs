@@ -326,8 +326,7 @@ impl Inspector {
                     let task = &detector.tasks[task];
                     slot.label.push_str(&task.name);
                     slot.threshold = task.threshold;
-                    slot.relative_patches
-                        .extend(self.patch_scores.iter().map(|s| s - task.threshold));
+                    slot.relative_patches.extend(task.relative(&self.patch_scores));
                 }
                 _ => slot.label.push_str("failsafe"),
             }
