@@ -40,16 +40,21 @@ fn layer_norm(x: &[f32], dim: usize, g: &[f32], b: &[f32], eps: f32) -> Vec<f32>
 fn erf(x: f64) -> f64 {
     // The Chebyshev fit of erfc from Numerical Recipes (erfcc): relative error below 1.2e-7.
     let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let y = 1.0
-        - t * (-x * x - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
+    // Horner's rule over the fit's coefficients (a nested expression makes rustfmt crawl).
+    const COEFFICIENTS: [f64; 10] = [
+        -1.265_512_23,
+        1.000_023_68,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_203_98,
+        1.488_515_87,
+        -0.822_152_23,
+        0.170_872_77,
+    ];
+    let polynomial = COEFFICIENTS.iter().rev().fold(0.0, |acc, c| c + t * acc);
+    let y = 1.0 - t * (-x * x + polynomial).exp();
     if x >= 0.0 {
         y
     } else {
