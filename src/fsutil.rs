@@ -6,8 +6,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`, so a
-/// reader sees either the old file or the whole new one.
+/// Writes `bytes` to a temporary file beside `path`, syncs it, renames it over `path` and syncs
+/// the folder, so that a reader — or a restart after a power cut — sees either the old file or
+/// the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -19,7 +20,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all()
         .with_context(|| format!("cannot sync {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    sync_parent(path)
+}
+
+/// Makes renames and links in `path`'s folder durable.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync the folder {}", dir.display()))
 }
 
 /// Hex sha256 of a file's bytes.

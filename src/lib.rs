@@ -7,3 +7,4 @@ pub mod detect;
 pub mod eval;
 pub mod fsutil;
 pub mod runtime;
+pub mod update;

@@ -24,6 +24,7 @@ use ucad::runtime::config::{RunConfig, SourceConfig};
 use ucad::runtime::counters::StageMeans;
 use ucad::runtime::inspection::Inspector;
 use ucad::runtime::learn::learn_conveyor;
+use ucad::update::{client, signing};
 
 #[global_allocator]
 static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
@@ -98,6 +99,36 @@ enum Command {
         quant: Quant,
         #[arg(long, value_enum, default_value = "squash")]
         resize: Resize,
+    },
+    /// Make an ed25519 key pair for signing bank updates: OUT (secret, owner-only) and OUT.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a bank for devices: writes the update (envelope and bank) to OUT.
+    Sign {
+        #[arg(long)]
+        bank: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Send a bank to a device (`ucad run` with an [update] listener): signed here with --key,
+    /// or already signed by `ucad sign`.
+    Push {
+        #[arg(long)]
+        bank: PathBuf,
+        /// HOST:PORT of the device's update listener.
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// A device's installed bank and counters.
+    Status {
+        #[arg(long)]
+        device: String,
     },
     /// Learn one product from normal images and append it to a bank.
     Fit(FitArgs),
@@ -330,6 +361,30 @@ fn run(cli: Cli) -> Result<()> {
             images,
         } => score(&cache, &backbone, &bank, heatmaps.as_deref(), &images)?,
         Command::Inspect { bank } => inspect(&bank)?,
+        Command::Keygen { out } => {
+            signing::write_key_pair(&out, &signing::generate_key()?)?;
+            println!(
+                "wrote {} (secret) and {}",
+                out.display(),
+                signing::public_key_path(&out).display()
+            );
+        }
+        Command::Sign { bank, key, out } => {
+            ucad::fsutil::write_atomic(&out, &signed_update(&bank, &key)?)?;
+            println!("wrote {}", out.display());
+        }
+        Command::Push { bank, device, key } => push(&bank, &device, key.as_deref())?,
+        Command::Status { device } => {
+            let answer = client::status(&device)?;
+            anyhow::ensure!(
+                answer.status == 200,
+                "{device} answered {}: {}",
+                answer.status,
+                answer.body
+            );
+            let body: serde_json::Value = serde_json::from_str(&answer.body).context("the status is not JSON")?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
         Command::Features { backbone, images } => features(&cache, &backbone, &images)?,
         Command::CheckParity { arch, blocks } => {
             let report = check_parity(&cache, arch, &blocks)?;
@@ -526,6 +581,38 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
         println!("summary written to {}", path.display());
     }
+    Ok(())
+}
+
+/// A bank file signed with a secret key file (the bank is checked to load first).
+fn signed_update(bank: &Path, key: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
+    ucad::bank::Bank::from_bytes(&bytes, &bank.display().to_string())?;
+    Ok(signing::sign(&bytes, &signing::read_secret_key(key)?))
+}
+
+fn push(bank: &Path, device: &str, key: Option<&Path>) -> Result<()> {
+    let update = match key {
+        Some(key) => signed_update(bank, key)?,
+        None => {
+            let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
+            signing::SignedUpdate::parse(&bytes).with_context(|| {
+                format!(
+                    "{}: not signed (sign it with `ucad sign`, or pass --key)",
+                    bank.display()
+                )
+            })?;
+            bytes
+        }
+    };
+    let answer = client::push(device, &update)?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "{device} refused the update ({}): {}",
+        answer.status,
+        answer.body
+    );
+    println!("{device}: {}", answer.body);
     Ok(())
 }
 

@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use ucad::backbone::Backbone;
-use ucad::bank::Bank;
-use ucad::data::dataset::load_task;
 use ucad::data::folder::load_rgb;
-use ucad::data::synthetic::SplitCounts;
-use ucad::detect::fit::{fit_task, FitParams};
 use ucad::runtime::config::{AuditConfig, FailsafeAction, Roi, RunConfig};
 use ucad::runtime::inspection::{Inspector, Outcome};
 use ucad::runtime::pixels::encode_jpeg;
@@ -69,39 +65,20 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let backbone_path = common::tiny_backbone(dir.path());
-    let backbone = Backbone::load(&backbone_path).unwrap();
-    let counts = SplitCounts {
-        train: 16,
-        test_good: 4,
-        test_defective: 4,
-    };
-    let name = &common::synthetic_products(dir.path(), 1, counts)[0];
-    let data = load_task(dir.path(), name).unwrap();
-    let params = FitParams {
-        key_rows: 24,
-        knowledge_rows: 48,
-        ..FitParams::default()
-    };
-    let mut bank = Bank::new(
-        &backbone.file_sha256,
-        backbone.meta.feature_dim(),
-        backbone.meta.patches(),
-    );
-    bank.append(fit_task(&backbone, name, &data.train, &params).unwrap())
-        .unwrap();
+    let product = common::TinyProduct::new(dir.path());
+    let bank = product.bank(48, 1);
     let mut config: RunConfig = toml::from_str(include_str!("../board/sim.toml")).unwrap();
     config.bank.path = dir.path().join("bank.ucad");
     bank.save(&config.bank.path).unwrap();
     config.log_every_s = 1e9;
     config.memory.frame_pool_mib = 16;
-    let (good, defective): (Vec<_>, Vec<_>) = data.test.iter().partition(|t| t.mask.is_none());
+    let (good, defective): (Vec<_>, Vec<_>) = product.data.test.iter().partition(|t| t.mask.is_none());
     let images = |items: Vec<&ucad::data::dataset::TestItem>| -> Vec<RgbImage> {
         items.iter().map(|t| load_rgb(&t.image).unwrap()).collect()
     };
     Setup {
         config,
-        backbone: backbone_path,
+        backbone: product.backbone,
         good: images(good),
         defective: images(defective),
         dir,

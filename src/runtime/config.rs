@@ -25,6 +25,9 @@ pub struct RunConfig {
     /// Saving rejected frames with their heatmaps (off when absent).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// The listener for signed bank updates (off when absent).
+    #[serde(default)]
+    pub update: Option<UpdateConfig>,
     /// Seconds between counter lines in the log.
     #[serde(default = "default_log_every")]
     pub log_every_s: f64,
@@ -56,6 +59,22 @@ pub struct AuditConfig {
     pub queue: usize,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7878` or the line network's interface address.
+    pub listen: String,
+    /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Larger requests are refused unread.
+    #[serde(default = "default_update_max_mib")]
+    pub max_mib: usize,
+}
+
+fn default_update_max_mib() -> usize {
+    64
+}
+
 fn default_audit_queue() -> usize {
     4
 }
@@ -77,6 +96,15 @@ pub struct BankConfig {
     pub capacity_tasks: usize,
     #[serde(default = "default_capacity_rows")]
     pub capacity_rows: usize,
+}
+
+impl BankConfig {
+    pub fn capacity(&self) -> crate::bank::Capacity {
+        crate::bank::Capacity {
+            tasks: self.capacity_tasks,
+            rows_per_task: self.capacity_rows,
+        }
+    }
 }
 
 fn default_capacity_tasks() -> usize {
@@ -287,6 +315,9 @@ impl RunConfig {
         if let Some(audit) = &mut self.audit {
             join(&mut audit.dir);
         }
+        if let Some(update) = &mut self.update {
+            update.trusted_keys.iter_mut().for_each(join);
+        }
         if let SourceConfig::Folder { path, .. } = &mut self.source {
             join(path);
         }
@@ -326,6 +357,12 @@ impl RunConfig {
             ensure!(
                 audit.max_mib >= 1 && audit.queue >= 1,
                 "audit.max_mib and audit.queue must be at least 1"
+            );
+        }
+        if let Some(update) = &self.update {
+            ensure!(
+                !update.trusted_keys.is_empty() && update.max_mib >= 1,
+                "update needs at least one trusted key and max_mib ≥ 1"
             );
         }
         if let Some(roi) = self.roi {

@@ -74,6 +74,7 @@ pub struct Counters {
     pub dropped_frames: u64,
     pub audit_not_saved: u64,
     pub routing_switches: u64,
+    pub bank_swaps: u64,
     /// Parts with ground truth, and how the decisions compared with it.
     pub known_parts: u64,
     pub escapes: u64,
@@ -94,6 +95,7 @@ pub struct Summary {
     pub dropped_frames: u64,
     pub audit_not_saved: u64,
     pub routing_switches: u64,
+    pub bank_swaps: u64,
     pub reject_timing_error_ms_max: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -105,6 +107,18 @@ pub struct Summary {
     pub frame_pool_bytes: u64,
     pub frame_pool_peak_bytes: u64,
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// The counters a device reports on `GET /status` (copied after every frame).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Totals {
+    pub frames: u64,
+    pub rejects: u64,
+    pub failsafe_rejects: u64,
+    pub stalls: u64,
+    pub dropped_frames: u64,
+    pub routing_switches: u64,
+    pub bank_swaps: u64,
 }
 
 /// What the allocator reports for a run's summary.
@@ -130,6 +144,7 @@ impl Counters {
             dropped_frames: 0,
             audit_not_saved: 0,
             routing_switches: 0,
+            bank_swaps: 0,
             known_parts: 0,
             escapes: 0,
             false_rejects: 0,
@@ -171,6 +186,18 @@ impl Counters {
         CountersLine(self)
     }
 
+    pub fn totals(&self) -> Totals {
+        Totals {
+            frames: self.frames,
+            rejects: self.rejects,
+            failsafe_rejects: self.failsafes,
+            stalls: self.stalls,
+            dropped_frames: self.dropped_frames,
+            routing_switches: self.routing_switches,
+            bank_swaps: self.bank_swaps,
+        }
+    }
+
     fn stage_means(&self) -> StageMeans {
         let mean = |stage: Stage| {
             let total = self.stage_time[stage as usize].as_secs_f64() * 1e3;
@@ -205,6 +232,7 @@ impl Counters {
             dropped_frames: self.dropped_frames,
             audit_not_saved: self.audit_not_saved,
             routing_switches: self.routing_switches,
+            bank_swaps: self.bank_swaps,
             reject_timing_error_ms_max: timing_error_ms,
             p50_ms: self.percentile(0.5),
             p99_ms: self.percentile(0.99),

@@ -19,9 +19,10 @@ use super::reject::{Actuator, RejectLine, SimRecord, SimulatedLine};
 use super::schedule::Pulse;
 use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
-use crate::bank::format::load_for_backbone;
-use crate::bank::Capacity;
 use crate::detect::{image_score, Detector};
+use crate::update::listener::{DeviceState, Installed, UpdateListener, UpdatePolicy};
+use crate::update::signing::read_public_key;
+use crate::update::store::BankStore;
 
 /// Frames before allocation counting starts (buffers and caches fill on the first ones).
 const WARM_UP_FRAMES: u64 = 5;
@@ -37,6 +38,8 @@ pub struct PartRecord {
     pub truth: Option<super::source::Truth>,
     /// Task the part was scored against; `None` when the fail-safe decided.
     pub task: Option<usize>,
+    /// Version of the bank that judged the part.
+    pub bank_version: Option<u64>,
     /// Image score minus the task's threshold.
     pub relative_score: f32,
     pub rejected: bool,
@@ -60,8 +63,11 @@ struct Sticky {
 
 pub struct Inspector {
     backbone: Backbone,
-    /// `None` when the bank could not be loaded: every part gets the fail-safe action.
-    detector: Option<Detector>,
+    /// Shared with the update listener: the bank installed now, and the counters.
+    state: Arc<DeviceState>,
+    /// The bank frames are judged with, taken from `state` between frames; `None` when no bank
+    /// could be loaded: every part gets the fail-safe action.
+    current: Option<Arc<Installed>>,
     pre: Preprocessor,
     roi_view: RgbImage,
     /// The judged task's patch scores for the last frame.
@@ -79,31 +85,30 @@ struct Line {
 
 impl Inspector {
     pub fn new(backbone: Backbone, config: RunConfig) -> Inspector {
-        let capacity = Capacity {
-            tasks: config.bank.capacity_tasks,
-            rows_per_task: config.bank.capacity_rows,
-        };
-        let detector = load_for_backbone(&config.bank.path, &backbone.file_sha256)
-            .map_err(anyhow::Error::from)
-            .and_then(|bank| {
-                bank.check_capacity(capacity, &config.bank.path.display().to_string())?;
-                Detector::new(&bank)
+        let state = Arc::new(DeviceState::default());
+        let capacity = config.bank.capacity();
+        let loaded = BankStore::new(&config.bank.path)
+            .load(&backbone.file_sha256, capacity)
+            .and_then(|(bank, origin)| {
+                Ok(Installed {
+                    detector: Detector::new(&bank)?,
+                    version: bank.version,
+                    origin,
+                })
             });
-        let detector = match detector {
-            Ok(d) => Some(d),
-            Err(e) => {
-                error!(
-                    "no usable bank ({e:#}): every part gets the fail-safe action {:?}",
-                    config.failsafe.action
-                );
-                None
-            }
-        };
+        match loaded {
+            Ok(installed) => state.installed.store(Some(Arc::new(installed))),
+            Err(e) => error!(
+                "no usable bank ({e:#}): every part gets the fail-safe action {:?}",
+                config.failsafe.action
+            ),
+        }
         Inspector {
             pre: Preprocessor::new(&backbone.meta),
             patch_scores: Vec::with_capacity(backbone.meta.grid() * backbone.meta.grid()),
             backbone,
-            detector,
+            state,
+            current: None,
             roi_view: RgbImage::new(0, 0),
             sticky: Sticky {
                 task: None,
@@ -121,7 +126,9 @@ impl Inspector {
             Some(audit) => Some(Auditor::start(audit, &self.backbone.meta, (0, 0))?),
             None => None,
         };
-        let tasks = self.detector.as_ref().map_or(0, |d| d.tasks.len());
+        let listener = self.start_listener()?;
+        self.adopt_installed_bank(None);
+        let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks.len());
         let mut line = Line {
             actuator: Actuator::start(reject_line),
             auditor,
@@ -189,7 +196,9 @@ impl Inspector {
                     break Err(stop);
                 }
             }
+            self.adopt_installed_bank(Some(&mut line.counters));
             let record = self.inspect(&mut frame, &mut line);
+            *self.state.totals.lock().unwrap_or_else(|e| e.into_inner()) = line.counters.totals();
             if parts.len() < parts.capacity() {
                 parts.push(record);
             }
@@ -202,6 +211,9 @@ impl Inspector {
             }
         };
         let memory = memory_report(steady, line.counters.frames);
+        if let Some(listener) = listener {
+            listener.stop();
+        }
         line.actuator.shutdown();
         if let Some(auditor) = line.auditor {
             line.counters.audit_not_saved = auditor.not_saved;
@@ -217,6 +229,56 @@ impl Inspector {
         let summary = line.counters.summary(timing_error, memory);
         info!("{}", line.counters.line());
         result.map(|()| Outcome { summary, parts, sim })
+    }
+
+    /// Starts the update listener when the config asks for one.
+    fn start_listener(&self) -> Result<Option<UpdateListener>> {
+        let Some(update) = &self.config.update else {
+            return Ok(None);
+        };
+        let trusted = update
+            .trusted_keys
+            .iter()
+            .map(|path| read_public_key(path))
+            .collect::<Result<Vec<_>>>()?;
+        let policy = UpdatePolicy {
+            trusted,
+            backbone_sha256: self.backbone.file_sha256.clone(),
+            capacity: self.config.bank.capacity(),
+            max_bytes: update.max_mib << 20,
+        };
+        let store = BankStore::new(&self.config.bank.path);
+        UpdateListener::start(&update.listen, policy, store, self.state.clone()).map(Some)
+    }
+
+    /// Takes the installed bank when it changed (only ever between frames, so that a frame is
+    /// judged with one bank from start to end). Routing state is reset: task numbers may mean
+    /// other products in the new bank.
+    fn adopt_installed_bank(&mut self, counters: Option<&mut Counters>) {
+        let latest = self.state.installed.load_full();
+        let same = match (&latest, &self.current) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        self.current = latest;
+        self.sticky = Sticky {
+            task: None,
+            since_reroute: 0,
+        };
+        if let Some(counters) = counters {
+            counters.bank_swaps += 1;
+            let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks.len());
+            counters.rejects_per_task.resize(tasks, 0);
+            info!(
+                "frame {} on: bank version {:?}",
+                counters.frames,
+                self.current.as_ref().map(|i| i.version)
+            );
+        }
     }
 
     fn stall_limit(&self) -> Duration {
@@ -256,6 +318,7 @@ impl Inspector {
             captured: frame.captured,
             truth: frame.truth,
             task: None,
+            bank_version: None,
             relative_score: f32::NAN,
             rejected: false,
             failsafe: false,
@@ -278,6 +341,7 @@ impl Inspector {
         match judged {
             Some((task, relative)) if in_time => {
                 record.task = Some(task);
+                record.bank_version = self.current.as_ref().map(|i| i.version);
                 record.relative_score = relative;
                 record.rejected = relative > 0.0;
             }
@@ -315,7 +379,7 @@ impl Inspector {
     }
 
     fn offer_audit(&self, auditor: &mut Auditor, frame: &Frame, record: &PartRecord) {
-        let detector = self.detector.as_ref();
+        let detector = self.current.as_ref().map(|i| &i.detector);
         auditor.offer(|slot| {
             slot.sequence = record.sequence;
             slot.label.clear();
@@ -338,26 +402,26 @@ impl Inspector {
     /// `self.patch_scores`.
     fn judge(&mut self, frame: &mut Frame, counters: &mut Counters) -> Result<(usize, f32)> {
         let mut lap = Lap::start();
-        anyhow::ensure!(self.detector.is_some(), "no bank loaded");
+        let installed = self.current.clone().context("no bank loaded")?;
+        let detector = &installed.detector;
         frame.decode()?;
         lap.mark(counters, Stage::Decode);
         let tensor = self.preprocess(&frame.image)?;
         lap.mark(counters, Stage::Preprocess);
         let plain = self.backbone.features(tensor.clone(), None)?;
         lap.mark(counters, Stage::PlainPass);
-        let detector = self.detector.as_ref().context("no bank loaded")?;
         let mut task = route(&mut self.sticky, self.config.routing, detector, &plain, counters);
         lap.mark(counters, Stage::Routing);
-        let mut relative = self.score(&tensor, &plain, task, &mut lap, counters)?;
+        let mut relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
         if self.config.routing.mode == RoutingMode::Sticky && relative > 0.0 && self.sticky.since_reroute > 0 {
             // A would-be reject in sticky mode: make sure it is not a different product.
-            let fresh = self.detector.as_ref().context("no bank loaded")?.route(&plain).task;
+            let fresh = detector.route(&plain).task;
             lap.mark(counters, Stage::Routing);
             if fresh != task {
                 counters.routing_switches += 1;
                 self.sticky.task = Some(fresh);
                 task = fresh;
-                relative = self.score(&tensor, &plain, task, &mut lap, counters)?;
+                relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
             }
             self.sticky.since_reroute = 0;
         }
@@ -383,13 +447,13 @@ impl Inspector {
     /// Scores the frame against `task` into `self.patch_scores`; returns image score − threshold.
     fn score(
         &mut self,
+        detector: &Detector,
         image: &Tensor,
         plain: &[f32],
         task: usize,
         lap: &mut Lap,
         counters: &mut Counters,
     ) -> Result<f32> {
-        let detector = self.detector.as_ref().context("no bank loaded")?;
         let features = detector.task_features(&self.backbone, image, plain, task)?;
         lap.mark(counters, Stage::PromptedPass);
         let index = &detector.tasks[task];

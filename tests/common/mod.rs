@@ -37,3 +37,44 @@ pub fn synthetic_products(
         })
         .collect()
 }
+
+/// One generated product on the tiny backbone: its data, and banks fitted on it.
+pub struct TinyProduct {
+    pub backbone: std::path::PathBuf,
+    pub data: ucad::data::dataset::TaskData,
+}
+
+impl TinyProduct {
+    /// Exports the tiny backbone and writes one product (16 train, 4 good, 4 defective) to `dir`.
+    pub fn new(dir: &std::path::Path) -> TinyProduct {
+        let backbone = tiny_backbone(dir);
+        let counts = ucad::data::synthetic::SplitCounts {
+            train: 16,
+            test_good: 4,
+            test_defective: 4,
+        };
+        let name = &synthetic_products(dir, 1, counts)[0];
+        let data = ucad::data::dataset::load_task(dir, name).expect("read the product");
+        TinyProduct { backbone, data }
+    }
+
+    /// A one-task bank for the product with `knowledge_rows` rows and the given version.
+    pub fn bank(&self, knowledge_rows: usize, version: u64) -> ucad::bank::Bank {
+        use ucad::detect::fit::{fit_task, FitParams};
+        let backbone = ucad::backbone::Backbone::load(&self.backbone).expect("load the tiny backbone");
+        let params = FitParams {
+            key_rows: 24,
+            knowledge_rows,
+            ..FitParams::default()
+        };
+        let mut bank = ucad::bank::Bank::new(
+            &backbone.file_sha256,
+            backbone.meta.feature_dim(),
+            backbone.meta.patches(),
+        );
+        bank.append(fit_task(&backbone, &self.data.name, &self.data.train, &params).expect("fit"))
+            .expect("append");
+        bank.version = version;
+        bank
+    }
+}

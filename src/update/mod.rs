@@ -1,0 +1,7 @@
+//! Over-the-air bank updates: signed envelopes, the device's listener, atomic install with a
+//! last-known-good copy, and the pusher's side.
+
+pub mod client;
+pub mod listener;
+pub mod signing;
+pub mod store;

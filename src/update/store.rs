@@ -1,0 +1,134 @@
+//! The bank on a device's disk: the current file and a last-known-good copy beside it.
+//!
+//! Install order, so that a power cut at any instant leaves a whole bank to start from: the new
+//! bank is written and synced under a temporary name; the current bank (when it loads) is copied
+//! the same way over `*.last-good`; the new file is renamed over the current one; the folder is
+//! synced. Start-up loads the current bank and falls back to the last-known-good one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use log::warn;
+
+use crate::bank::{Bank, Capacity};
+use crate::fsutil::write_atomic;
+
+pub struct BankStore {
+    pub current: PathBuf,
+    pub last_good: PathBuf,
+}
+
+/// Which file a device runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Current,
+    LastGood,
+    Pushed,
+}
+
+impl BankStore {
+    pub fn new(path: &Path) -> BankStore {
+        let mut last_good = path.as_os_str().to_owned();
+        last_good.push(".last-good");
+        BankStore {
+            current: path.to_path_buf(),
+            last_good: PathBuf::from(last_good),
+        }
+    }
+
+    /// The bank to run with: the current one, or — when it is missing, damaged or refused —
+    /// the last-known-good one, and the log says so.
+    pub fn load(&self, backbone_sha256: &str, capacity: Capacity) -> Result<(Bank, Origin)> {
+        let current = load_checked(&self.current, backbone_sha256, capacity);
+        let current_error = match current {
+            Ok(bank) => return Ok((bank, Origin::Current)),
+            Err(e) => e,
+        };
+        match load_checked(&self.last_good, backbone_sha256, capacity) {
+            Ok(bank) => {
+                warn!(
+                    "{current_error:#}: running on the last-known-good bank {} (version {})",
+                    self.last_good.display(),
+                    bank.version
+                );
+                Ok((bank, Origin::LastGood))
+            }
+            Err(e) => Err(current_error.context(format!("and no last-known-good bank: {e:#}"))),
+        }
+    }
+
+    /// Installs a bank file's bytes (already verified) as the current bank.
+    pub fn install(&self, bytes: &[u8]) -> Result<()> {
+        let incoming = self.current.with_extension("incoming");
+        write_atomic(&incoming, bytes)?;
+        // Only a bank that loads may become the fallback; a damaged current file is replaced
+        // without touching the last good one.
+        if let Ok(current) = std::fs::read(&self.current) {
+            if Bank::from_bytes(&current, "").is_ok() {
+                write_atomic(&self.last_good, &current)?;
+            }
+        }
+        std::fs::rename(&incoming, &self.current)
+            .with_context(|| format!("cannot move {} to {}", incoming.display(), self.current.display()))?;
+        crate::fsutil::sync_parent(&self.current)
+    }
+}
+
+fn load_checked(path: &Path, backbone_sha256: &str, capacity: Capacity) -> Result<Bank> {
+    let bank = crate::bank::format::load_for_backbone(path, backbone_sha256)?;
+    bank.check_capacity(capacity, &path.display().to_string())?;
+    Ok(bank)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bank::{NormalStats, Rows, Task};
+
+    fn bank(version: u64) -> Bank {
+        let mut bank = Bank::new("sha", 2, 4);
+        bank.version = version;
+        bank.tasks.push(Task {
+            name: "t".into(),
+            key: Rows::new(2, vec![0.0, 1.0], crate::bank::Precision::F32),
+            prompt: None,
+            knowledge: Rows::new(2, vec![0.0, 1.0], crate::bank::Precision::F32),
+            k: 1,
+            threshold: 1.0,
+            normal: NormalStats {
+                count: 1,
+                mean: 0.0,
+                std: 0.0,
+                max: 0.0,
+                target_false_reject: 0.01,
+            },
+        });
+        bank
+    }
+
+    const ROOM: Capacity = Capacity {
+        tasks: 4,
+        rows_per_task: 16,
+    };
+
+    #[test]
+    fn the_last_good_bank_takes_over_when_the_current_one_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BankStore::new(&dir.path().join("bank.ucad"));
+        assert!(store.load("sha", ROOM).is_err(), "nothing installed yet");
+        store.install(&bank(1).to_bytes()).unwrap();
+        store.install(&bank(2).to_bytes()).unwrap();
+        let (loaded, origin) = store.load("sha", ROOM).unwrap();
+        assert_eq!((loaded.version, origin), (2, Origin::Current));
+        std::fs::write(&store.current, b"UCADBANK garbage").unwrap();
+        let (loaded, origin) = store.load("sha", ROOM).unwrap();
+        assert_eq!((loaded.version, origin), (1, Origin::LastGood));
+        // Installing over a damaged current bank keeps the last good one.
+        store.install(&bank(3).to_bytes()).unwrap();
+        assert_eq!(Bank::load(&store.last_good).unwrap().version, 1);
+        assert_eq!(store.load("sha", ROOM).unwrap().0.version, 3);
+        let err = format!("{:#}", store.load("other", ROOM).unwrap_err());
+        assert!(err.contains("backbone") && err.contains("last-known-good"), "{err}");
+    }
+}
