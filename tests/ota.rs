@@ -17,7 +17,7 @@ use ucad::data::folder::load_rgb;
 use ucad::detect::Detector;
 use ucad::update::client;
 use ucad::update::signing::{sign, write_key_pair};
-use ucad::update::store::BankStore;
+use ucad::update::store::{BankStore, Origin};
 
 const ROOM: Capacity = Capacity {
     tasks: 32,
@@ -215,22 +215,36 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
 fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     let device = Device::new();
     let sha256 = Backbone::load(&device.product.backbone).unwrap().file_sha256;
-    let store = BankStore::new(&device.bank_path());
+    let store = BankStore::new(&device.bank_path(), &sha256, ROOM);
     let mut rng = ChaCha8Rng::seed_from_u64(50);
+    // How long an install takes here, so that the kills spread over and around installs.
+    // (the second of two pushes: the first also pays for warming up).
+    let mut child = device.start();
+    let mut window = Duration::ZERO;
+    for version in [2, 3] {
+        let update = device.signed(&device.product.bank(48, version));
+        let timed = Instant::now();
+        let answer = client::push(&device.address, &update).unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        window = (timed.elapsed() * 2).max(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
     let (mut kept, mut replaced) = (0, 0);
-    let mut version = 1;
+    let mut version = 3;
     for _ in 0..50 {
         let mut child = device.start();
         assert_eq!(device.installed_version(), version);
         let update = device.signed(&device.product.bank(48, version + 1));
         let address = device.address.clone();
         let pusher = std::thread::spawn(move || client::push(&address, &update));
-        std::thread::sleep(Duration::from_micros(rng.random_range(0..20_000)));
+        std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
         child.kill().unwrap();
         child.wait().unwrap();
         let _ = pusher.join();
         // What the next start-up will load (the same code `ucad run` runs).
-        let (bank, _) = store.load(&sha256, ROOM).expect("a whole bank after the kill");
+        let (bank, origin) = store.load().expect("a whole bank after the kill");
+        assert_eq!(origin, Origin::Current, "the current bank is always whole");
         assert!(
             bank.version == version || bank.version == version + 1,
             "version {} after installing {} over {version}",
@@ -244,7 +258,7 @@ fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
         }
         version = bank.version;
     }
-    eprintln!("50 kills: {kept} kept the old bank, {replaced} came up with the new one");
+    eprintln!("50 kills within {window:?} of a push: {kept} kept the old bank, {replaced} came up with the new one");
     assert!(
         kept > 0 && replaced > 0,
         "the kills must land before and after installs"

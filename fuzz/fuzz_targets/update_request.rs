@@ -1,10 +1,14 @@
-//! A device's update request body, through every check short of installing: envelope,
-//! signature, bank file, backbone, capacity, version. Never a panic.
+//! A device's update request as it comes off the socket: the HTTP parser, then every check
+//! short of installing (envelope, signature, bank file, backbone, capacity, version), the body
+//! also alone. Never a panic.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use ucad::bank::Capacity;
+use std::time::{Duration, Instant};
+
+use ucad::update::http::read_request;
 use ucad::update::listener::{validate, UpdatePolicy};
 
 fn policy() -> &'static UpdatePolicy {
@@ -21,5 +25,9 @@ fn policy() -> &'static UpdatePolicy {
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    if let Ok(request) = read_request(&mut &data[..], policy().max_bytes, deadline) {
+        let _ = validate(&request.body, policy(), Some(1));
+    }
     let _ = validate(data, policy(), Some(1));
 });

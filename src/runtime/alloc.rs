@@ -47,13 +47,20 @@ fn pool() -> MutexGuard<'static, Pool> {
     POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// END is published (Release) after START, and read (Acquire) before it: a thread that sees a
+/// pool's end also sees its start.
+fn pool_range() -> (usize, usize) {
+    let end = POOL_END.load(Ordering::Acquire);
+    (POOL_START.load(Ordering::Relaxed), end)
+}
+
 fn in_pool(ptr: *mut u8) -> bool {
-    let at = ptr as usize;
-    at >= POOL_START.load(Ordering::Relaxed) && at < POOL_END.load(Ordering::Relaxed)
+    let (start, end) = pool_range();
+    (start..end).contains(&(ptr as usize))
 }
 
 fn pool_alloc(layout: Layout) -> Option<*mut u8> {
-    if POOL_END.load(Ordering::Relaxed) == 0 {
+    if POOL_END.load(Ordering::Acquire) == 0 {
         return None;
     }
     let ptr = pool().allocate(layout)?;
@@ -128,7 +135,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
                 }
                 return move_block(self, ptr, layout, new_layout);
             }
-            if pool_serves_this_thread() && POOL_END.load(Ordering::Relaxed) != 0 {
+            if pool_serves_this_thread() && POOL_END.load(Ordering::Acquire) != 0 {
                 return move_block(self, ptr, layout, new_layout);
             }
             HEAP_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
@@ -160,8 +167,11 @@ pub fn reserve_frame_pool(bytes: usize) -> Result<()> {
         bytes >= 1 << 20,
         "the frame pool needs at least 1 MiB (asked for {bytes} bytes)"
     );
-    let reserved = POOL_END.load(Ordering::Relaxed) - POOL_START.load(Ordering::Relaxed);
-    if reserved != 0 {
+    // The pool's lock also serialises reservations.
+    let mut pool = pool();
+    let (start, end) = pool_range();
+    if end != 0 {
+        let reserved = end - start;
         ensure!(
             bytes <= reserved,
             "the frame pool is already reserved with {reserved} bytes; {bytes} asked"
@@ -177,11 +187,12 @@ pub fn reserve_frame_pool(bytes: usize) -> Result<()> {
         // SAFETY: `page` lies inside the block just allocated.
         unsafe { block.add(page).write_volatile(0) };
     }
+    let start = block as usize;
     let block = NonNull::slice_from_raw_parts(NonNull::new(block).expect("checked non-null"), bytes);
     // SAFETY: the block is never freed, so it outlives the pool.
-    unsafe { pool().insert_free_block_ptr(block) };
-    POOL_START.store(block.as_ptr() as *mut u8 as usize, Ordering::Relaxed);
-    POOL_END.store(block.as_ptr() as *mut u8 as usize + bytes, Ordering::Relaxed);
+    unsafe { pool.insert_free_block_ptr(block) };
+    POOL_START.store(start, Ordering::Relaxed);
+    POOL_END.store(start + bytes, Ordering::Release);
     Ok(())
 }
 
@@ -217,8 +228,8 @@ pub fn allocation_counts() -> Option<AllocationCounts> {
 
 /// Frame pool size and the most of it ever in use, in bytes (0, 0 without a pool).
 pub fn frame_pool_bytes() -> (usize, usize) {
-    let size = POOL_END.load(Ordering::Relaxed) - POOL_START.load(Ordering::Relaxed);
-    (size, POOL_PEAK.load(Ordering::Relaxed))
+    let (start, end) = pool_range();
+    (end - start, POOL_PEAK.load(Ordering::Relaxed))
 }
 
 /// Peak resident set size (VmHWM) of this process, where /proc says it.

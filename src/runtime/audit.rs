@@ -16,7 +16,7 @@ use log::{error, warn};
 
 use super::alloc::in_frame_pool;
 use super::config::AuditConfig;
-use super::pixels::encode_jpeg;
+use super::pixels::{decode_jpeg, encode_jpeg};
 use crate::backbone::{BackboneMeta, Preprocessor};
 use crate::data::folder::save_image;
 use crate::detect::heatmap::overlay;
@@ -28,6 +28,8 @@ pub struct AuditSlot {
     /// The task's name, or `failsafe` when no task judged the part.
     pub label: String,
     pub threshold: f32,
+    /// The frame as captured: its JPEG when the camera sent one, else its pixels.
+    pub jpeg: Vec<u8>,
     pub frame: RgbImage,
     /// Patch scores minus the threshold; empty for a fail-safe reject.
     pub relative_patches: Vec<f32>,
@@ -41,8 +43,9 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Reserves `config.queue` slots for frames of `frame_size` and starts the writer.
-    pub fn start(config: &AuditConfig, meta: &BackboneMeta, frame_size: (u32, u32)) -> Result<Auditor> {
+    /// Reserves `config.queue` slots and starts the writer (slots take a frame's size on
+    /// their first use).
+    pub fn start(config: &AuditConfig, meta: &BackboneMeta) -> Result<Auditor> {
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("cannot create the audit folder {}", config.dir.display()))?;
         let mut budget = DiskBudget::scan(&config.dir, config.max_mib << 20)?;
@@ -54,7 +57,8 @@ impl Auditor {
                 sequence: 0,
                 label: String::with_capacity(64),
                 threshold: 0.0,
-                frame: RgbImage::new(frame_size.0, frame_size.1),
+                jpeg: Vec::new(),
+                frame: RgbImage::new(0, 0),
                 relative_patches: Vec::with_capacity(patches),
             };
             free_tx.send(Box::new(slot)).expect("the receiver is alive");
@@ -66,8 +70,9 @@ impl Auditor {
                 // Encoding buffers come from the frame pool too: saving stays off the heap.
                 in_frame_pool(|| {
                     let pre = Preprocessor::new(&meta);
-                    for slot in work_rx {
-                        if let Err(e) = write_part(&slot, &pre, &meta, &mut budget) {
+                    let run = run_id();
+                    for mut slot in work_rx {
+                        if let Err(e) = write_part(&mut slot, &run, &pre, &meta, &mut budget) {
                             error!("audit of frame {}: {e:#}", slot.sequence);
                         }
                         if free_tx.send(slot).is_err() {
@@ -108,21 +113,41 @@ impl Auditor {
     }
 }
 
-/// Copies `image` into `into`, reusing its buffer when the size matches.
-pub fn copy_image(image: &RgbImage, into: &mut RgbImage) {
-    if into.dimensions() == image.dimensions() {
-        into.copy_from_slice(image);
-    } else {
-        *into = image.clone();
-    }
+/// Names saved parts apart from those of earlier runs (sequence numbers restart at 0).
+fn run_id() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}", since_epoch.as_secs())
 }
 
-fn write_part(slot: &AuditSlot, pre: &Preprocessor, meta: &BackboneMeta, budget: &mut DiskBudget) -> Result<()> {
-    let stem = format!("{:010}-{}", slot.sequence, slot.label);
+/// A task name as a file-name part: letters, digits, `-` and `_` only.
+fn file_label(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect()
+}
+
+fn write_part(
+    slot: &mut AuditSlot,
+    run: &str,
+    pre: &Preprocessor,
+    meta: &BackboneMeta,
+    budget: &mut DiskBudget,
+) -> Result<()> {
+    let stem = format!("{run}-{:010}-{}", slot.sequence, file_label(&slot.label));
     let frame_path = budget.dir.join(format!("{stem}.jpg"));
-    crate::fsutil::write_atomic(&frame_path, &encode_jpeg(&slot.frame)?)?;
+    if slot.jpeg.is_empty() {
+        crate::fsutil::write_atomic(&frame_path, &encode_jpeg(&slot.frame)?)?;
+    } else {
+        crate::fsutil::write_atomic(&frame_path, &slot.jpeg)?;
+    }
     budget.add(&frame_path)?;
     if !slot.relative_patches.is_empty() {
+        if !slot.jpeg.is_empty() {
+            decode_jpeg(&slot.jpeg, &mut slot.frame)?;
+        }
         let map = anomaly_map(&slot.relative_patches, meta.grid(), meta.input_size);
         let heatmap_path = budget.dir.join(format!("{stem}-heatmap.png"));
         save_image(&overlay(&pre.fit(&slot.frame)?, &map, slot.threshold)?, &heatmap_path)?;
@@ -146,9 +171,14 @@ impl DiskBudget {
         let mut found: Vec<(std::time::SystemTime, PathBuf, u64)> = Vec::new();
         for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
             let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            let meta = entry.metadata()?;
+            let path = entry.path();
+            let meta = entry
+                .metadata()
+                .and_then(|m| Ok((m.modified()?, m)))
+                .with_context(|| format!("cannot stat {}", path.display()));
+            let (modified, meta) = meta?;
             if meta.is_file() {
-                found.push((meta.modified()?, entry.path(), meta.len()));
+                found.push((modified, path, meta.len()));
             }
         }
         found.sort();
@@ -167,6 +197,11 @@ impl DiskBudget {
     }
 
     fn add(&mut self, path: &Path) -> Result<()> {
+        // A file written again (same name) is counted once.
+        if let Some(at) = self.files.iter().position(|(p, _)| p == path) {
+            let (_, len) = self.files.remove(at).expect("found");
+            self.total -= len;
+        }
         let len = std::fs::metadata(path)
             .with_context(|| format!("cannot stat {}", path.display()))?
             .len();

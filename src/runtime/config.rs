@@ -41,6 +41,19 @@ pub struct MemoryConfig {
     pub frame_pool_mib: usize,
 }
 
+impl MemoryConfig {
+    pub fn frame_pool_bytes(&self) -> Result<usize> {
+        mib(self.frame_pool_mib)
+    }
+}
+
+/// MiB as bytes, refusing what this target's address space cannot hold.
+pub fn mib(count: usize) -> Result<usize> {
+    count
+        .checked_mul(1 << 20)
+        .with_context(|| format!("{count} MiB does not fit this machine's address space"))
+}
+
 impl Default for MemoryConfig {
     fn default() -> MemoryConfig {
         MemoryConfig { frame_pool_mib: 64 }
@@ -66,7 +79,7 @@ pub struct UpdateConfig {
     pub listen: String,
     /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
     pub trusted_keys: Vec<PathBuf>,
-    /// Larger requests are refused unread.
+    /// Larger requests are refused (after discarding at most this much more).
     #[serde(default = "default_update_max_mib")]
     pub max_mib: usize,
 }
@@ -364,6 +377,7 @@ impl RunConfig {
                 !update.trusted_keys.is_empty() && update.max_mib >= 1,
                 "update needs at least one trusted key and max_mib ≥ 1"
             );
+            mib(update.max_mib)?;
         }
         if let Some(roi) = self.roi {
             ensure!(roi.width > 0 && roi.height > 0, "roi must not be empty");

@@ -12,9 +12,10 @@ use tract_core::prelude::Tensor;
 use super::alloc::{
     allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, reserve_frame_pool, AllocationCounts,
 };
-use super::audit::{copy_image, Auditor};
-use super::config::{FailsafeAction, LineConfig, RoutingConfig, RoutingMode, RunConfig};
+use super::audit::Auditor;
+use super::config::{mib, FailsafeAction, LineConfig, RoutingConfig, RoutingMode, RunConfig};
 use super::counters::{Counters, Lap, MemoryReport, Stage, Summary};
+use super::pixels::copy_image;
 use super::reject::{Actuator, RejectLine, SimRecord, SimulatedLine};
 use super::schedule::Pulse;
 use super::source::{Frame, FrameSource};
@@ -87,8 +88,8 @@ impl Inspector {
     pub fn new(backbone: Backbone, config: RunConfig) -> Inspector {
         let state = Arc::new(DeviceState::default());
         let capacity = config.bank.capacity();
-        let loaded = BankStore::new(&config.bank.path)
-            .load(&backbone.file_sha256, capacity)
+        let loaded = BankStore::new(&config.bank.path, &backbone.file_sha256, capacity)
+            .load()
             .and_then(|(bank, origin)| {
                 Ok(Installed {
                     detector: Detector::new(&bank)?,
@@ -120,10 +121,10 @@ impl Inspector {
 
     /// Runs until the source ends or `max_frames` frames were taken.
     pub fn run(&mut self, source: &mut dyn FrameSource, max_frames: Option<u64>) -> Result<Outcome> {
-        reserve_frame_pool(self.config.memory.frame_pool_mib << 20)?;
+        reserve_frame_pool(self.config.memory.frame_pool_bytes()?)?;
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
         let auditor = match &self.config.audit {
-            Some(audit) => Some(Auditor::start(audit, &self.backbone.meta, (0, 0))?),
+            Some(audit) => Some(Auditor::start(audit, &self.backbone.meta)?),
             None => None,
         };
         let listener = self.start_listener()?;
@@ -210,6 +211,11 @@ impl Inspector {
                 last_log = Instant::now();
             }
         };
+        // The stop line first: parts keep coming while the rest shuts down.
+        if let Err(e) = &result {
+            error!("{e:#}: applying the fail-safe");
+            self.stop_line();
+        }
         let memory = memory_report(steady, line.counters.frames);
         if let Some(listener) = listener {
             listener.stop();
@@ -218,10 +224,6 @@ impl Inspector {
         if let Some(auditor) = line.auditor {
             line.counters.audit_not_saved = auditor.not_saved;
             auditor.finish();
-        }
-        if let Err(e) = &result {
-            error!("{e:#}: applying the fail-safe");
-            self.stop_line();
         }
         let timing_error = sim
             .as_ref()
@@ -245,9 +247,9 @@ impl Inspector {
             trusted,
             backbone_sha256: self.backbone.file_sha256.clone(),
             capacity: self.config.bank.capacity(),
-            max_bytes: update.max_mib << 20,
+            max_bytes: mib(update.max_mib)?,
         };
-        let store = BankStore::new(&self.config.bank.path);
+        let store = BankStore::new(&self.config.bank.path, &self.backbone.file_sha256, policy.capacity);
         UpdateListener::start(&update.listen, policy, store, self.state.clone()).map(Some)
     }
 
@@ -394,7 +396,13 @@ impl Inspector {
                 }
                 _ => slot.label.push_str("failsafe"),
             }
-            copy_image(&frame.image, &mut slot.frame);
+            slot.jpeg.clear();
+            if frame.jpeg {
+                // As captured: a frame that failed to decode is saved as the camera sent it.
+                slot.jpeg.extend_from_slice(&frame.encoded);
+            } else {
+                copy_image(&frame.image, &mut slot.frame);
+            }
         });
     }
 

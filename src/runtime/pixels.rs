@@ -6,6 +6,9 @@ use anyhow::{bail, ensure, Context, Result};
 use image::codecs::jpeg::{JpegDecoder, JpegEncoder};
 use image::{ColorType, ImageDecoder, RgbImage};
 
+/// The largest frame decoded (an 8K camera's frame).
+const MAX_JPEG_PIXELS: u64 = 7680 * 4320;
+
 /// Quality of JPEG-compressed replay frames (a typical MJPEG camera setting).
 const JPEG_QUALITY: u8 = 90;
 
@@ -20,6 +23,11 @@ pub fn decode_jpeg(jpeg: &[u8], frame: &mut RgbImage) -> Result<()> {
     );
     let decoder = JpegDecoder::new(Cursor::new(jpeg)).context("not a valid JPEG")?;
     let (width, height) = decoder.dimensions();
+    // A damaged header can claim any size: refuse one no camera delivers before allocating it.
+    ensure!(
+        width > 0 && height > 0 && width as u64 * height as u64 <= MAX_JPEG_PIXELS,
+        "JPEG header claims {width}×{height} pixels (at most {MAX_JPEG_PIXELS} accepted)"
+    );
     let colour = decoder.color_type();
     if frame.dimensions() != (width, height) {
         *frame = RgbImage::new(width, height);
@@ -41,6 +49,15 @@ pub fn decode_jpeg(jpeg: &[u8], frame: &mut RgbImage) -> Result<()> {
         other => bail!("JPEG colour type {other:?} is not supported (RGB or greyscale)"),
     }
     Ok(())
+}
+
+/// Copies `image` into `into`, reusing its buffer when the size matches.
+pub fn copy_image(image: &RgbImage, into: &mut RgbImage) {
+    if into.dimensions() == image.dimensions() {
+        into.copy_from_slice(image);
+    } else {
+        *into = image.clone();
+    }
 }
 
 /// An image as a JPEG, as an MJPEG camera would deliver it.

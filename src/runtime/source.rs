@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::config::SourceConfig;
-use super::pixels::{decode_jpeg, encode_jpeg};
+use super::pixels::{copy_image, decode_jpeg, encode_jpeg};
 use crate::data::folder::{list_images, load_rgb};
 use crate::data::synthetic::{products, Product};
 
@@ -54,11 +54,7 @@ impl Frame {
     }
 
     fn set_pixels(&mut self, pixels: &RgbImage) {
-        if self.image.dimensions() == pixels.dimensions() {
-            self.image.copy_from_slice(pixels);
-        } else {
-            self.image = pixels.clone();
-        }
+        copy_image(pixels, &mut self.image);
         self.jpeg = false;
     }
 

@@ -4,17 +4,20 @@
 //! the rest atomically and hands it to the loop between two frames; `GET /status` reports the
 //! installed bank and the loop's counters.
 
-use std::io::Read;
+use std::io::BufReader;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwapOption;
 use ed25519_dalek::VerifyingKey;
 use log::{info, warn};
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
 
+use super::http;
 use super::signing::SignedUpdate;
 use super::store::{BankStore, Origin};
 use crate::bank::{Bank, BankError, Capacity};
@@ -98,9 +101,9 @@ pub fn validate<'a>(
 }
 
 pub struct UpdateListener {
-    server: Arc<Server>,
+    address: std::net::SocketAddr,
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub address: String,
 }
 
 impl UpdateListener {
@@ -110,74 +113,76 @@ impl UpdateListener {
         store: BankStore,
         state: Arc<DeviceState>,
     ) -> Result<UpdateListener> {
-        let server = Server::http(listen).map_err(|e| anyhow::anyhow!("cannot listen for updates on {listen}: {e}"))?;
-        let server = Arc::new(server);
-        let address = server.server_addr().to_string();
-        let serving = server.clone();
+        let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen for updates on {listen}"))?;
+        let address = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("ucad-updates".into())
             .spawn(move || {
-                for mut request in serving.incoming_requests() {
-                    let (status, body) = answer(&mut request, &policy, &store, &state);
-                    let json = Header::from_bytes("Content-Type", "application/json").expect("a valid header");
-                    let response = Response::from_string(body.to_string())
-                        .with_status_code(status)
-                        .with_header(json);
-                    if let Err(e) = request.respond(response) {
-                        warn!("update listener: cannot answer: {e}");
+                // One connection at a time: an update is rare, and each waits at most DEADLINE.
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    match stream {
+                        Ok(stream) => serve(stream, &policy, &store, &state),
+                        Err(e) => warn!("update listener: {e}"),
                     }
                 }
             })
             .context("cannot start the update listener")?;
         info!("listening for signed bank updates on {address}");
         Ok(UpdateListener {
-            server,
-            thread: Some(thread),
             address,
+            stopping,
+            thread: Some(thread),
         })
     }
 
     pub fn stop(mut self) {
-        self.server.unblock();
+        self.stopping.store(true, Ordering::Release);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
+fn serve(stream: TcpStream, policy: &UpdatePolicy, store: &BankStore, state: &DeviceState) {
+    let deadline = Instant::now() + http::DEADLINE;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(&stream);
+    let (status, body) = match http::read_request(&mut reader, policy.max_bytes, deadline) {
+        Ok(request) => answer(&request, policy, store, state),
+        Err(refusal) => refused(refusal),
+    };
+    if let Err(e) = http::write_response(&mut &stream, status, &body.to_string()) {
+        warn!("update listener: cannot answer: {e}");
+    }
+}
+
+fn refused(refusal: Refusal) -> (u16, serde_json::Value) {
+    warn!("update request refused ({}): {}", refusal.status, refusal.message);
+    (refusal.status, json!({"ok": false, "error": refusal.message}))
+}
+
 fn answer(
-    request: &mut Request,
+    request: &http::HttpRequest,
     policy: &UpdatePolicy,
     store: &BankStore,
     state: &DeviceState,
 ) -> (u16, serde_json::Value) {
-    match (request.method(), request.url()) {
-        (Method::Post, "/bank") => {
-            match read_body(request, policy.max_bytes).and_then(|b| install(&b, policy, store, state)) {
-                Ok(installed) => (200, json!({"ok": true, "installed": installed})),
-                Err(refusal) => {
-                    warn!("bank update refused ({}): {}", refusal.status, refusal.message);
-                    (refusal.status, json!({"ok": false, "error": refusal.message}))
-                }
-            }
-        }
-        (Method::Get, "/status") => (200, status(state)),
-        (method, url) => (404, json!({"ok": false, "error": format!("no {method} {url} here")})),
+    match (request.method.as_str(), request.path.as_str()) {
+        ("POST", "/bank") => match install(&request.body, policy, store, state) {
+            Ok(installed) => (200, json!({"ok": true, "installed": installed})),
+            Err(refusal) => refused(refusal),
+        },
+        ("GET", "/status") => (200, status(state)),
+        (method, path) => (404, json!({"ok": false, "error": format!("no {method} {path} here")})),
     }
-}
-
-/// The request body, refusing more than `max` bytes without reading them all.
-fn read_body(request: &mut Request, max: usize) -> Result<Vec<u8>, Refusal> {
-    if request.body_length().is_some_and(|len| len > max) {
-        return Err(refuse(413, format!("more than {max} bytes")));
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| refuse(400, format!("cannot read the request: {e}")))?;
-    Ok(body)
 }
 
 fn install(

@@ -2,6 +2,7 @@
 //! last-known-good copy, and the pusher's side.
 
 pub mod client;
+pub mod http;
 pub mod listener;
 pub mod signing;
 pub mod store;

@@ -16,6 +16,9 @@ use crate::fsutil::write_atomic;
 pub struct BankStore {
     pub current: PathBuf,
     pub last_good: PathBuf,
+    /// What makes a bank usable on this device.
+    backbone_sha256: String,
+    capacity: Capacity,
 }
 
 /// Which file a device runs with.
@@ -28,24 +31,26 @@ pub enum Origin {
 }
 
 impl BankStore {
-    pub fn new(path: &Path) -> BankStore {
+    pub fn new(path: &Path, backbone_sha256: &str, capacity: Capacity) -> BankStore {
         let mut last_good = path.as_os_str().to_owned();
         last_good.push(".last-good");
         BankStore {
             current: path.to_path_buf(),
             last_good: PathBuf::from(last_good),
+            backbone_sha256: backbone_sha256.to_string(),
+            capacity,
         }
     }
 
     /// The bank to run with: the current one, or — when it is missing, damaged or refused —
     /// the last-known-good one, and the log says so.
-    pub fn load(&self, backbone_sha256: &str, capacity: Capacity) -> Result<(Bank, Origin)> {
-        let current = load_checked(&self.current, backbone_sha256, capacity);
+    pub fn load(&self) -> Result<(Bank, Origin)> {
+        let current = self.load_usable(&self.current);
         let current_error = match current {
             Ok(bank) => return Ok((bank, Origin::Current)),
             Err(e) => e,
         };
-        match load_checked(&self.last_good, backbone_sha256, capacity) {
+        match self.load_usable(&self.last_good) {
             Ok(bank) => {
                 warn!(
                     "{current_error:#}: running on the last-known-good bank {} (version {})",
@@ -58,6 +63,22 @@ impl BankStore {
         }
     }
 
+    fn load_usable(&self, path: &Path) -> Result<Bank> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read the bank {}", path.display()))?;
+        self.usable(&bytes, path)
+    }
+
+    /// The one test of a bank for this device: whole, for its backbone, within its capacity,
+    /// with at least one task.
+    fn usable(&self, bytes: &[u8], path: &Path) -> Result<Bank> {
+        let origin = path.display().to_string();
+        let bank = Bank::from_bytes(bytes, &origin)?;
+        bank.check_backbone(&self.backbone_sha256, &origin)?;
+        bank.check_capacity(self.capacity, &origin)?;
+        anyhow::ensure!(!bank.tasks.is_empty(), "{origin}: the bank has no tasks");
+        Ok(bank)
+    }
+
     /// Installs a bank file's bytes (already verified) as the current bank.
     pub fn install(&self, bytes: &[u8]) -> Result<()> {
         let incoming = self.current.with_extension("incoming");
@@ -65,7 +86,7 @@ impl BankStore {
         // Only a bank that loads may become the fallback; a damaged current file is replaced
         // without touching the last good one.
         if let Ok(current) = std::fs::read(&self.current) {
-            if Bank::from_bytes(&current, "").is_ok() {
+            if self.usable(&current, &self.current).is_ok() {
                 write_atomic(&self.last_good, &current)?;
             }
         }
@@ -73,12 +94,6 @@ impl BankStore {
             .with_context(|| format!("cannot move {} to {}", incoming.display(), self.current.display()))?;
         crate::fsutil::sync_parent(&self.current)
     }
-}
-
-fn load_checked(path: &Path, backbone_sha256: &str, capacity: Capacity) -> Result<Bank> {
-    let bank = crate::bank::format::load_for_backbone(path, backbone_sha256)?;
-    bank.check_capacity(capacity, &path.display().to_string())?;
-    Ok(bank)
 }
 
 #[cfg(test)]
@@ -115,20 +130,21 @@ mod tests {
     #[test]
     fn the_last_good_bank_takes_over_when_the_current_one_is_damaged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BankStore::new(&dir.path().join("bank.ucad"));
-        assert!(store.load("sha", ROOM).is_err(), "nothing installed yet");
+        let store = BankStore::new(&dir.path().join("bank.ucad"), "sha", ROOM);
+        assert!(store.load().is_err(), "nothing installed yet");
         store.install(&bank(1).to_bytes()).unwrap();
         store.install(&bank(2).to_bytes()).unwrap();
-        let (loaded, origin) = store.load("sha", ROOM).unwrap();
+        let (loaded, origin) = store.load().unwrap();
         assert_eq!((loaded.version, origin), (2, Origin::Current));
         std::fs::write(&store.current, b"UCADBANK garbage").unwrap();
-        let (loaded, origin) = store.load("sha", ROOM).unwrap();
+        let (loaded, origin) = store.load().unwrap();
         assert_eq!((loaded.version, origin), (1, Origin::LastGood));
         // Installing over a damaged current bank keeps the last good one.
         store.install(&bank(3).to_bytes()).unwrap();
         assert_eq!(Bank::load(&store.last_good).unwrap().version, 1);
-        assert_eq!(store.load("sha", ROOM).unwrap().0.version, 3);
-        let err = format!("{:#}", store.load("other", ROOM).unwrap_err());
+        assert_eq!(store.load().unwrap().0.version, 3);
+        let other = BankStore::new(&store.current, "other", ROOM);
+        let err = format!("{:#}", other.load().unwrap_err());
         assert!(err.contains("backbone") && err.contains("last-known-good"), "{err}");
     }
 }
