@@ -79,7 +79,7 @@ pub struct UpdateConfig {
     pub listen: String,
     /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
     pub trusted_keys: Vec<PathBuf>,
-    /// Larger requests are refused (after discarding at most this much more).
+    /// Larger requests are refused (a body up to twice this is read and discarded first).
     #[serde(default = "default_update_max_mib")]
     pub max_mib: usize,
 }

@@ -30,9 +30,9 @@ fn bad(status: u16, message: &str) -> Refusal {
     }
 }
 
-/// Reads one request. A body over `max_body` is refused (413) after discarding at most
-/// `max_body` more bytes, so that an honest client still reads the answer while a hostile
-/// length costs nothing. Never panics, whatever the bytes.
+/// Reads one request. A body over `max_body` is refused (413) after discarding it, up to twice
+/// `max_body` bytes, so that an honest client still reads the answer while a hostile length
+/// costs nothing. Never panics, whatever the bytes.
 pub fn read_request(input: &mut impl BufRead, max_body: usize, deadline: Instant) -> Result<HttpRequest, Refusal> {
     let mut head = Vec::new();
     let mut lines = Vec::new();
@@ -79,7 +79,7 @@ pub fn read_request(input: &mut impl BufRead, max_body: usize, deadline: Instant
         }
     }
     if length > max_body {
-        discard(input, max_body, deadline);
+        discard(input, length.min(max_body.saturating_mul(2)), deadline);
         return Err(bad(413, &format!("{length} bytes, at most {max_body} accepted")));
     }
     let mut body = vec![0; length];
