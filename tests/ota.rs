@@ -75,11 +75,7 @@ impl Device {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let start = Instant::now();
-        while client::status(&self.address).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(60), "the device does not answer");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_listener(&self.address);
         child
     }
 
@@ -123,6 +119,14 @@ max_mib = 1
 "#,
         backbone.display()
     )
+}
+
+fn wait_for_listener(address: &str) {
+    let start = Instant::now();
+    while client::status(address).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{address} does not answer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn free_port() -> u16 {
@@ -284,14 +288,7 @@ fn twenty_hot_swaps_drop_no_frame_and_never_mix_two_banks() {
         let mut inspector = Inspector::new(Backbone::load(&backbone_path).unwrap(), config);
         inspector.run(&mut source, Some(FRAMES)).unwrap()
     });
-    let start = Instant::now();
-    while client::status(&device.address).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the listener does not answer"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_listener(&device.address);
     let mut pushed = vec![(1u64, variants[0].clone())];
     for version in 2..22u64 {
         let mut bank = variants[version as usize % 2].clone();
