@@ -571,11 +571,11 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "memory: {} heap allocations/frame, {} frame-pool allocations/frame (pool peak {:.1} of {:.0} MiB); peak RSS {}",
-        s.allocations_per_frame.map_or("—".into(), |a| format!("{a:.3}")),
-        s.pool_allocations_per_frame.map_or("—".into(), |a| format!("{a:.0}")),
-        mib(s.frame_pool_peak_bytes),
-        mib(s.frame_pool_bytes),
-        s.peak_rss_bytes.map_or("—".into(), |b| format!("{:.0} MiB", mib(b)))
+        s.memory.allocations_per_frame.map_or("—".into(), |a| format!("{a:.3}")),
+        s.memory.pool_allocations_per_frame.map_or("—".into(), |a| format!("{a:.0}")),
+        mib(s.memory.frame_pool_peak_bytes),
+        mib(s.memory.frame_pool_bytes),
+        s.memory.peak_rss_bytes.map_or("—".into(), |b| format!("{:.0} MiB", mib(b)))
     );
     if let Some(path) = &args.summary_json {
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;

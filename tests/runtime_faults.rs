@@ -189,12 +189,12 @@ fn steady_state_frames_take_nothing_from_the_heap() {
     assert_eq!(summary.frames, 48);
     assert_eq!(summary.failsafe_rejects, 0, "{:?}", LOGGED.lock().unwrap());
     assert!(summary.rejects > 0, "some parts are rejected (and audited)");
-    assert_eq!(summary.allocations_per_frame, Some(0.0));
+    assert_eq!(summary.memory.allocations_per_frame, Some(0.0));
     assert!(
-        summary.pool_allocations_per_frame.unwrap() > 0.0,
+        summary.memory.pool_allocations_per_frame.unwrap() > 0.0,
         "tract's tensors come from the frame pool"
     );
-    assert!(summary.frame_pool_peak_bytes > 0 && summary.frame_pool_bytes == 16 << 20);
+    assert!(summary.memory.frame_pool_peak_bytes > 0 && summary.memory.frame_pool_bytes == 16 << 20);
     let saved = std::fs::read_dir(s.dir.path().join("audit")).unwrap().count();
     assert!(saved > 0, "rejected frames are saved for audit");
 }

@@ -116,11 +116,11 @@ fn run_once(config: &RunConfig, backbone: &std::path::Path, travel: Duration) ->
         late.push(format!("an edge was {worst:.3} ms off its schedule"));
     }
     assert_eq!(
-        summary.allocations_per_frame,
+        summary.memory.allocations_per_frame,
         Some(0.0),
         "heap allocations after warm-up"
     );
-    assert!(summary.peak_rss_bytes.is_some());
+    assert!(summary.memory.peak_rss_bytes.is_some());
     late
 }
 

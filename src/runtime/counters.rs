@@ -100,13 +100,8 @@ pub struct Summary {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub stages_ms: StageMeans,
-    /// System-heap allocations (all threads) per frame after warm-up.
-    pub allocations_per_frame: Option<f64>,
-    /// Allocations per frame after warm-up served by the fixed frame pool.
-    pub pool_allocations_per_frame: Option<f64>,
-    pub frame_pool_bytes: u64,
-    pub frame_pool_peak_bytes: u64,
-    pub peak_rss_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub memory: MemoryReport,
 }
 
 /// The counters a device reports on `GET /status` (copied after every frame).
@@ -122,9 +117,11 @@ pub struct Totals {
 }
 
 /// What the allocator reports for a run's summary.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct MemoryReport {
+    /// System-heap allocations (all threads) per frame after warm-up.
     pub allocations_per_frame: Option<f64>,
+    /// Allocations per frame after warm-up served by the fixed frame pool.
     pub pool_allocations_per_frame: Option<f64>,
     pub frame_pool_bytes: u64,
     pub frame_pool_peak_bytes: u64,
@@ -237,11 +234,7 @@ impl Counters {
             p50_ms: self.percentile(0.5),
             p99_ms: self.percentile(0.99),
             stages_ms: self.stage_means(),
-            allocations_per_frame: memory.allocations_per_frame,
-            pool_allocations_per_frame: memory.pool_allocations_per_frame,
-            frame_pool_bytes: memory.frame_pool_bytes,
-            frame_pool_peak_bytes: memory.frame_pool_peak_bytes,
-            peak_rss_bytes: memory.peak_rss_bytes,
+            memory,
         }
     }
 }
