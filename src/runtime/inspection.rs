@@ -57,6 +57,7 @@ pub struct Outcome {
 }
 
 /// Route state of sticky routing.
+#[derive(Default)]
 struct Sticky {
     task: Option<usize>,
     since_reroute: u32,
@@ -111,10 +112,7 @@ impl Inspector {
             state,
             current: None,
             roi_view: RgbImage::new(0, 0),
-            sticky: Sticky {
-                task: None,
-                since_reroute: 0,
-            },
+            sticky: Sticky::default(),
             config,
         }
     }
@@ -267,10 +265,7 @@ impl Inspector {
             return;
         }
         self.current = latest;
-        self.sticky = Sticky {
-            task: None,
-            since_reroute: 0,
-        };
+        self.sticky = Sticky::default();
         if let Some(counters) = counters {
             counters.bank_swaps += 1;
             let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks.len());
