@@ -6,5 +6,6 @@ pub mod data;
 pub mod detect;
 pub mod eval;
 pub mod fsutil;
+pub mod parallel;
 pub mod runtime;
 pub mod update;

@@ -136,6 +136,12 @@ enum Command {
     Run(RunArgs),
     /// Run the continual protocol on a dataset and report (BENCHMARK.md).
     Eval(EvalArgs),
+    /// The bank's size/accuracy curve: coreset fraction × kept dims × precision, image AUROC
+    /// with the task id given, against bytes per task.
+    BenchBank(BenchBankArgs),
+    /// Routing as products accumulate: the real sets and generated products learned in one
+    /// sequence, accuracy after every task, and each task left out (unknown-product detection).
+    BenchRouting(BenchRoutingArgs),
     /// Write generated products with defects and masks (MVTec AD layout).
     Generate(GenerateArgs),
     /// Score images: routed task, score, decision.
@@ -199,8 +205,15 @@ struct FitArgs {
 struct FitParamsArgs {
     #[arg(long, default_value_t = 196)]
     key_rows: usize,
-    #[arg(long, default_value_t = 196)]
-    knowledge_rows: usize,
+    /// Knowledge coreset as a fraction of the training patches (cut to the task budget).
+    #[arg(long, default_value_t = 0.1)]
+    knowledge_fraction: f32,
+    /// Dimensions knowledge rows keep at most (PCA of the task's own features); 0 keeps all.
+    #[arg(long, default_value_t = 128)]
+    knowledge_dims: usize,
+    /// Most kB (1000 bytes) one task may hold: key, projection and knowledge.
+    #[arg(long, default_value_t = 2000)]
+    task_budget_kb: usize,
     /// Nearest neighbours averaged into a patch score.
     #[arg(long, default_value_t = 1)]
     k: usize,
@@ -210,7 +223,8 @@ struct FitParamsArgs {
     /// False-reject rate the threshold is set for (on held-out normal images).
     #[arg(long, default_value_t = 0.01)]
     false_reject: f32,
-    #[arg(long, value_enum, default_value = "f32")]
+    /// Storage of key and knowledge rows (int8: one scale per column).
+    #[arg(long, value_enum, default_value = "i8")]
     precision: Precision,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -220,7 +234,9 @@ impl FitParamsArgs {
     fn params(&self) -> FitParams {
         FitParams {
             key_rows: self.key_rows,
-            knowledge_rows: self.knowledge_rows,
+            knowledge_fraction: self.knowledge_fraction,
+            knowledge_dims: self.knowledge_dims,
+            task_budget_bytes: self.task_budget_kb.saturating_mul(1000),
             k: self.k,
             holdout: self.holdout,
             target_false_reject: self.false_reject,
@@ -249,6 +265,57 @@ struct EvalArgs {
     /// Memory of the upper reference, as a fraction of all training patches.
     #[arg(long, default_value_t = 0.1)]
     reference_fraction: f32,
+    /// Keep plain features in this folder between runs (a sweep re-runs no backbone).
+    #[arg(long)]
+    feature_cache: Option<PathBuf>,
+    #[command(flatten)]
+    params: FitParamsArgs,
+}
+
+#[derive(clap::Args)]
+struct BenchBankArgs {
+    #[arg(long, default_value = "default")]
+    backbone: String,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// Where plain features are kept between runs.
+    #[arg(long, default_value = "models/feature-cache")]
+    feature_cache: PathBuf,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    params: FitParamsArgs,
+}
+
+#[derive(clap::Args)]
+struct BenchRoutingArgs {
+    #[arg(long, default_value = "default")]
+    backbone: String,
+    #[arg(long)]
+    data: PathBuf,
+    /// Real sets under --data, spread through the sequence.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// Generated products in the sequence.
+    #[arg(long, default_value_t = 16)]
+    synthetic: usize,
+    #[arg(long, default_value_t = 0)]
+    synthetic_seed: u64,
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    #[arg(long, default_value_t = 40)]
+    train: usize,
+    #[arg(long, default_value_t = 10)]
+    test_good: usize,
+    #[arg(long, default_value_t = 10)]
+    test_defective: usize,
+    /// Where plain features and the generated products are kept between runs.
+    #[arg(long, default_value = "models/feature-cache")]
+    feature_cache: PathBuf,
+    #[arg(long)]
+    json: Option<PathBuf>,
     #[command(flatten)]
     params: FitParamsArgs,
 }
@@ -353,6 +420,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fit(args) => fit(&cache, args)?,
         Command::Run(args) => run_loop(&cache, RunConfig::load(&args.config)?, &args)?,
         Command::Eval(args) => eval(&cache, args)?,
+        Command::BenchBank(args) => bench_bank(&cache, args)?,
+        Command::BenchRouting(args) => bench_routing(&cache, args)?,
         Command::Generate(args) => generate(&args)?,
         Command::Score {
             backbone,
@@ -474,11 +543,17 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
         let image = load_rgb(path)?;
         let j = detector.judge(&backbone, pre.tensor(&image)?)?;
         let threshold = detector.tasks[j.routing.task].threshold;
-        let decision = if j.anomalous { "REJECT" } else { "pass" };
+        let decision = match (j.unknown, j.anomalous) {
+            (true, _) => "REJECT (unknown product)",
+            (false, true) => "REJECT",
+            (false, false) => "pass",
+        };
         println!(
-            "{}: task {} (routing margin {:.4}) score {:.4} threshold {threshold:.4} {decision}",
+            "{}: {} {} (normalised routing distance {:.3}, margin {:.3}) score {:.4} threshold {threshold:.4} {decision}",
             path.display(),
+            if j.unknown { "nearest task" } else { "task" },
             j.task_name,
+            j.routing.distance,
             j.routing.margin,
             j.score
         );
@@ -498,6 +573,7 @@ fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
         fit: args.params.params(),
         reference_fraction: args.reference_fraction,
         heatmaps: args.heatmaps,
+        feature_cache: args.feature_cache,
     };
     let start = Instant::now();
     let report = protocol::run(&backbone, &args.data, &args.tasks, &options)?;
@@ -506,6 +582,46 @@ fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
     if let Some(path) = args.json {
         ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench_bank(cache: &ModelCache, args: BenchBankArgs) -> Result<()> {
+    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
+    let params = args.params.params();
+    let start = Instant::now();
+    let features = ucad::eval::feature_cache::FeatureCache::new(&args.feature_cache);
+    let points = ucad::eval::bank_sweep::run(&backbone, &args.data, &args.tasks, &features, &params)?;
+    print!(
+        "{}",
+        ucad::eval::bank_sweep::table(&args.tasks, &points, params.task_budget_bytes)
+    );
+    println!("bench-bank finished in {:.1} s", start.elapsed().as_secs_f64());
+    if let Some(path) = args.json {
+        ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&points)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
+    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
+    let options = ucad::eval::routing_stress::StressOptions {
+        synthetic: args.synthetic,
+        seed: args.synthetic_seed,
+        size: args.size,
+        counts: SplitCounts {
+            train: args.train,
+            test_good: args.test_good,
+            test_defective: args.test_defective,
+        },
+        fit: args.params.params(),
+    };
+    let start = Instant::now();
+    let report = ucad::eval::routing_stress::run(&backbone, &args.data, &args.tasks, &args.feature_cache, &options)?;
+    print!("{}", ucad::eval::routing_stress::table(&report));
+    println!("bench-routing finished in {:.1} s", start.elapsed().as_secs_f64());
+    if let Some(path) = args.json {
+        ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Damaged, foreign and oversized banks are refused with a clear error, never a panic.
 
 use ucad::bank::format::{load_for_backbone, BankError};
-use ucad::bank::{Bank, Capacity, NormalStats, Precision, Rows, Task};
+use ucad::bank::{Bank, Capacity, NormalStats, Precision, RoutingStats, Rows, Task};
 
 fn task(name: &str, rows: usize, precision: Precision) -> Task {
     let data: Vec<f32> = (0..rows * 4).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -12,6 +12,14 @@ fn task(name: &str, rows: usize, precision: Precision) -> Task {
         knowledge: Rows::new(4, data, precision),
         k: 1,
         threshold: 0.5,
+        projection: None,
+        routing: RoutingStats {
+            count: 3,
+            mean: 1.0,
+            std: 0.1,
+            unknown_above: 6.0,
+            patch_limit: 0.5,
+        },
         normal: NormalStats {
             count: 3,
             mean: 0.2,
@@ -70,6 +78,18 @@ fn a_newer_format_asks_for_an_update() {
 }
 
 #[test]
+fn a_format_1_bank_is_refused_with_a_re_fit_error() {
+    let mut bytes = small_bank().to_bytes();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let err = Bank::from_bytes(&bytes, "old.ucad").unwrap_err();
+    assert!(matches!(err, BankError::OlderFormat { found: 1, .. }), "{err}");
+    assert!(
+        err.to_string().contains("old.ucad") && err.to_string().contains("re-fit"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_bank_from_another_backbone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.ucad");
@@ -85,7 +105,7 @@ fn a_bank_over_capacity_is_refused() {
     let bank = small_bank();
     let tight = Capacity {
         tasks: 1,
-        rows_per_task: 10,
+        bytes_per_task: 1 << 20,
     };
     assert!(matches!(
         bank.check_capacity(tight, "b"),
@@ -93,7 +113,7 @@ fn a_bank_over_capacity_is_refused() {
     ));
     let rows = Capacity {
         tasks: 8,
-        rows_per_task: 2,
+        bytes_per_task: 40,
     };
     assert!(matches!(
         bank.check_capacity(rows, "b"),
@@ -103,7 +123,8 @@ fn a_bank_over_capacity_is_refused() {
         .check_capacity(
             Capacity {
                 tasks: 2,
-                rows_per_task: 3
+                // Task a: 3 f32 rows of 4 in key and knowledge.
+                bytes_per_task: 96
             },
             "b"
         )

@@ -20,7 +20,7 @@ const COUNTS: SplitCounts = SplitCounts {
 fn params() -> FitParams {
     FitParams {
         key_rows: 24,
-        knowledge_rows: 48,
+        knowledge_fraction: 0.05,
         ..FitParams::default()
     }
 }
@@ -84,8 +84,16 @@ fn the_protocol_reports_every_benchmark_key() {
         fit: params(),
         reference_fraction: 0.1,
         heatmaps: Some(dir.path().join("heat")),
+        feature_cache: Some(dir.path().join("cache")),
     };
     let report = run(&backbone, dir.path(), &names, &options).unwrap();
+    // Two sets × (train, test) entries; a second run reads them and measures the same.
+    assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 4);
+    let again = run(&backbone, dir.path(), &names, &options).unwrap();
+    assert_eq!(
+        serde_json::to_value(&again.per_task).unwrap(),
+        serde_json::to_value(&report.per_task).unwrap()
+    );
     let json = serde_json::to_value(&report).unwrap();
     for key in [
         "tasks",

@@ -21,7 +21,7 @@ use ucad::update::store::{BankStore, Origin};
 
 const ROOM: Capacity = Capacity {
     tasks: 32,
-    rows_per_task: 4096,
+    bytes_per_task: 2 << 20,
 };
 
 /// A device's files: backbone, bank, frames, trusted key, config.
@@ -37,7 +37,7 @@ impl Device {
     fn new() -> Device {
         let dir = tempfile::tempdir().unwrap();
         let product = common::TinyProduct::new(dir.path());
-        product.bank(48, 1).save(&dir.path().join("bank.ucad")).unwrap();
+        product.bank(0.1, 1).save(&dir.path().join("bank.ucad")).unwrap();
         let frames = dir.path().join("frames");
         std::fs::create_dir(&frames).unwrap();
         for (i, item) in product.data.test.iter().enumerate() {
@@ -147,7 +147,7 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
     let mut child = device.start();
     let installed_sha = sha(&device.bank_path());
     let frames_before = device.status()["totals"]["frames"].as_u64().unwrap();
-    let mut bank = device.product.bank(48, 2);
+    let mut bank = device.product.bank(0.1, 2);
     let newer = device.signed(&bank);
     let by_a_stranger = sign(&bank.to_bytes(), &SigningKey::from_bytes(&[9; 32]));
     let older: Vec<Vec<u8>> = (0..=1)
@@ -226,7 +226,7 @@ fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     let mut child = device.start();
     let mut window = Duration::ZERO;
     for version in [2, 3] {
-        let update = device.signed(&device.product.bank(48, version));
+        let update = device.signed(&device.product.bank(0.1, version));
         let timed = Instant::now();
         let answer = client::push(&device.address, &update).unwrap();
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -239,7 +239,7 @@ fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     for _ in 0..50 {
         let mut child = device.start();
         assert_eq!(device.installed_version(), version);
-        let update = device.signed(&device.product.bank(48, version + 1));
+        let update = device.signed(&device.product.bank(0.1, version + 1));
         let address = device.address.clone();
         let pusher = std::thread::spawn(move || client::push(&address, &update));
         std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
@@ -280,7 +280,7 @@ fn twenty_hot_swaps_drop_no_frame_and_never_mix_two_banks() {
     let frames_dir = device.dir.path().join("frames");
     const FRAMES: u64 = 400;
     // Two different banks of the product (other coresets and thresholds), alternately.
-    let variants = [device.product.bank(48, 0), device.product.bank(24, 0)];
+    let variants = [device.product.bank(0.1, 0), device.product.bank(0.05, 0)];
     assert_ne!(variants[0].tasks[0].threshold, variants[1].tasks[0].threshold);
 
     let inspector = std::thread::spawn(move || {

@@ -4,7 +4,7 @@
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ucad::bank::{Bank, Capacity, NormalStats, Precision, Rows, Task};
+use ucad::bank::{Bank, Capacity, NormalStats, Precision, RoutingStats, Rows, Task};
 use ucad::update::listener::{validate, UpdatePolicy};
 use ucad::update::signing::sign;
 
@@ -22,6 +22,14 @@ fn small_bank() -> Bank {
             knowledge: Rows::new(8, rows, precision),
             k: 2,
             threshold: 0.5,
+            projection: None,
+            routing: RoutingStats {
+                count: 3,
+                mean: 1.0,
+                std: 0.1,
+                unknown_above: 6.0,
+                patch_limit: 0.5,
+            },
             normal: NormalStats {
                 count: 3,
                 mean: 0.1,
@@ -85,7 +93,7 @@ fn mutated_update_requests_are_refused_without_a_panic() {
         backbone_sha256: "fuzz".into(),
         capacity: Capacity {
             tasks: 8,
-            rows_per_task: 1024,
+            bytes_per_task: 1 << 20,
         },
         max_bytes: 1 << 20,
     };

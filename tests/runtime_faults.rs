@@ -66,7 +66,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let product = common::TinyProduct::new(dir.path());
-    let bank = product.bank(48, 1);
+    let bank = product.bank(0.1, 1);
     let mut config: RunConfig = toml::from_str(include_str!("../board/sim.toml")).unwrap();
     config.bank.path = dir.path().join("bank.ucad");
     bank.save(&config.bank.path).unwrap();
@@ -272,6 +272,34 @@ fn a_damaged_jpeg_and_a_deadline_miss_are_rejected_and_logged() {
     assert!(logged("frame 1: ") && logged("JPEG"), "{:?}", LOGGED.lock().unwrap());
     assert!(logged("frame 2: past its deadline"));
     assert_eq!(outcome.summary.failsafe_rejects, 2);
+}
+
+#[test]
+fn an_unknown_product_is_failsafed_and_counted() {
+    let _serial = serial();
+    let s = setup();
+    // Generated products 1 and 2 have other patterns and colours than the learned product 0.
+    let foreign: Vec<RgbImage> = ucad::data::synthetic::products(3, 5)[1..]
+        .iter()
+        .map(|p| p.normal(64, 0))
+        .collect();
+    let mut source = Scripted::new([
+        Event::Image(s.good[0].clone()),
+        Event::Image(foreign[0].clone()),
+        Event::Image(s.good[1].clone()),
+        Event::Image(foreign[1].clone()),
+    ]);
+    let outcome = s.run(s.config.clone(), &mut source, None).unwrap();
+    let failsafe: Vec<bool> = outcome.parts.iter().map(|p| p.failsafe).collect();
+    assert_eq!(failsafe, [false, true, false, true]);
+    assert!(outcome
+        .parts
+        .iter()
+        .filter(|p| p.failsafe)
+        .all(|p| p.rejected && p.task.is_none()));
+    assert_eq!(outcome.summary.unknown_products, 2);
+    assert_eq!(outcome.summary.failsafe_rejects, 2);
+    assert!(logged("frame 1: no learned product explains it"));
 }
 
 #[test]

@@ -18,7 +18,7 @@ fn policy() -> &'static UpdatePolicy {
         backbone_sha256: "fuzz".into(),
         capacity: Capacity {
             tasks: 8,
-            rows_per_task: 1024,
+            bytes_per_task: 1 << 20,
         },
         max_bytes: 1 << 20,
     })

@@ -7,10 +7,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::projection::Projection;
 use super::rows::Rows;
 
 const MAGIC: &[u8; 8] = b"UCADBANK";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: compact knowledge (projection, int8) and routing statistics. Format 1 banks are refused
+/// with a re-fit error: they lack the routing statistics, which need the training images.
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 
@@ -51,6 +54,20 @@ pub struct NormalStats {
     pub target_false_reject: f32,
 }
 
+/// Routing distances of held-out normal training images to the task's own key: what makes
+/// distances of different products comparable. A routing distance minus `mean`, over `std`, is
+/// the task's normalised distance (0 = a typical normal part, in standard deviations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingStats {
+    pub count: u32,
+    pub mean: f32,
+    pub std: f32,
+    /// Normalised distance above which an image may not be this product.
+    pub unknown_above: f32,
+    /// Patch score above which a patch is unlike the task's normal patches (their 0.99 quantile).
+    pub patch_limit: f32,
+}
+
 /// A learned prefix prompt, [blocks, 2, len, dim] as rows of `dim`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredPrompt {
@@ -65,13 +82,30 @@ pub struct Task {
     /// Coreset of plain (un-prompted) patch features: what routing compares with.
     pub key: Rows,
     pub prompt: Option<StoredPrompt>,
-    /// Coreset of (prompted) patch features: what patch scores are distances to.
+    /// The subspace knowledge rows are stored in; `None`: the full feature space.
+    pub projection: Option<Projection>,
+    /// Coreset of (prompted) patch features, projected when there is a projection: what patch
+    /// scores are distances to.
     pub knowledge: Rows,
     /// Neighbours averaged for a patch score.
     pub k: u32,
     /// Image score above which a part of this product is rejected.
     pub threshold: f32,
     pub normal: NormalStats,
+    pub routing: RoutingStats,
+}
+
+impl Task {
+    /// Dimension of the knowledge rows.
+    pub fn knowledge_dim(&self) -> usize {
+        self.projection.as_ref().map_or(self.key.dim(), Projection::out_dim)
+    }
+
+    pub fn bytes(&self) -> usize {
+        let prompt = self.prompt.as_ref().map_or(0, |p| p.rows.bytes());
+        let projection = self.projection.as_ref().map_or(0, Projection::bytes);
+        self.key.bytes() + self.knowledge.bytes() + prompt + projection
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +123,7 @@ pub struct Bank {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Capacity {
     pub tasks: usize,
-    pub rows_per_task: usize,
+    pub bytes_per_task: usize,
 }
 
 impl Bank {
@@ -111,8 +145,8 @@ impl Bank {
             task.name
         );
         anyhow::ensure!(
-            task.key.dim() == self.feature_dim as usize && task.knowledge.dim() == self.feature_dim as usize,
-            "task {} has rows of another feature dim than the bank ({})",
+            task_shape_error(&task, self.feature_dim as usize).is_none(),
+            "task {} does not fit the bank's feature dim ({})",
             task.name,
             self.feature_dim
         );
@@ -186,13 +220,8 @@ impl Bank {
 
     fn check_consistency(&self) -> Result<(), String> {
         for t in &self.tasks {
-            for (what, rows) in [("key", &t.key), ("knowledge", &t.knowledge)] {
-                if !rows.is_consistent() || rows.dim() != self.feature_dim as usize || rows.is_empty() {
-                    return Err(format!(
-                        "task {}: {what} rows do not match the feature dim {}",
-                        t.name, self.feature_dim
-                    ));
-                }
+            if let Some(problem) = task_shape_error(t, self.feature_dim as usize) {
+                return Err(format!("task {}: {problem}", t.name));
             }
             if t.k == 0 || t.k as usize > t.knowledge.len() {
                 return Err(format!(
@@ -240,11 +269,12 @@ impl Bank {
             return over(format!("{} tasks, room for {}", self.tasks.len(), capacity.tasks));
         }
         for t in &self.tasks {
-            let rows = t.key.len().max(t.knowledge.len());
-            if rows > capacity.rows_per_task {
+            if t.bytes() > capacity.bytes_per_task {
                 return over(format!(
-                    "task {} has {rows} rows, room for {}",
-                    t.name, capacity.rows_per_task
+                    "task {} holds {} bytes, room for {}",
+                    t.name,
+                    t.bytes(),
+                    capacity.bytes_per_task
                 ));
             }
         }
@@ -252,14 +282,26 @@ impl Bank {
     }
 
     pub fn bytes_per_task(&self) -> Vec<(String, usize)> {
-        self.tasks
-            .iter()
-            .map(|t| {
-                let prompt = t.prompt.as_ref().map_or(0, |p| p.rows.bytes());
-                (t.name.clone(), t.key.bytes() + t.knowledge.bytes() + prompt)
-            })
-            .collect()
+        self.tasks.iter().map(|t| (t.name.clone(), t.bytes())).collect()
     }
+}
+
+/// What is wrong with a task's row shapes for a bank of `feature_dim`, if anything.
+fn task_shape_error(task: &Task, feature_dim: usize) -> Option<String> {
+    let mut expected = vec![
+        ("key", &task.key, feature_dim),
+        ("knowledge", &task.knowledge, task.knowledge_dim()),
+    ];
+    if let Some(p) = &task.projection {
+        if p.mean.len() != feature_dim || p.mean.iter().any(|m| !m.is_finite()) || p.out_dim() > feature_dim {
+            return Some(format!("projection does not map the feature dim {feature_dim}"));
+        }
+        expected.push(("projection", &p.components, feature_dim));
+    }
+    expected.into_iter().find_map(|(what, rows, dim)| {
+        (!rows.is_consistent() || rows.dim() != dim || rows.is_empty())
+            .then(|| format!("{what} rows do not have dim {dim}"))
+    })
 }
 
 fn short(sha: &str) -> String {

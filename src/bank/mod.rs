@@ -2,7 +2,9 @@
 
 pub mod coreset;
 pub mod format;
+pub mod projection;
 pub mod rows;
 
-pub use format::{Bank, BankError, Capacity, NormalStats, Task};
+pub use format::{Bank, BankError, Capacity, NormalStats, RoutingStats, Task};
+pub use projection::Projection;
 pub use rows::{Precision, Rows};

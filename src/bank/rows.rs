@@ -1,4 +1,6 @@
-//! A matrix of feature rows as the bank stores it (f32 or f16), and as the detector searches it.
+//! A matrix of feature rows as the bank stores it (f32, f16, or int8 with a scale per column),
+//! and as the detector searches it: in tiles decoded on the fly, so that memory holds only the
+//! stored form.
 
 use serde::{Deserialize, Serialize};
 
@@ -6,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub enum Precision {
     F32,
     F16,
+    /// Symmetric int8, one scale per column (per feature dimension).
+    I8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -13,6 +17,11 @@ enum Storage {
     F32(Vec<f32>),
     /// IEEE half floats, bit patterns.
     F16(Vec<u16>),
+    /// value = scales[column] · q.
+    I8 {
+        scales: Vec<f32>,
+        values: Vec<i8>,
+    },
 }
 
 /// Row-major [len, dim] feature rows.
@@ -32,6 +41,7 @@ impl Rows {
         let storage = match precision {
             Precision::F32 => Storage::F32(data),
             Precision::F16 => Storage::F16(data.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect()),
+            Precision::I8 => quantise_columns(&data, dim),
         };
         Rows {
             dim: dim as u32,
@@ -47,6 +57,7 @@ impl Rows {
         match &self.storage {
             Storage::F32(v) => v.len(),
             Storage::F16(v) => v.len(),
+            Storage::I8 { values, .. } => values.len(),
         }
     }
 
@@ -62,6 +73,7 @@ impl Rows {
         match self.storage {
             Storage::F32(_) => Precision::F32,
             Storage::F16(_) => Precision::F16,
+            Storage::I8 { .. } => Precision::I8,
         }
     }
 
@@ -69,19 +81,101 @@ impl Rows {
         match &self.storage {
             Storage::F32(v) => v.len() * 4,
             Storage::F16(v) => v.len() * 2,
+            Storage::I8 { scales, values } => scales.len() * 4 + values.len(),
         }
     }
 
-    /// The rows as f32, the form the nearest-neighbour search works on.
+    /// The rows as f32: what is searched, exactly as stored.
     pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.decode(0..self.len(), &mut out);
+        out
+    }
+
+    /// Rows `range` as f32, borrowed when stored as f32, else decoded into `buffer`.
+    pub fn tile<'a>(&'a self, range: std::ops::Range<usize>, buffer: &'a mut Vec<f32>) -> &'a [f32] {
         match &self.storage {
-            Storage::F32(v) => v.clone(),
-            Storage::F16(v) => v.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect(),
+            Storage::F32(v) => &v[range.start * self.dim()..range.end * self.dim()],
+            _ => {
+                self.decode(range, buffer);
+                buffer
+            }
         }
     }
 
-    /// Whether the declared dim divides the stored values (a decoded file may lie).
+    fn decode(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let values = range.start * self.dim()..range.end * self.dim();
+        out.clear();
+        match &self.storage {
+            Storage::F32(v) => out.extend_from_slice(&v[values]),
+            Storage::F16(v) => out.extend(v[values].iter().map(|b| half::f16::from_bits(*b).to_f32())),
+            Storage::I8 { scales, values: q } => {
+                for row in q[values].chunks(self.dim()) {
+                    out.extend(row.iter().zip(scales).map(|(q, s)| *q as f32 * s));
+                }
+            }
+        }
+    }
+
+    /// Whether the declared dim divides the stored values and the scales match it (a decoded
+    /// file may lie).
     pub fn is_consistent(&self) -> bool {
-        self.dim > 0 && self.values() % self.dim() == 0
+        let scales_fit = match &self.storage {
+            Storage::I8 { scales, .. } => scales.len() == self.dim() && scales.iter().all(|s| s.is_finite()),
+            _ => true,
+        };
+        self.dim > 0 && self.values() % self.dim() == 0 && scales_fit
+    }
+}
+
+/// Symmetric per-column int8: each column's largest magnitude maps to 127.
+fn quantise_columns(data: &[f32], dim: usize) -> Storage {
+    let mut scales = vec![0f32; dim];
+    for row in data.chunks(dim) {
+        for (s, v) in scales.iter_mut().zip(row) {
+            *s = s.max(v.abs());
+        }
+    }
+    for s in &mut scales {
+        *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+    }
+    let values = data
+        .chunks(dim)
+        .flat_map(|row| {
+            row.iter()
+                .zip(&scales)
+                .map(|(v, s)| (v / s).round().clamp(-127.0, 127.0) as i8)
+        })
+        .collect();
+    Storage::I8 { scales, values }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_precision_round_trips_within_its_step() {
+        let data: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * [0.01, 1.0, 100.0][i % 3])
+            .collect();
+        for precision in [Precision::F32, Precision::F16, Precision::I8] {
+            let rows = Rows::new(3, data.clone(), precision);
+            assert_eq!((rows.len(), rows.precision()), (20, precision));
+            let decoded = rows.to_f32();
+            for (i, (d, v)) in decoded.iter().zip(&data).enumerate() {
+                // int8: half a step of the column's scale (its max / 127); f16: relative 2⁻¹¹.
+                let column_max = data.iter().skip(i % 3).step_by(3).fold(0f32, |m, v| m.max(v.abs()));
+                let allowed = match precision {
+                    Precision::F32 => 0.0,
+                    Precision::F16 => v.abs() / 2048.0,
+                    Precision::I8 => column_max / 254.0 + 1e-6,
+                };
+                assert!((d - v).abs() <= allowed, "{precision:?} {v} → {d}");
+            }
+            let mut buffer = Vec::new();
+            assert_eq!(rows.tile(5..7, &mut buffer), &decoded[15..21]);
+        }
+        assert_eq!(Rows::new(4, vec![0.0; 8], Precision::I8).bytes(), 4 * 4 + 8);
     }
 }

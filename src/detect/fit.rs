@@ -1,9 +1,11 @@
-//! Learning one task from normal images only: key and knowledge coresets, and a threshold
-//! calibrated on held-out normal training images for a target false-reject rate.
+//! Learning one task from normal images only: key and knowledge coresets (the knowledge stored
+//! compactly: a principal subspace of the task's features, int8 rows, within a byte budget),
+//! and, from held-out normal training images, the routing distance statistics and
+//! a threshold calibrated for a target false-reject rate.
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
@@ -14,15 +16,20 @@ use rand_chacha::ChaCha8Rng;
 use super::{image_score, TaskIndex};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
-use crate::bank::{NormalStats, Precision, Rows, Task};
+use crate::bank::projection::ProjectionIndex;
+use crate::bank::{NormalStats, Precision, Projection, RoutingStats, Rows, Task};
 use crate::data::folder::load_rgb;
 
 #[derive(Debug, Clone)]
 pub struct FitParams {
     /// Rows in the routing key (UCAD: 196).
     pub key_rows: usize,
-    /// Rows in the knowledge coreset (UCAD: 196).
-    pub knowledge_rows: usize,
+    /// Knowledge coreset size as a fraction of the memory images' patches (PatchCore: 0.1).
+    pub knowledge_fraction: f32,
+    /// Dimensions knowledge rows keep at most (a PCA of the task's features); 0 keeps all.
+    pub knowledge_dims: usize,
+    /// Most bytes a task may hold (key, projection, knowledge): the coreset is cut to fit.
+    pub task_budget_bytes: usize,
     pub k: usize,
     /// Fraction of the normal training images held out to calibrate the threshold.
     pub holdout: f32,
@@ -35,11 +42,13 @@ impl Default for FitParams {
     fn default() -> FitParams {
         FitParams {
             key_rows: 196,
-            knowledge_rows: 196,
+            knowledge_fraction: 0.1,
+            knowledge_dims: 128,
+            task_budget_bytes: 2_000_000,
             k: 1,
             holdout: 0.2,
             target_false_reject: 0.01,
-            precision: Precision::F32,
+            precision: Precision::I8,
             seed: 0,
         }
     }
@@ -60,33 +69,16 @@ pub fn extract_features_with<T: Sync>(
 ) -> Result<Vec<Vec<f32>>> {
     let bar = ProgressBar::new(images.len() as u64).with_message(label.to_string());
     bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]").expect("template"));
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(images.len().max(1));
-    let chunk = images.len().div_ceil(workers).max(1);
-    let features = std::thread::scope(|scope| {
-        let handles: Vec<_> = images
-            .chunks(chunk)
-            .map(|part| {
-                let (bar, load) = (bar.clone(), &load);
-                scope.spawn(move || -> Result<Vec<Vec<f32>>> {
-                    let mut pre = Preprocessor::new(&backbone.meta);
-                    part.iter()
-                        .map(|p| {
-                            bar.inc(1);
-                            backbone.features(pre.tensor(&load(p)?)?, None)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("feature worker panicked"))
-            .collect::<Result<Vec<_>>>()
-    });
+    let features = crate::parallel::map(
+        images,
+        || Preprocessor::new(&backbone.meta),
+        |pre, item| {
+            bar.inc(1);
+            backbone.features(pre.tensor(&load(item)?)?, None)
+        },
+    );
     bar.finish_and_clear();
-    Ok(features?.concat())
+    features
 }
 
 /// Splits image indices into (memory, held-out), deterministically for the seed.
@@ -112,59 +104,171 @@ pub fn fit_task(backbone: &Backbone, name: &str, images: &[PathBuf], params: &Fi
 /// Learns a task from the plain features of its normal training images (one row-major [N, F]
 /// vector per image, rows of `dim`).
 pub fn fit_from_features(name: &str, features: &[Vec<f32>], dim: usize, params: &FitParams) -> Result<Task> {
-    ensure!(
-        params.k >= 1 && params.key_rows >= 1 && params.knowledge_rows >= 1,
-        "k and row counts must be ≥ 1"
-    );
-    let (memory_ids, held_ids) = split(features.len(), params.holdout, params.seed)?;
-    ensure!(
-        features.iter().all(|f| !f.is_empty() && f.len() % dim == 0),
-        "features are not rows of {dim}"
-    );
-    let memory: Vec<f32> = memory_ids.iter().flat_map(|&i| features[i].iter().copied()).collect();
-    let key = gather_rows(
-        &memory,
-        dim,
-        &greedy_coreset(&memory, dim, params.key_rows, params.seed),
-    );
-    let knowledge = gather_rows(
-        &memory,
-        dim,
-        &greedy_coreset(&memory, dim, params.knowledge_rows, params.seed + 1),
-    );
-    let mut task = Task {
-        name: name.to_string(),
-        key: Rows::new(dim, key, params.precision),
-        prompt: None,
-        knowledge: Rows::new(dim, knowledge, params.precision),
-        k: 0,
-        threshold: f32::INFINITY,
-        normal: NormalStats {
-            count: 0,
-            mean: 0.0,
-            std: 0.0,
-            max: 0.0,
-            target_false_reject: params.target_false_reject,
-        },
-    };
-    task.k = params.k.min(task.knowledge.len()) as u32;
-    let index = TaskIndex::new(&task);
-    let scores: Vec<f32> = held_ids
-        .iter()
-        .map(|&i| image_score(&index.patch_scores(&features[i])))
-        .collect();
-    task.normal = normal_stats(&scores, params.target_false_reject);
-    task.threshold = threshold_for(&scores, params.target_false_reject);
+    let fitting = Fitting::new(name, features, dim, params)?;
+    let projection = fitting.projection(params);
+    let count = fitting.knowledge_count(params, projection.as_ref())?;
+    let task = fitting.task(params, projection, &fitting.coreset(count));
     info!(
-        "{name}: {} memory / {} held-out images, {} key and {} knowledge rows, threshold {:.4}",
-        memory_ids.len(),
-        held_ids.len(),
+        "{name}: {} memory / {} held-out images, {} key and {} knowledge rows of {} dims, {} bytes, \
+         threshold {:.4}, routing distance {:.4} ± {:.4}",
+        fitting.memory_images,
+        fitting.held.len(),
         task.key.len(),
         task.knowledge.len(),
-        task.threshold
+        task.knowledge_dim(),
+        task.bytes(),
+        task.threshold,
+        task.routing.mean,
+        task.routing.std
     );
     Ok(task)
 }
+
+/// A task's training features split into memory and held-out images: the steps of a fit, so
+/// that a sweep over storage settings can reuse what they share.
+pub struct Fitting<'a> {
+    name: String,
+    dim: usize,
+    features: &'a [Vec<f32>],
+    /// Patch rows of the memory images, row-major [n, dim].
+    memory: Vec<f32>,
+    memory_images: usize,
+    held: Vec<usize>,
+    seed: u64,
+}
+
+impl<'a> Fitting<'a> {
+    pub fn new(name: &str, features: &'a [Vec<f32>], dim: usize, params: &FitParams) -> Result<Fitting<'a>> {
+        ensure!(
+            params.k >= 1
+                && params.key_rows >= 1
+                && params.knowledge_fraction > 0.0
+                && params.knowledge_fraction <= 1.0,
+            "k and key rows must be ≥ 1 and the knowledge fraction in (0, 1]"
+        );
+        ensure!(
+            features.iter().all(|f| !f.is_empty() && f.len() % dim == 0),
+            "features are not rows of {dim}"
+        );
+        let (memory_ids, held) = split(features.len(), params.holdout, params.seed)?;
+        Ok(Fitting {
+            name: name.to_string(),
+            dim,
+            features,
+            memory: memory_ids.iter().flat_map(|&i| features[i].iter().copied()).collect(),
+            memory_images: memory_ids.len(),
+            held,
+            seed: params.seed,
+        })
+    }
+
+    pub fn memory_rows(&self) -> usize {
+        self.memory.len() / self.dim
+    }
+
+    /// The principal subspace knowledge rows are stored in, when fewer dims are asked for.
+    pub fn projection(&self, params: &FitParams) -> Option<Projection> {
+        (params.knowledge_dims > 0 && params.knowledge_dims < self.dim).then(|| {
+            let components = match params.precision {
+                Precision::F32 => Precision::F32,
+                Precision::F16 | Precision::I8 => Precision::F16,
+            };
+            Projection::fit(&self.memory, self.dim, params.knowledge_dims, components, self.seed)
+        })
+    }
+
+    /// Knowledge rows: the asked-for fraction of the memory patches, cut to the budget.
+    pub fn knowledge_count(&self, params: &FitParams, projection: Option<&Projection>) -> Result<usize> {
+        let dims = projection.map_or(self.dim, Projection::out_dim);
+        let key_bytes = Rows::new(self.dim, vec![0.0; self.dim * params.key_rows], params.precision).bytes();
+        let fixed = key_bytes + projection.map_or(0, Projection::bytes);
+        let room = knowledge_room(params, fixed, dims).with_context(|| format!("task {}", self.name))?;
+        let wanted = (self.memory_rows() as f64 * params.knowledge_fraction as f64).ceil() as usize;
+        Ok(wanted.min(room))
+    }
+
+    /// Memory rows chosen greedily (k-center); the first n of a larger choice are the choice of n.
+    pub fn coreset(&self, count: usize) -> Vec<usize> {
+        greedy_coreset(&self.memory, self.dim, count, self.seed + 1)
+    }
+
+    /// The task with the memory rows `chosen` as knowledge, stored as `params` say, calibrated
+    /// on the held-out images.
+    pub fn task(&self, params: &FitParams, projection: Option<Projection>, chosen: &[usize]) -> Task {
+        let key = gather_rows(
+            &self.memory,
+            self.dim,
+            &greedy_coreset(&self.memory, self.dim, params.key_rows, self.seed),
+        );
+        let rows = gather_rows(&self.memory, self.dim, chosen);
+        let (knowledge, knowledge_dim) = match &projection {
+            Some(p) => (ProjectionIndex::new(p).apply(&rows).coefficients, p.out_dim()),
+            None => (rows, self.dim),
+        };
+        let mut task = Task {
+            name: self.name.clone(),
+            key: Rows::new(self.dim, key, params.precision),
+            prompt: None,
+            projection,
+            knowledge: Rows::new(knowledge_dim, knowledge, params.precision),
+            k: 0,
+            threshold: f32::INFINITY,
+            normal: normal_stats(&[0.0], params.target_false_reject),
+            routing: RoutingStats {
+                count: 0,
+                mean: 0.0,
+                std: 1.0,
+                unknown_above: f32::INFINITY,
+                patch_limit: f32::INFINITY,
+            },
+        };
+        task.k = params.k.min(task.knowledge.len()) as u32;
+        let held: Vec<&[f32]> = self.held.iter().map(|&i| &self.features[i][..]).collect();
+        calibrate(&mut task, &held, params.target_false_reject);
+        task
+    }
+}
+
+/// How many knowledge rows of `dims` fit the budget beside `fixed_bytes`.
+fn knowledge_room(params: &FitParams, fixed_bytes: usize, dims: usize) -> Result<usize> {
+    let (per_row, once) = match params.precision {
+        Precision::F32 => (dims * 4, 0),
+        Precision::F16 => (dims * 2, 0),
+        Precision::I8 => (dims, dims * 4),
+    };
+    let left = params.task_budget_bytes.saturating_sub(fixed_bytes + once);
+    ensure!(
+        left >= per_row,
+        "{} bytes leave no room for knowledge rows beside {fixed_bytes} bytes of key and projection",
+        params.task_budget_bytes
+    );
+    Ok(left / per_row)
+}
+
+/// Sets the threshold and the routing statistics from held-out normal images' features.
+fn calibrate(task: &mut Task, held: &[&[f32]], target_false_reject: f32) {
+    let index = TaskIndex::new(task);
+    let patch_scores: Vec<Vec<f32>> = held.iter().map(|f| index.patch_scores(f)).collect();
+    let scores: Vec<f32> = patch_scores.iter().map(|p| image_score(p)).collect();
+    task.normal = normal_stats(&scores, target_false_reject);
+    task.threshold = threshold_for(&scores, target_false_reject);
+    let distances: Vec<f32> = held.iter().map(|f| index.key_distance(f)).collect();
+    let stats = normal_stats(&distances, 0.0);
+    task.routing = RoutingStats {
+        count: stats.count,
+        mean: stats.mean,
+        // A floor for identical held-out images (a generated product, a static scene).
+        std: stats.std.max(1e-3 * stats.mean.abs()).max(f32::MIN_POSITIVE),
+        unknown_above: UNKNOWN_SIGMAS,
+        patch_limit: empirical_quantile(&patch_scores.concat(), 0.99),
+    };
+}
+
+/// Normalised routing distance beyond which an image may be of no learned product. On training
+/// images (the shared sets and 16 generated products, each split into memory, calibration and
+/// check images), a product's own held-out images stayed below 5 standard deviations of its
+/// own calibration images, and the nearest other product's were at 9.4 or more.
+const UNKNOWN_SIGMAS: f32 = 6.0;
 
 fn normal_stats(scores: &[f32], target_false_reject: f32) -> NormalStats {
     let n = scores.len() as f32;
@@ -225,6 +329,62 @@ mod tests {
         let (mean, std) = (0.577_215_664_901_532_9, std::f64::consts::PI / 6f64.sqrt());
         assert!((gumbel_quantile(mean, std, 0.5) + 2f64.ln().ln()).abs() < 1e-12);
         assert!((gumbel_quantile(mean, std, 0.99) - 4.600_149_226).abs() < 1e-8);
+    }
+
+    /// `images` images of 16 patches of dim 32 around a product-specific centre.
+    fn product_features(centre: f32, images: usize, seed: u64) -> Vec<Vec<f32>> {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..images)
+            .map(|_| {
+                (0..16 * 32)
+                    .map(|i| centre * ((i % 7) as f32) + rng.random_range(-1.0..1.0))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_compact_task_stays_within_its_budget_and_a_too_small_budget_is_refused() {
+        let features = product_features(0.0, 30, 1);
+        let params = FitParams {
+            key_rows: 8,
+            knowledge_fraction: 1.0,
+            knowledge_dims: 8,
+            task_budget_bytes: 4_000,
+            ..FitParams::default()
+        };
+        let task = fit_from_features("widget", &features, 32, &params).unwrap();
+        assert!(task.bytes() <= 4_000, "{} bytes", task.bytes());
+        assert_eq!(task.knowledge_dim(), 8);
+        // Budget, not the fraction, limits the rows: 24 memory images × 16 patches are more.
+        assert!(task.knowledge.len() < 24 * 16 && task.knowledge.len() > 100);
+        let tiny = FitParams {
+            task_budget_bytes: 500,
+            ..params
+        };
+        let err = fit_from_features("widget", &features, 32, &tiny).unwrap_err();
+        assert!(format!("{err:#}").contains("widget"), "{err:#}");
+    }
+
+    #[test]
+    fn routing_is_normalised_by_the_task_and_a_foreign_product_is_beyond_its_limit() {
+        let params = FitParams {
+            key_rows: 16,
+            knowledge_dims: 8,
+            ..FitParams::default()
+        };
+        let task = fit_from_features("near", &product_features(0.0, 40, 2), 32, &params).unwrap();
+        let index = TaskIndex::new(&task);
+        let own = product_features(0.0, 20, 3);
+        let typical: Vec<f32> = own.iter().map(|f| index.normalised_distance(f)).collect();
+        assert!(typical.iter().all(|d| *d < task.routing.unknown_above), "{typical:?}");
+        let median = empirical_quantile(&typical, 0.5);
+        assert!(median.abs() < 1.0, "{median}");
+        let foreign = product_features(2.0, 5, 4);
+        assert!(foreign
+            .iter()
+            .all(|f| index.normalised_distance(f) > task.routing.unknown_above));
     }
 
     #[test]

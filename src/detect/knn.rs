@@ -1,6 +1,8 @@
 //! Exact brute-force nearest neighbours written as one matrix product per query batch:
 //! ‖q − b‖² = ‖q‖² + ‖b‖² − 2·q·b.
 
+use crate::bank::Rows;
+
 /// c[m, n] = a[m, k] · b[k, n], row-major.
 pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     assert!(
@@ -28,22 +30,32 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize)
     }
 }
 
-/// Rows searched by distance, with their squared norms precomputed.
+/// Stored rows searched by distance, decoded a tile at a time, with their squared norms
+/// precomputed.
 #[derive(Debug, Clone)]
 pub struct KnnIndex {
-    dim: usize,
-    rows: Vec<f32>,
+    rows: Rows,
     norms: Vec<f32>,
 }
 
+/// Rows decoded and multiplied at once: large enough for sgemm to run at speed, small enough
+/// to stay in cache.
+const TILE_ROWS: usize = 256;
+
 impl KnnIndex {
-    pub fn new(rows: Vec<f32>, dim: usize) -> KnnIndex {
-        assert!(
-            dim > 0 && rows.len() % dim == 0 && !rows.is_empty(),
-            "an index needs at least one row of dim {dim}"
-        );
-        let norms = rows.chunks(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
-        KnnIndex { dim, rows, norms }
+    pub fn new(rows: Rows) -> KnnIndex {
+        assert!(!rows.is_empty(), "an index needs at least one row");
+        let mut buffer = Vec::new();
+        let norms = (0..rows.len())
+            .step_by(TILE_ROWS)
+            .flat_map(|start| {
+                let tile = rows.tile(start..(start + TILE_ROWS).min(rows.len()), &mut buffer);
+                tile.chunks(rows.dim())
+                    .map(|r| r.iter().map(|v| v * v).sum())
+                    .collect::<Vec<f32>>()
+            })
+            .collect();
+        KnnIndex { rows, norms }
     }
 
     pub fn len(&self) -> usize {
@@ -55,88 +67,104 @@ impl KnnIndex {
     }
 
     pub fn dim(&self) -> usize {
-        self.dim
+        self.rows.dim()
     }
 
-    /// Squared distances [m, len] from each query row to each indexed row.
-    pub fn squared_distances(&self, queries: &[f32]) -> Vec<f32> {
-        let (m, n, d) = (queries.len() / self.dim, self.len(), self.dim);
-        let mut dots = vec![0f32; m * n];
-        // sgemm takes strides, so Bᵀ is read in place: a [d, n] view with row stride 1.
-        // SAFETY: the view covers exactly rows[0..n·d].
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                d,
-                n,
-                1.0,
-                queries.as_ptr(),
-                d as isize,
-                1,
-                self.rows.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                dots.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
-        for (i, q) in queries.chunks(d).enumerate() {
-            let qn: f32 = q.iter().map(|v| v * v).sum();
-            for (j, dot) in dots[i * n..(i + 1) * n].iter_mut().enumerate() {
-                *dot = (qn + self.norms[j] - 2.0 * *dot).max(0.0);
+    /// For each query row: the mean L2 distance to its k nearest stored rows, with
+    /// `residuals[i]` (a squared distance the stored rows cannot see) added to each squared
+    /// distance of query i before the root.
+    pub fn search(&self, queries: &[f32], k: usize, residuals: Option<&[f32]>) -> Vec<f32> {
+        let (d, n) = (self.dim(), self.len());
+        let m = queries.len() / d;
+        let k = k.clamp(1, n);
+        let query_norms: Vec<f32> = queries.chunks(d).map(|q| q.iter().map(|v| v * v).sum()).collect();
+        let mut nearest = vec![f32::INFINITY; m * k];
+        let (mut buffer, mut dots) = (Vec::new(), vec![0f32; m * TILE_ROWS]);
+        for start in (0..n).step_by(TILE_ROWS) {
+            let end = (start + TILE_ROWS).min(n);
+            let tile = self.rows.tile(start..end, &mut buffer);
+            let width = end - start;
+            // sgemm takes strides, so the tile's transpose is read in place: a [d, width] view.
+            // SAFETY: the view covers exactly tile[0..width·d]; dots holds m·width values.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    d,
+                    width,
+                    1.0,
+                    queries.as_ptr(),
+                    d as isize,
+                    1,
+                    tile.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    dots.as_mut_ptr(),
+                    width as isize,
+                    1,
+                );
+            }
+            for (i, best) in nearest.chunks_mut(k).enumerate() {
+                for (dot, norm) in dots[i * width..(i + 1) * width].iter().zip(&self.norms[start..end]) {
+                    keep_smallest(best, (query_norms[i] + norm - 2.0 * dot).max(0.0));
+                }
             }
         }
-        dots
-    }
-
-    /// For each query: (index of the nearest row, mean L2 distance to its k nearest rows).
-    pub fn search(&self, queries: &[f32], k: usize) -> Vec<(usize, f32)> {
-        let k = k.clamp(1, self.len());
-        let n = self.len();
-        let dist = self.squared_distances(queries);
-        dist.chunks(n)
-            .map(|row| {
-                let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-                for (j, d) in row.iter().enumerate() {
-                    if best.len() < k || *d < best[best.len() - 1].0 {
-                        let at = best.partition_point(|(bd, _)| bd <= d);
-                        best.insert(at, (*d, j));
-                        best.truncate(k);
-                    }
-                }
-                let mean = best.iter().map(|(d, _)| d.sqrt()).sum::<f32>() / k as f32;
-                (best[0].1, mean)
+        nearest
+            .chunks(k)
+            .enumerate()
+            .map(|(i, best)| {
+                let residual = residuals.map_or(0.0, |r| r[i]);
+                best.iter().map(|d2| (d2 + residual).sqrt()).sum::<f32>() / k as f32
             })
             .collect()
     }
 }
 
+/// Inserts `value` into the ascending `best` if it is smaller than its largest entry.
+fn keep_smallest(best: &mut [f32], value: f32) {
+    let last = best.len() - 1;
+    if value >= best[last] {
+        return;
+    }
+    let mut at = last;
+    while at > 0 && best[at - 1] > value {
+        best[at] = best[at - 1];
+        at -= 1;
+    }
+    best[at] = value;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bank::Precision;
     use rand::{Rng, SeedableRng};
 
     #[test]
-    fn finds_the_same_neighbours_as_a_naive_loop() {
+    fn finds_the_same_neighbours_as_a_naive_loop_over_the_stored_rows() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        // More rows than a tile, and not a multiple of it.
         let (dim, n, m) = (96, 1500, 64);
         let rows: Vec<f32> = (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
         let queries: Vec<f32> = (0..m * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let index = KnnIndex::new(rows.clone(), dim);
-        for k in [1, 3] {
-            let fast = index.search(&queries, k);
-            for (q, (nearest, mean)) in queries.chunks(dim).zip(&fast) {
-                let mut naive: Vec<(f64, usize)> = rows
-                    .chunks(dim)
-                    .enumerate()
-                    .map(|(j, r)| (q.iter().zip(r).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>(), j))
-                    .collect();
-                naive.sort_by(|a, b| a.0.total_cmp(&b.0));
-                assert_eq!(*nearest, naive[0].1);
-                let want = naive[..k].iter().map(|(d, _)| d.sqrt()).sum::<f64>() / k as f64;
-                assert!((*mean as f64 - want).abs() < 1e-3 * want.max(1.0), "{mean} vs {want}");
+        let residuals: Vec<f32> = (0..m).map(|_| rng.random_range(0.0..2.0)).collect();
+        for precision in [Precision::F32, Precision::I8] {
+            let stored = Rows::new(dim, rows.clone(), precision);
+            let decoded = stored.to_f32();
+            let index = KnnIndex::new(stored);
+            for (k, residuals) in [(1, None), (3, Some(&residuals[..]))] {
+                let fast = index.search(&queries, k, residuals);
+                for (i, (q, mean)) in queries.chunks(dim).zip(&fast).enumerate() {
+                    let offset = residuals.map_or(0.0, |r| r[i] as f64);
+                    let mut naive: Vec<f64> = decoded
+                        .chunks(dim)
+                        .map(|r| q.iter().zip(r).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>())
+                        .collect();
+                    naive.sort_by(f64::total_cmp);
+                    let want = naive[..k].iter().map(|d| (d + offset).sqrt()).sum::<f64>() / k as f64;
+                    assert!((*mean as f64 - want).abs() < 1e-3 * want.max(1.0), "{mean} vs {want}");
+                }
             }
         }
     }

@@ -12,22 +12,24 @@ use anyhow::{ensure, Result};
 use tract_core::prelude::Tensor;
 
 use crate::backbone::{Backbone, Prompt};
-use crate::bank::{Bank, Task};
+use crate::bank::projection::ProjectionIndex;
+use crate::bank::{Bank, RoutingStats, Task};
 use knn::KnnIndex;
 
 /// One task, ready to search.
 pub struct TaskIndex {
     pub name: String,
     key: KnnIndex,
+    projection: Option<ProjectionIndex>,
     knowledge: KnnIndex,
     prompt: Option<Prompt>,
     k: usize,
     pub threshold: f32,
+    pub routing: RoutingStats,
 }
 
 impl TaskIndex {
     pub fn new(task: &Task) -> TaskIndex {
-        let dim = task.key.dim();
         let prompt = task.prompt.as_ref().map(|p| Prompt {
             blocks: p.blocks as usize,
             len: p.len as usize,
@@ -36,18 +38,36 @@ impl TaskIndex {
         });
         TaskIndex {
             name: task.name.clone(),
-            key: KnnIndex::new(task.key.to_f32(), dim),
-            knowledge: KnnIndex::new(task.knowledge.to_f32(), dim),
+            key: KnnIndex::new(task.key.clone()),
+            projection: task.projection.as_ref().map(ProjectionIndex::new),
+            knowledge: KnnIndex::new(task.knowledge.clone()),
             prompt,
             k: task.k as usize,
             threshold: task.threshold,
+            routing: task.routing.clone(),
         }
     }
 
-    /// Mean over patches of the 1-NN distance to the key: UCAD's routing distance.
+    /// Median over patches of the 1-NN distance to the key. UCAD takes the mean; the median
+    /// ignores a defect (up to half the patches), which must not send a part elsewhere.
     pub fn key_distance(&self, plain: &[f32]) -> f32 {
-        let found = self.key.search(plain, 1);
-        found.iter().map(|(_, d)| d).sum::<f32>() / found.len() as f32
+        let mut found = self.key.search(plain, 1, None);
+        let middle = found.len() / 2;
+        *found.select_nth_unstable_by(middle, f32::total_cmp).1
+    }
+
+    /// The routing distance in standard deviations of this task's held-out normal images'
+    /// (0 = typical): comparable across products, whose raw distances are on other scales.
+    pub fn normalised_distance(&self, plain: &[f32]) -> f32 {
+        (self.key_distance(plain) - self.routing.mean) / self.routing.std
+    }
+
+    /// Whether an image routed here is an unknown product: beyond the task's routing limit, and
+    /// most of its patches unlike any normal patch of the task. A defect raises the routing
+    /// distance too, but leaves most of the part as it should be.
+    pub fn is_unknown(&self, routing: &Routing, patch_scores: &[f32]) -> bool {
+        let unlike = patch_scores.iter().filter(|s| **s > self.routing.patch_limit).count();
+        routing.beyond && unlike * 2 > patch_scores.len()
     }
 
     /// Scores relative to this task's threshold (0 = the decision boundary), as reports, maps
@@ -58,20 +78,28 @@ impl TaskIndex {
 
     /// Per-patch mean distance to the k nearest knowledge rows.
     pub fn patch_scores(&self, features: &[f32]) -> Vec<f32> {
-        self.knowledge
-            .search(features, self.k)
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect()
+        match &self.projection {
+            Some(projection) => {
+                let projected = projection.apply(features);
+                self.knowledge
+                    .search(&projected.coefficients, self.k, Some(&projected.residuals))
+            }
+            None => self.knowledge.search(features, self.k, None),
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
+    /// The task with the smallest normalised routing distance.
     pub task: usize,
+    /// Its normalised distance (0 = a typical normal part of that task).
     pub distance: f32,
-    /// Second-best distance minus the best (∞ with one task): how clear the choice was.
+    /// Second-best normalised distance minus the best (∞ with one task): how clear the choice was.
     pub margin: f32,
+    /// The nearest task's distance is beyond what its normal parts produce: an unknown
+    /// product, or a part of it with a large defect (see [`TaskIndex::is_unknown`]).
+    pub beyond: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +109,9 @@ pub struct Judgement {
     /// Max patch score.
     pub score: f32,
     pub patch_scores: Vec<f32>,
+    /// No learned product explains the image.
+    pub unknown: bool,
+    /// Rejected: over the task's threshold, or an unknown product.
     pub anomalous: bool,
 }
 
@@ -97,8 +128,9 @@ impl Detector {
     }
 
     pub fn route(&self, plain: &[f32]) -> Routing {
-        let distances: Vec<f32> = self.tasks.iter().map(|t| t.key_distance(plain)).collect();
-        routing_from(&distances)
+        let distances: Vec<f32> = self.tasks.iter().map(|t| t.normalised_distance(plain)).collect();
+        let limits: Vec<f32> = self.tasks.iter().map(|t| t.routing.unknown_above).collect();
+        decide_route(&distances, &limits)
     }
 
     /// The features a task scores: its prompted pass when it has a prompt, else the plain ones.
@@ -121,16 +153,19 @@ impl Detector {
         Ok(self.tasks[task].patch_scores(&features))
     }
 
-    /// Plain pass → route → (prompted pass) → patch scores → decision.
+    /// Plain pass → route → (prompted pass) → patch scores → decision. An unknown product is
+    /// scored against its nearest task for information, and rejected.
     pub fn judge(&self, backbone: &Backbone, image: Tensor) -> Result<Judgement> {
         let plain = backbone.features(image.clone(), None)?;
         let routing = self.route(&plain);
         let patch_scores = self.score_task(backbone, &image, &plain, routing.task)?;
         let task = &self.tasks[routing.task];
         let score = image_score(&patch_scores);
+        let unknown = task.is_unknown(&routing, &patch_scores);
         Ok(Judgement {
             task_name: task.name.clone(),
-            anomalous: score > task.threshold,
+            unknown,
+            anomalous: score > task.threshold || unknown,
             score,
             patch_scores,
             routing,
@@ -143,7 +178,9 @@ pub fn image_score(patch_scores: &[f32]) -> f32 {
     patch_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-fn routing_from(distances: &[f32]) -> Routing {
+/// The routing decision from each task's normalised distance and unknown-product limit: the
+/// nearest task, unless even it is beyond its limit.
+pub fn decide_route(distances: &[f32], limits: &[f32]) -> Routing {
     let mut order: Vec<usize> = (0..distances.len()).collect();
     order.sort_by(|a, b| distances[*a].total_cmp(&distances[*b]));
     let best = order[0];
@@ -152,5 +189,6 @@ fn routing_from(distances: &[f32]) -> Routing {
         task: best,
         distance: distances[best],
         margin,
+        beyond: distances[best] > limits[best],
     }
 }

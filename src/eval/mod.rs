@@ -1,7 +1,10 @@
 //! Measuring ucad honestly: metrics, the continual protocol and its report (BENCHMARK.md).
 
 pub mod aupro;
+pub mod bank_sweep;
 pub mod continual;
+pub mod feature_cache;
 pub mod metrics;
 pub mod protocol;
 pub mod report;
+pub mod routing_stress;

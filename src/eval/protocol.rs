@@ -11,11 +11,12 @@ use log::info;
 
 use super::aupro::aupro;
 use super::continual::Matrix;
+use super::feature_cache::FeatureCache;
 use super::metrics::TieGroups;
 use super::report::{Report, TaskMetrics, Timing};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
-use crate::bank::Bank;
+use crate::bank::{Bank, Precision, Rows};
 use crate::data::dataset::{ground_truth, load_task, TaskData};
 use crate::data::folder::load_rgb;
 use crate::detect::fit::{extract_features, fit_from_features, FitParams};
@@ -33,6 +34,8 @@ pub struct EvalOptions {
     pub reference_fraction: f32,
     /// Where to write final-stage heatmaps, one folder per task.
     pub heatmaps: Option<PathBuf>,
+    /// Keep plain features here between runs.
+    pub feature_cache: Option<PathBuf>,
 }
 
 /// A task's data with its features computed once.
@@ -53,6 +56,8 @@ struct Scored {
     task: usize,
     /// Routing margin; `None` when the task was given.
     margin: Option<f32>,
+    /// Routed as an unknown product (the runtime would fail-safe it).
+    unknown: bool,
     patches: Vec<f32>,
 }
 
@@ -65,7 +70,11 @@ struct SetScores {
 pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOptions) -> Result<Report> {
     anyhow::ensure!(!tasks.is_empty(), "no tasks to evaluate");
     let data: Vec<TaskData> = tasks.iter().map(|t| load_task(root, t)).collect::<Result<_>>()?;
-    let sets: Vec<Prepared> = data.into_iter().map(|d| prepare(backbone, d)).collect::<Result<_>>()?;
+    let cache = options.feature_cache.as_deref().map(FeatureCache::new);
+    let sets: Vec<Prepared> = data
+        .into_iter()
+        .map(|d| prepare(backbone, cache.as_ref(), d))
+        .collect::<Result<_>>()?;
     let dim = backbone.meta.feature_dim();
     let mut bank = Bank::new(&backbone.file_sha256, dim, backbone.meta.patches());
     let mut matrices: Vec<Matrix> = vec![Vec::new(); 3];
@@ -128,13 +137,26 @@ pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOpt
     ))
 }
 
-fn prepare(backbone: &Backbone, data: TaskData) -> Result<Prepared> {
+/// Plain features of `images`, through the cache when there is one.
+fn features(
+    backbone: &Backbone,
+    cache: Option<&FeatureCache>,
+    images: &[PathBuf],
+    label: &str,
+) -> Result<Vec<Vec<f32>>> {
+    match cache {
+        Some(cache) => cache.features(backbone, images, label),
+        None => extract_features(backbone, images, label),
+    }
+}
+
+fn prepare(backbone: &Backbone, cache: Option<&FeatureCache>, data: TaskData) -> Result<Prepared> {
     let start = Instant::now();
-    let train = extract_features(backbone, &data.train, &format!("{}: train", data.name))?;
+    let train = features(backbone, cache, &data.train, &format!("{}: train", data.name))?;
     let train_s = start.elapsed().as_secs_f64();
     let paths: Vec<PathBuf> = data.test.iter().map(|t| t.image.clone()).collect();
     let start = Instant::now();
-    let test = extract_features(backbone, &paths, &format!("{}: test", data.name))?;
+    let test = features(backbone, cache, &paths, &format!("{}: test", data.name))?;
     let test_s = start.elapsed().as_secs_f64();
     let pre = Preprocessor::new(&backbone.meta);
     let truth = data
@@ -164,7 +186,10 @@ fn total_test_images(sets: &[Prepared]) -> usize {
 fn routed(detector: &Detector, features: &[f32]) -> Scored {
     let routing = detector.route(features);
     let mut scored = oracle(detector, routing.task, features);
+    let task = &detector.tasks[routing.task];
+    let raw: Vec<f32> = scored.patches.iter().map(|p| p + task.threshold).collect();
     scored.margin = Some(routing.margin);
+    scored.unknown = task.is_unknown(&routing, &raw);
     scored
 }
 
@@ -174,6 +199,7 @@ fn oracle(detector: &Detector, task: usize, features: &[f32]) -> Scored {
     Scored {
         task,
         margin: None,
+        unknown: false,
         patches,
     }
 }
@@ -209,7 +235,9 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
     let mut margins: Vec<f32> = scores.scored.iter().filter_map(|s| s.margin).collect();
     margins.sort_by(f32::total_cmp);
     let routed = !margins.is_empty();
-    let own_share = scores.scored.iter().filter(|s| s.task == own).count() as f64 / scores.scored.len() as f64;
+    let share = |pick: &dyn Fn(&Scored) -> bool| {
+        scores.scored.iter().filter(|s| pick(s)).count() as f64 / scores.scored.len() as f64
+    };
     let decided = threshold.is_some();
     TaskMetrics {
         task: set.data.name.clone(),
@@ -220,7 +248,8 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         pixel_auroc: pixels.auroc(),
         pixel_ap: pixels.average_precision(),
         aupro: aupro(&pairs, set.size, AUPRO_MAX_FPR),
-        routing_accuracy: routed.then_some(own_share),
+        routing_accuracy: routed.then(|| share(&|s| s.task == own)),
+        unknown_rate: routed.then(|| share(&|s| s.unknown)),
         routing_margin_min: margins.first().map(|m| *m as f64),
         routing_margin_median: margins.get(margins.len() / 2).map(|m| *m as f64),
         threshold: threshold.map(f64::from),
@@ -239,11 +268,12 @@ fn upper_reference(backbone: &Backbone, sets: &[Prepared], options: &EvalOptions
             let memory = set.train.concat();
             let count = ((memory.len() / dim) as f32 * options.reference_fraction).ceil() as usize;
             let rows = gather_rows(&memory, dim, &greedy_coreset(&memory, dim, count, options.fit.seed));
-            let index = KnnIndex::new(rows, dim);
+            let index = KnnIndex::new(Rows::new(dim, rows, Precision::F32));
             let scores = score_set(backbone, set, |f| Scored {
                 task: 0,
                 margin: None,
-                patches: index.search(f, 1).into_iter().map(|(_, d)| d).collect(),
+                unknown: false,
+                patches: index.search(f, 1, None),
             });
             info!(
                 "{}: reference memory {count} rows, {:.1} s",

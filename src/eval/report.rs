@@ -19,8 +19,11 @@ pub struct TaskMetrics {
     pub pixel_auroc: Option<f64>,
     pub pixel_ap: Option<f64>,
     pub aupro: Option<f64>,
-    /// Share of the task's test images routed to it (`None` when the task id was given).
+    /// Share of the task's test images routed to it, unknown verdicts included (`None` when
+    /// the task id was given).
     pub routing_accuracy: Option<f64>,
+    /// Share of the task's test images taken for an unknown product (fail-safe rejects).
+    pub unknown_rate: Option<f64>,
     pub routing_margin_min: Option<f64>,
     pub routing_margin_median: Option<f64>,
     pub threshold: Option<f64>,
@@ -94,12 +97,16 @@ pub struct Matrices {
 pub struct BankSize {
     pub bytes: usize,
     pub bytes_per_task: usize,
+    /// Key, projection, knowledge and prompt bytes of each task.
+    pub task_bytes: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub key_rows: usize,
-    pub knowledge_rows: usize,
+    pub knowledge_fraction: f32,
+    pub knowledge_dims: usize,
+    pub task_budget_bytes: usize,
     pub k: usize,
     pub holdout: f32,
     pub target_false_reject: f32,
@@ -183,7 +190,9 @@ impl Report {
             },
             settings: Settings {
                 key_rows: options.fit.key_rows,
-                knowledge_rows: options.fit.knowledge_rows,
+                knowledge_fraction: options.fit.knowledge_fraction,
+                knowledge_dims: options.fit.knowledge_dims,
+                task_budget_bytes: options.fit.task_budget_bytes,
                 k: options.fit.k,
                 holdout: options.fit.holdout,
                 target_false_reject: options.fit.target_false_reject,
@@ -214,6 +223,7 @@ impl Report {
             bank: BankSize {
                 bytes,
                 bytes_per_task: bytes / tasks.len().max(1),
+                task_bytes: bank.bytes_per_task(),
             },
             timing,
         }
@@ -225,17 +235,20 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "backbone {} blocks {:?} ({}), {} key / {} knowledge rows, k {}",
+            "backbone {} blocks {:?} ({}), {} key rows, knowledge {}% coreset in ≤ {} dims ({}), ≤ {} bytes/task, k {}",
             self.backbone.arch,
             self.backbone.blocks,
             self.backbone.quant,
             self.settings.key_rows,
-            self.settings.knowledge_rows,
+            self.settings.knowledge_fraction * 100.0,
+            self.settings.knowledge_dims,
+            self.settings.precision,
+            self.settings.task_budget_bytes,
             self.settings.k
         );
         let _ = writeln!(
             out,
-            "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
+            "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
             "task",
             "img",
             "pix",
@@ -243,6 +256,7 @@ impl Report {
             "f1max",
             "route",
             "margin",
+            "unk",
             "FRR",
             "esc",
             "orc.img",
@@ -258,7 +272,7 @@ impl Report {
         {
             let _ = writeln!(
                 out,
-                "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
+                "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
                 t.task,
                 f(t.image_auroc),
                 f(t.pixel_auroc),
@@ -266,6 +280,7 @@ impl Report {
                 f(t.f1_max),
                 f(t.routing_accuracy),
                 f(t.routing_margin_min),
+                f(t.unknown_rate),
                 f(t.false_reject_rate),
                 f(t.escape_rate),
                 f(o.image_auroc),
@@ -309,9 +324,10 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "bank {} bytes ({} per task); fit {:.1} s/task; {:.1} ms/image (backbone {:.1} on {} threads + route/score {:.2})",
+            "bank {} bytes ({} per task: {:?}); fit {:.1} s/task; {:.1} ms/image (backbone {:.1} on {} threads + route/score {:.2})",
             self.bank.bytes,
             self.bank.bytes_per_task,
+            self.bank.task_bytes,
             self.timing.fit_s_per_task,
             self.timing.ms_per_image,
             self.timing.backbone_ms_per_image,

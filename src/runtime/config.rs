@@ -107,15 +107,16 @@ pub struct BankConfig {
     /// Memory reserved at start-up: banks beyond it are refused.
     #[serde(default = "default_capacity_tasks")]
     pub capacity_tasks: usize,
-    #[serde(default = "default_capacity_rows")]
-    pub capacity_rows: usize,
+    /// Bytes of key, knowledge, projection and prompt per task, in KiB.
+    #[serde(default = "default_capacity_task_kib")]
+    pub capacity_task_kib: usize,
 }
 
 impl BankConfig {
     pub fn capacity(&self) -> crate::bank::Capacity {
         crate::bank::Capacity {
             tasks: self.capacity_tasks,
-            rows_per_task: self.capacity_rows,
+            bytes_per_task: self.capacity_task_kib.saturating_mul(1024),
         }
     }
 }
@@ -124,8 +125,8 @@ fn default_capacity_tasks() -> usize {
     32
 }
 
-fn default_capacity_rows() -> usize {
-    4096
+fn default_capacity_task_kib() -> usize {
+    2048
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -359,7 +360,7 @@ impl RunConfig {
             "failsafe.action = \"stop_line\" needs a [failsafe.stop_line] output"
         );
         ensure!(
-            self.bank.capacity_tasks >= 1 && self.bank.capacity_rows >= 1,
+            self.bank.capacity_tasks >= 1 && self.bank.capacity_task_kib >= 1,
             "bank capacity must be positive"
         );
         ensure!(

@@ -20,7 +20,7 @@ use super::reject::{Actuator, RejectLine, SimRecord, SimulatedLine};
 use super::schedule::Pulse;
 use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
-use crate::detect::{image_score, Detector};
+use crate::detect::{image_score, Detector, Routing};
 use crate::update::listener::{DeviceState, Installed, UpdateListener, UpdatePolicy};
 use crate::update::signing::read_public_key;
 use crate::update::store::BankStore;
@@ -327,7 +327,15 @@ impl Inspector {
             None
         } else {
             match in_frame_pool(|| self.judge(frame, counters)) {
-                Ok(j) => Some(j),
+                Ok(Some(j)) => Some(j),
+                Ok(None) => {
+                    counters.unknown_products += 1;
+                    warn!(
+                        "frame {}: no learned product explains it (unknown product)",
+                        frame.sequence
+                    );
+                    None
+                }
                 Err(e) => {
                     error!("frame {}: {e:#}", frame.sequence);
                     None
@@ -401,9 +409,9 @@ impl Inspector {
         });
     }
 
-    /// (task, image score − threshold) for a frame; its patch scores are left in
-    /// `self.patch_scores`.
-    fn judge(&mut self, frame: &mut Frame, counters: &mut Counters) -> Result<(usize, f32)> {
+    /// (task, image score − threshold) for a frame, `None` for an unknown product; its patch
+    /// scores are left in `self.patch_scores`.
+    fn judge(&mut self, frame: &mut Frame, counters: &mut Counters) -> Result<Option<(usize, f32)>> {
         let mut lap = Lap::start();
         let installed = self.current.clone().context("no bank loaded")?;
         let detector = &installed.detector;
@@ -413,23 +421,28 @@ impl Inspector {
         lap.mark(counters, Stage::Preprocess);
         let plain = self.backbone.features(tensor.clone(), None)?;
         lap.mark(counters, Stage::PlainPass);
-        let mut task = route(&mut self.sticky, self.config.routing, detector, &plain, counters);
+        let (mut task, mut fresh) = route(&mut self.sticky, self.config.routing, detector, &plain, counters);
         lap.mark(counters, Stage::Routing);
         let mut relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
-        if self.config.routing.mode == RoutingMode::Sticky && relative > 0.0 && self.sticky.since_reroute > 0 {
+        if relative > 0.0 && fresh.is_none() {
             // A would-be reject in sticky mode: make sure it is not a different product.
-            let fresh = detector.route(&plain).task;
+            let routing = detector.route(&plain);
             lap.mark(counters, Stage::Routing);
-            if fresh != task {
+            self.sticky.since_reroute = 0;
+            if routing.task != task {
                 counters.routing_switches += 1;
-                self.sticky.task = Some(fresh);
-                task = fresh;
+                self.sticky.task = Some(routing.task);
+                task = routing.task;
                 relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
             }
-            self.sticky.since_reroute = 0;
+            fresh = Some(routing);
+        }
+        if fresh.is_some_and(|r| detector.tasks[task].is_unknown(&r, &self.patch_scores)) {
+            self.sticky.task = None;
+            return Ok(None);
         }
         counters.judged += 1;
-        Ok((task, relative))
+        Ok(Some((task, relative)))
     }
 
     /// The region of interest as the network's input tensor.
@@ -502,28 +515,29 @@ fn memory_report(steady: Option<(AllocationCounts, u64)>, frames: u64) -> Memory
 }
 
 /// Per frame: route every time. Sticky: keep the last task for up to `reroute_every` frames.
+/// The routing comes back when it was done for this frame (`None`: the sticky task).
 fn route(
     sticky: &mut Sticky,
     config: RoutingConfig,
     detector: &Detector,
     plain: &[f32],
     counters: &mut Counters,
-) -> usize {
+) -> (usize, Option<Routing>) {
     if config.mode == RoutingMode::Sticky && sticky.since_reroute < config.reroute_every {
         if let Some(task) = sticky.task {
             sticky.since_reroute += 1;
-            return task;
+            return (task, None);
         }
     }
-    let task = detector.route(plain).task;
-    if sticky.task.is_some_and(|t| t != task) {
+    let routing = detector.route(plain);
+    if sticky.task.is_some_and(|t| t != routing.task) {
         counters.routing_switches += 1;
     }
     *sticky = Sticky {
-        task: Some(task),
+        task: Some(routing.task),
         since_reroute: 0,
     };
-    task
+    (routing.task, Some(routing))
 }
 
 /// Edge capacity of a simulated line (reserved at start-up).

@@ -111,6 +111,14 @@ mod tests {
             knowledge: Rows::new(2, vec![0.0, 1.0], crate::bank::Precision::F32),
             k: 1,
             threshold: 1.0,
+            projection: None,
+            routing: crate::bank::RoutingStats {
+                count: 3,
+                mean: 1.0,
+                std: 0.1,
+                unknown_above: 6.0,
+                patch_limit: 0.5,
+            },
             normal: NormalStats {
                 count: 1,
                 mean: 0.0,
@@ -124,7 +132,7 @@ mod tests {
 
     const ROOM: Capacity = Capacity {
         tasks: 4,
-        rows_per_task: 16,
+        bytes_per_task: 1024,
     };
 
     #[test]

@@ -58,13 +58,13 @@ impl TinyProduct {
         TinyProduct { backbone, data }
     }
 
-    /// A one-task bank for the product with `knowledge_rows` rows and the given version.
-    pub fn bank(&self, knowledge_rows: usize, version: u64) -> ucad::bank::Bank {
+    /// A one-task bank for the product with a `knowledge_fraction` coreset and the given version.
+    pub fn bank(&self, knowledge_fraction: f32, version: u64) -> ucad::bank::Bank {
         use ucad::detect::fit::{fit_task, FitParams};
         let backbone = ucad::backbone::Backbone::load(&self.backbone).expect("load the tiny backbone");
         let params = FitParams {
             key_rows: 24,
-            knowledge_rows,
+            knowledge_fraction,
             ..FitParams::default()
         };
         let mut bank = ucad::bank::Bank::new(
