@@ -293,10 +293,10 @@ struct BenchBankArgs {
 struct BenchRoutingArgs {
     #[arg(long, default_value = "default")]
     backbone: String,
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, requires = "tasks")]
+    data: Option<PathBuf>,
     /// Real sets under --data, spread through the sequence.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', requires = "data")]
     tasks: Vec<String>,
     /// Generated products in the sequence.
     #[arg(long, default_value_t = 16)]
@@ -617,7 +617,8 @@ fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
         fit: args.params.params(),
     };
     let start = Instant::now();
-    let report = ucad::eval::routing_stress::run(&backbone, &args.data, &args.tasks, &args.feature_cache, &options)?;
+    let real = args.data.as_deref().map(|root| (root, &args.tasks[..]));
+    let report = ucad::eval::routing_stress::run(&backbone, real, &args.feature_cache, &options)?;
     print!("{}", ucad::eval::routing_stress::table(&report));
     println!("bench-routing finished in {:.1} s", start.elapsed().as_secs_f64());
     if let Some(path) = args.json {

@@ -64,7 +64,7 @@ pub struct RoutingStats {
     pub std: f32,
     /// Normalised distance above which an image may not be this product.
     pub unknown_above: f32,
-    /// Patch score above which a patch is unlike the task's normal patches (their 0.99 quantile).
+    /// Patch score above which a patch is unlike the task's normal patches (their 0.995 quantile).
     pub patch_limit: f32,
 }
 

@@ -123,7 +123,7 @@ pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOpt
     if let Some(dir) = &options.heatmaps {
         write_heatmaps(backbone, dir, &sets, &final_scores, &detector)?;
     }
-    let timing = timing(&sets, &fit_s, route_score_ms);
+    let timing = timing(&sets, &fit_s, route_score_ms, cache.is_some());
     Ok(Report::new(
         backbone,
         tasks,
@@ -310,7 +310,7 @@ fn write_heatmaps(
 }
 
 /// `route_score_ms`: routing, scoring and map per image in the final stage (all tasks learned).
-fn timing(sets: &[Prepared], fit_s: &[f64], route_score_ms: f64) -> Timing {
+fn timing(sets: &[Prepared], fit_s: &[f64], route_score_ms: f64, feature_cache: bool) -> Timing {
     let backbone_ms = sets.iter().map(|s| s.test_s).sum::<f64>() * 1e3 / total_test_images(sets) as f64;
     Timing {
         fit_s_per_task: fit_s.iter().sum::<f64>() / fit_s.len() as f64,
@@ -318,5 +318,6 @@ fn timing(sets: &[Prepared], fit_s: &[f64], route_score_ms: f64) -> Timing {
         backbone_ms_per_image: backbone_ms,
         route_score_ms_per_image: route_score_ms,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        feature_cache,
     }
 }

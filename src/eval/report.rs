@@ -43,6 +43,9 @@ pub struct Timing {
     pub backbone_ms_per_image: f64,
     pub route_score_ms_per_image: f64,
     pub threads: usize,
+    /// Features were read through the feature cache: backbone and fit times then count reading
+    /// them, not computing them.
+    pub feature_cache: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -334,6 +337,12 @@ impl Report {
             self.timing.threads,
             self.timing.route_score_ms_per_image
         );
+        if self.timing.feature_cache {
+            let _ = writeln!(
+                out,
+                "(features through the cache: backbone and fit times may be reading times)"
+            );
+        }
         out
     }
 }
