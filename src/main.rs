@@ -542,7 +542,7 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
     for path in images {
         let image = load_rgb(path)?;
         let j = detector.judge(&backbone, pre.tensor(&image)?)?;
-        let threshold = detector.tasks[j.routing.task].threshold;
+        let threshold = detector.tasks[j.task].threshold;
         let decision = match (j.unknown, j.anomalous) {
             (true, _) => "REJECT (unknown product)",
             (false, true) => "REJECT",
@@ -558,7 +558,7 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
             j.score
         );
         if let Some(dir) = heatmaps {
-            let relative: Vec<f32> = detector.tasks[j.routing.task].relative(&j.patch_scores).collect();
+            let relative: Vec<f32> = detector.tasks[j.task].relative(&j.patch_scores).collect();
             let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
             let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
             save_overlay(&dir.join(format!("{stem}.png")), &pre.fit(&image)?, &map, threshold)?;

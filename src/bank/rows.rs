@@ -12,6 +12,17 @@ pub enum Precision {
     I8,
 }
 
+impl Precision {
+    /// Bytes that `len` rows of `dim` take when stored at this precision.
+    pub fn bytes(self, len: usize, dim: usize) -> usize {
+        match self {
+            Precision::F32 => len * dim * 4,
+            Precision::F16 => len * dim * 2,
+            Precision::I8 => dim * 4 + len * dim,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Storage {
     F32(Vec<f32>),
@@ -78,11 +89,7 @@ impl Rows {
     }
 
     pub fn bytes(&self) -> usize {
-        match &self.storage {
-            Storage::F32(v) => v.len() * 4,
-            Storage::F16(v) => v.len() * 2,
-            Storage::I8 { scales, values } => scales.len() * 4 + values.len(),
-        }
+        self.precision().bytes(self.len(), self.dim())
     }
 
     /// The rows as f32: what is searched, exactly as stored.

@@ -134,6 +134,8 @@ pub struct Fitting<'a> {
     memory: Vec<f32>,
     memory_images: usize,
     held: Vec<usize>,
+    /// The routing key's rows (full precision).
+    key: Vec<f32>,
     seed: u64,
 }
 
@@ -151,13 +153,20 @@ impl<'a> Fitting<'a> {
             "features are not rows of {dim}"
         );
         let (memory_ids, held) = split(features.len(), params.holdout, params.seed)?;
+        let memory: Vec<f32> = memory_ids.iter().flat_map(|&i| features[i].iter().copied()).collect();
+        let key = gather_rows(
+            &memory,
+            dim,
+            &greedy_coreset(&memory, dim, params.key_rows, params.seed),
+        );
         Ok(Fitting {
             name: name.to_string(),
             dim,
             features,
-            memory: memory_ids.iter().flat_map(|&i| features[i].iter().copied()).collect(),
+            memory,
             memory_images: memory_ids.len(),
             held,
+            key,
             seed: params.seed,
         })
     }
@@ -180,7 +189,7 @@ impl<'a> Fitting<'a> {
     /// Knowledge rows: the asked-for fraction of the memory patches, cut to the budget.
     pub fn knowledge_count(&self, params: &FitParams, projection: Option<&Projection>) -> Result<usize> {
         let dims = projection.map_or(self.dim, Projection::out_dim);
-        let key_bytes = Rows::new(self.dim, vec![0.0; self.dim * params.key_rows], params.precision).bytes();
+        let key_bytes = params.precision.bytes(params.key_rows, self.dim);
         let fixed = key_bytes + projection.map_or(0, Projection::bytes);
         let room = knowledge_room(params, fixed, dims).with_context(|| format!("task {}", self.name))?;
         let wanted = (self.memory_rows() as f64 * params.knowledge_fraction as f64).ceil() as usize;
@@ -192,14 +201,9 @@ impl<'a> Fitting<'a> {
         greedy_coreset(&self.memory, self.dim, count, self.seed + 1)
     }
 
-    /// The task with the memory rows `chosen` as knowledge, stored as `params` say, calibrated
-    /// on the held-out images.
+    /// The task with the memory rows `chosen` as knowledge, stored as `params` say (the key as
+    /// chosen at `new`), calibrated on the held-out images.
     pub fn task(&self, params: &FitParams, projection: Option<Projection>, chosen: &[usize]) -> Task {
-        let key = gather_rows(
-            &self.memory,
-            self.dim,
-            &greedy_coreset(&self.memory, self.dim, params.key_rows, self.seed),
-        );
         let rows = gather_rows(&self.memory, self.dim, chosen);
         let (knowledge, knowledge_dim) = match &projection {
             Some(p) => (ProjectionIndex::new(p).apply(&rows).coefficients, p.out_dim()),
@@ -207,7 +211,7 @@ impl<'a> Fitting<'a> {
         };
         let mut task = Task {
             name: self.name.clone(),
-            key: Rows::new(self.dim, key, params.precision),
+            key: Rows::new(self.dim, self.key.clone(), params.precision),
             prompt: None,
             projection,
             knowledge: Rows::new(knowledge_dim, knowledge, params.precision),
@@ -231,11 +235,8 @@ impl<'a> Fitting<'a> {
 
 /// How many knowledge rows of `dims` fit the budget beside `fixed_bytes`.
 fn knowledge_room(params: &FitParams, fixed_bytes: usize, dims: usize) -> Result<usize> {
-    let (per_row, once) = match params.precision {
-        Precision::F32 => (dims * 4, 0),
-        Precision::F16 => (dims * 2, 0),
-        Precision::I8 => (dims, dims * 4),
-    };
+    let once = params.precision.bytes(0, dims);
+    let per_row = params.precision.bytes(1, dims) - once;
     let left = params.task_budget_bytes.saturating_sub(fixed_bytes + once);
     ensure!(
         left >= per_row,

@@ -62,12 +62,10 @@ impl TaskIndex {
         (self.key_distance(plain) - self.routing.mean) / self.routing.std
     }
 
-    /// Whether an image routed here is an unknown product: beyond the task's routing limit, and
-    /// most of its patches unlike any normal patch of the task. A defect raises the routing
-    /// distance too, but leaves most of the part as it should be.
-    pub fn is_unknown(&self, routing: &Routing, patch_scores: &[f32]) -> bool {
+    /// Share of an image's patches unlike any normal patch of this task.
+    pub fn unlike_share(&self, patch_scores: &[f32]) -> f32 {
         let unlike = patch_scores.iter().filter(|s| **s > self.routing.patch_limit).count();
-        routing.beyond && unlike * 2 > patch_scores.len()
+        unlike as f32 / patch_scores.len().max(1) as f32
     }
 
     /// Scores relative to this task's threshold (0 = the decision boundary), as reports, maps
@@ -98,13 +96,29 @@ pub struct Routing {
     /// Second-best normalised distance minus the best (∞ with one task): how clear the choice was.
     pub margin: f32,
     /// The nearest task's distance is beyond what its normal parts produce: an unknown
-    /// product, or a part of it with a large defect (see [`TaskIndex::is_unknown`]).
+    /// product, or a part with a large defect (see [`Detector::resolve`]).
     pub beyond: bool,
+    /// The nearest tasks, nearest first (at most [`CANDIDATES`]).
+    pub candidates: Vec<usize>,
+}
+
+/// Tasks compared by their knowledge when the nearest one's routing distance is beyond its limit.
+pub const CANDIDATES: usize = 3;
+
+/// What a routed image is judged as: a task and its patch scores, or an unknown product.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub task: usize,
+    pub patch_scores: Vec<f32>,
+    /// No candidate's knowledge explains most of the image.
+    pub unknown: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Judgement {
     pub routing: Routing,
+    /// The task the image was judged against (the nearest, unless resolved otherwise).
+    pub task: usize,
     pub task_name: String,
     /// Max patch score.
     pub score: f32,
@@ -153,21 +167,60 @@ impl Detector {
         Ok(self.tasks[task].patch_scores(&features))
     }
 
+    /// The verdict on a routed image from the nearest task's patch scores. Within its limit,
+    /// that task. Beyond it (a large defect also raises the routing distance, and products of
+    /// very uniform images have a narrow spread), the candidate whose knowledge explains most
+    /// of the patches, scored by `score`; an unknown product when even that one leaves most of
+    /// them unlike its normal patches.
+    pub fn resolve(
+        &self,
+        routing: &Routing,
+        nearest: Vec<f32>,
+        mut score: impl FnMut(usize) -> Result<Vec<f32>>,
+    ) -> Result<Verdict> {
+        let mut best = Verdict {
+            task: routing.task,
+            patch_scores: nearest,
+            unknown: false,
+        };
+        if !routing.beyond {
+            return Ok(best);
+        }
+        let mut best_share = self.tasks[best.task].unlike_share(&best.patch_scores);
+        for &task in &routing.candidates[1..] {
+            let patch_scores = score(task)?;
+            let share = self.tasks[task].unlike_share(&patch_scores);
+            if share < best_share {
+                (best, best_share) = (
+                    Verdict {
+                        task,
+                        patch_scores,
+                        unknown: false,
+                    },
+                    share,
+                );
+            }
+        }
+        best.unknown = best_share > 0.5;
+        Ok(best)
+    }
+
     /// Plain pass → route → (prompted pass) → patch scores → decision. An unknown product is
-    /// scored against its nearest task for information, and rejected.
+    /// scored against its nearest candidate for information, and rejected.
     pub fn judge(&self, backbone: &Backbone, image: Tensor) -> Result<Judgement> {
         let plain = backbone.features(image.clone(), None)?;
         let routing = self.route(&plain);
-        let patch_scores = self.score_task(backbone, &image, &plain, routing.task)?;
-        let task = &self.tasks[routing.task];
-        let score = image_score(&patch_scores);
-        let unknown = task.is_unknown(&routing, &patch_scores);
+        let nearest = self.score_task(backbone, &image, &plain, routing.task)?;
+        let verdict = self.resolve(&routing, nearest, |t| self.score_task(backbone, &image, &plain, t))?;
+        let task = &self.tasks[verdict.task];
+        let score = image_score(&verdict.patch_scores);
         Ok(Judgement {
+            task: verdict.task,
             task_name: task.name.clone(),
-            unknown,
-            anomalous: score > task.threshold || unknown,
+            unknown: verdict.unknown,
+            anomalous: score > task.threshold || verdict.unknown,
             score,
-            patch_scores,
+            patch_scores: verdict.patch_scores,
             routing,
         })
     }
@@ -190,5 +243,65 @@ pub fn decide_route(distances: &[f32], limits: &[f32]) -> Routing {
         distance: distances[best],
         margin,
         beyond: distances[best] > limits[best],
+        candidates: order.into_iter().take(CANDIDATES).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bank::{NormalStats, Precision, Rows};
+
+    /// A one-row task whose patch scores are distances to `centre` in one dimension.
+    fn task(name: &str, centre: f32) -> Task {
+        Task {
+            name: name.into(),
+            key: Rows::new(1, vec![centre], Precision::F32),
+            prompt: None,
+            projection: None,
+            knowledge: Rows::new(1, vec![centre], Precision::F32),
+            k: 1,
+            threshold: 1.0,
+            normal: NormalStats {
+                count: 1,
+                mean: 0.0,
+                std: 0.0,
+                max: 0.0,
+                target_false_reject: 0.01,
+            },
+            routing: RoutingStats {
+                count: 1,
+                mean: 0.0,
+                std: 1.0,
+                unknown_above: 15.0,
+                patch_limit: 0.5,
+            },
+        }
+    }
+
+    #[test]
+    fn beyond_the_limit_the_candidate_that_explains_most_patches_judges_or_none_does() {
+        let detector = Detector {
+            tasks: ["a", "b", "c"]
+                .iter()
+                .zip([0.0, 10.0, 20.0])
+                .map(|(n, c)| TaskIndex::new(&task(n, c)))
+                .collect(),
+        };
+        let scores = |features: &[f32], t: usize| detector.tasks[t].patch_scores(features);
+        let routed = |distances: [f32; 3]| decide_route(&distances, &[15.0; 3]);
+        let judge = |features: &[f32], routing: &Routing| {
+            let nearest = scores(features, routing.task);
+            detector.resolve(routing, nearest, |t| Ok(scores(features, t))).unwrap()
+        };
+        // Within the limit: the nearest task, whatever the patches.
+        let v = judge(&[9.0, 9.0, 9.0], &routed([1.0, 2.0, 3.0]));
+        assert_eq!((v.task, v.unknown), (0, false));
+        // Beyond it: b's knowledge explains two of three patches; a's and c's none.
+        let v = judge(&[10.0, 10.2, 3.0], &routed([16.0, 17.0, 18.0]));
+        assert_eq!((v.task, v.unknown, v.patch_scores.len()), (1, false, 3));
+        // Beyond it, and no candidate explains most patches: unknown.
+        let v = judge(&[5.0, 15.0, 10.0], &routed([16.0, 17.0, 18.0]));
+        assert!(v.unknown);
     }
 }

@@ -185,12 +185,17 @@ fn total_test_images(sets: &[Prepared]) -> usize {
 
 fn routed(detector: &Detector, features: &[f32]) -> Scored {
     let routing = detector.route(features);
-    let mut scored = oracle(detector, routing.task, features);
-    let task = &detector.tasks[routing.task];
-    let raw: Vec<f32> = scored.patches.iter().map(|p| p + task.threshold).collect();
-    scored.margin = Some(routing.margin);
-    scored.unknown = task.is_unknown(&routing, &raw);
-    scored
+    let scores = |t: usize| detector.tasks[t].patch_scores(features);
+    let verdict = detector
+        .resolve(&routing, scores(routing.task), |t| Ok(scores(t)))
+        .expect("scoring from features cannot fail");
+    let task = &detector.tasks[verdict.task];
+    Scored {
+        task: verdict.task,
+        margin: Some(routing.margin),
+        unknown: verdict.unknown,
+        patches: task.relative(&verdict.patch_scores).collect(),
+    }
 }
 
 fn oracle(detector: &Detector, task: usize, features: &[f32]) -> Scored {

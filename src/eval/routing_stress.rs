@@ -16,7 +16,7 @@ use crate::backbone::Backbone;
 use crate::data::dataset::{load_task, TaskData};
 use crate::data::synthetic::{products, SplitCounts};
 use crate::detect::fit::{fit_from_features, FitParams};
-use crate::detect::{decide_route, Routing, TaskIndex};
+use crate::detect::{decide_route, Detector, Routing, TaskIndex};
 
 pub struct StressOptions {
     /// Generated products added to the real sets.
@@ -71,9 +71,10 @@ struct Distances {
     /// [image][task]
     rows: Vec<Vec<f32>>,
     limits: Vec<f32>,
-    /// Whether (image, task) is an unknown product to that task, for every pair some bank
-    /// routes beyond its limit (the patch check needs the task's knowledge).
-    unknown: HashMap<(usize, usize), bool>,
+    /// For every image some bank routes beyond its nearest task's limit, keyed by the image and
+    /// that bank's candidate tasks: the task it is judged as, and whether it is unknown (the
+    /// verdict needs the candidates' knowledge).
+    resolved: HashMap<(usize, Vec<usize>), (usize, bool)>,
 }
 
 /// `real`: a dataset root and the sets under it to spread through the generated products.
@@ -90,11 +91,11 @@ pub fn run(
         .collect::<Result<_>>()?;
     let cache = FeatureCache::new(cache_dir);
     let dim = backbone.meta.feature_dim();
-    let mut tasks = Vec::new();
+    let mut detector = Detector { tasks: Vec::new() };
     let mut test = Vec::new();
     for (t, set) in sets.iter().enumerate() {
         let train = cache.features(backbone, &set.train, &format!("{}: train", set.name))?;
-        tasks.push(TaskIndex::new(&fit_from_features(
+        detector.tasks.push(TaskIndex::new(&fit_from_features(
             &set.name,
             &train,
             dim,
@@ -109,7 +110,8 @@ pub fn run(
         &test,
         || (),
         |_, (_, f)| {
-            Ok(tasks
+            Ok(detector
+                .tasks
                 .iter()
                 .map(|task| task.normalised_distance(f))
                 .collect::<Vec<f32>>())
@@ -118,33 +120,32 @@ pub fn run(
     let mut distances = Distances {
         owner: test.iter().map(|(t, _)| *t).collect(),
         rows,
-        limits: tasks.iter().map(|t| t.routing.unknown_above).collect(),
-        unknown: HashMap::new(),
+        limits: detector.tasks.iter().map(|t| t.routing.unknown_above).collect(),
+        resolved: HashMap::new(),
     };
-    let pairs = beyond_pairs(&distances);
-    let checked = crate::parallel::map(
-        &pairs,
+    let beyond = beyond_routings(&distances);
+    let resolved = crate::parallel::map(
+        &beyond,
         || (),
-        |_, (image, task, routing)| {
-            let index = &tasks[*task];
-            Ok((
-                (*image, *task),
-                index.is_unknown(routing, &index.patch_scores(&test[*image].1)),
-            ))
+        |_, (image, routing)| {
+            let scores = |t: usize| detector.tasks[t].patch_scores(&test[*image].1);
+            let verdict = detector.resolve(routing, scores(routing.task), |t| Ok(scores(t)))?;
+            Ok(((*image, routing.candidates.clone()), (verdict.task, verdict.unknown)))
         },
     )?;
-    distances.unknown.extend(checked);
+    distances.resolved.extend(resolved);
     let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
     Ok(report(&names, &distances))
 }
 
-/// (image, task, routing) wherever a bank of the report routes an image beyond its limit.
-fn beyond_pairs(d: &Distances) -> Vec<(usize, usize, Routing)> {
+/// (image, routing in task numbers) wherever a bank of the report routes an image beyond its
+/// nearest task's limit.
+fn beyond_routings(d: &Distances) -> Vec<(usize, Routing)> {
     banks(d)
         .flat_map(|(bank, images)| {
             images.into_iter().filter_map(move |i| {
                 let routing = route_within(&d.rows[i], &d.limits, &bank);
-                routing.beyond.then(|| (i, bank[routing.task], routing))
+                routing.beyond.then_some((i, routing))
             })
         })
         .collect()
@@ -202,18 +203,26 @@ fn report(names: &[String], d: &Distances) -> StressReport {
     }
 }
 
-/// Routing among the tasks in `bank` only (the task is a position in `bank`).
+/// Routing among the tasks in `bank` only, in task numbers.
 fn route_within(row: &[f32], limits: &[f32], bank: &[usize]) -> Routing {
     let distances: Vec<f32> = bank.iter().map(|t| row[*t]).collect();
     let limits: Vec<f32> = bank.iter().map(|t| limits[*t]).collect();
-    decide_route(&distances, &limits)
+    let routing = decide_route(&distances, &limits);
+    Routing {
+        task: bank[routing.task],
+        candidates: routing.candidates.iter().map(|c| bank[*c]).collect(),
+        ..routing
+    }
 }
 
-/// An image's decision by `bank`: (chosen task, unknown, margin).
+/// An image's decision by `bank`: (judged task, unknown, margin).
 fn decide(d: &Distances, image: usize, bank: &[usize]) -> (usize, bool, f32) {
     let routing = route_within(&d.rows[image], &d.limits, bank);
-    let task = bank[routing.task];
-    let unknown = routing.beyond && d.unknown[&(image, task)];
+    let (task, unknown) = if routing.beyond {
+        d.resolved[&(image, routing.candidates)]
+    } else {
+        (routing.task, false)
+    };
     (task, unknown, routing.margin)
 }
 
@@ -344,12 +353,15 @@ mod tests {
                 vec![1.9, 5.0, 1.0], // a c-part a would explain when c is left out
             ],
             limits: vec![2.0; 3],
-            unknown: HashMap::new(),
+            resolved: HashMap::new(),
         };
-        // The patch check agrees with every routing beyond its limit.
-        let beyond = beyond_pairs(&d);
-        d.unknown
-            .extend(beyond.into_iter().map(|(image, task, _)| ((image, task), true)));
+        // The knowledge finds nothing better than the nearest task, and calls the image unknown.
+        let beyond = beyond_routings(&d);
+        d.resolved.extend(
+            beyond
+                .into_iter()
+                .map(|(image, r)| ((image, r.candidates), (r.task, true))),
+        );
         let r = report(&names, &d);
         assert_eq!(r.stages[0].accuracy, 1.0);
         let after_b = &r.stages[1];

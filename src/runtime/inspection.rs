@@ -437,9 +437,23 @@ impl Inspector {
             }
             fresh = Some(routing);
         }
-        if fresh.is_some_and(|r| detector.tasks[task].is_unknown(&r, &self.patch_scores)) {
-            self.sticky.task = None;
-            return Ok(None);
+        if let Some(routing) = fresh.filter(|r| r.beyond) {
+            let backbone = &self.backbone;
+            let verdict = detector.resolve(&routing, self.patch_scores.clone(), |t| {
+                Ok(detector.tasks[t].patch_scores(&detector.task_features(backbone, &tensor, &plain, t)?))
+            })?;
+            lap.mark(counters, Stage::Knn);
+            if verdict.unknown {
+                self.sticky.task = None;
+                return Ok(None);
+            }
+            if verdict.task != task {
+                counters.routing_switches += 1;
+                (task, self.sticky.task) = (verdict.task, Some(verdict.task));
+            }
+            relative = image_score(&verdict.patch_scores) - detector.tasks[task].threshold;
+            self.patch_scores.clear();
+            self.patch_scores.extend_from_slice(&verdict.patch_scores);
         }
         counters.judged += 1;
         Ok(Some((task, relative)))
