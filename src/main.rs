@@ -272,15 +272,12 @@ struct EvalArgs {
     params: FitParamsArgs,
 }
 
+/// What the bank and routing benchmarks share.
 #[derive(clap::Args)]
-struct BenchBankArgs {
+struct BenchCommonArgs {
     #[arg(long, default_value = "default")]
     backbone: String,
-    #[arg(long)]
-    data: PathBuf,
-    #[arg(long, value_delimiter = ',', required = true)]
-    tasks: Vec<String>,
-    /// Where plain features are kept between runs.
+    /// Where plain features (and generated products) are kept between runs.
     #[arg(long, default_value = "models/feature-cache")]
     feature_cache: PathBuf,
     #[arg(long)]
@@ -290,9 +287,17 @@ struct BenchBankArgs {
 }
 
 #[derive(clap::Args)]
+struct BenchBankArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    #[command(flatten)]
+    common: BenchCommonArgs,
+}
+
+#[derive(clap::Args)]
 struct BenchRoutingArgs {
-    #[arg(long, default_value = "default")]
-    backbone: String,
     #[arg(long, requires = "tasks")]
     data: Option<PathBuf>,
     /// Real sets under --data, spread through the sequence.
@@ -311,13 +316,8 @@ struct BenchRoutingArgs {
     test_good: usize,
     #[arg(long, default_value_t = 10)]
     test_defective: usize,
-    /// Where plain features and the generated products are kept between runs.
-    #[arg(long, default_value = "models/feature-cache")]
-    feature_cache: PathBuf,
-    #[arg(long)]
-    json: Option<PathBuf>,
     #[command(flatten)]
-    params: FitParamsArgs,
+    common: BenchCommonArgs,
 }
 
 #[derive(clap::Args)]
@@ -587,24 +587,19 @@ fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
 }
 
 fn bench_bank(cache: &ModelCache, args: BenchBankArgs) -> Result<()> {
-    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
-    let params = args.params.params();
+    let (backbone, params) = args.common.load(cache)?;
     let start = Instant::now();
-    let features = ucad::eval::feature_cache::FeatureCache::new(&args.feature_cache);
+    let features = ucad::eval::feature_cache::FeatureCache::new(&args.common.feature_cache);
     let points = ucad::eval::bank_sweep::run(&backbone, &args.data, &args.tasks, &features, &params)?;
     print!(
         "{}",
         ucad::eval::bank_sweep::table(&args.tasks, &points, params.task_budget_bytes)
     );
-    println!("bench-bank finished in {:.1} s", start.elapsed().as_secs_f64());
-    if let Some(path) = args.json {
-        ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&points)?.as_bytes())?;
-    }
-    Ok(())
+    args.common.finish("bench-bank", start, &points)
 }
 
 fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
-    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
+    let (backbone, fit) = args.common.load(cache)?;
     let options = ucad::eval::routing_stress::StressOptions {
         synthetic: args.synthetic,
         seed: args.synthetic_seed,
@@ -614,17 +609,28 @@ fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
             test_good: args.test_good,
             test_defective: args.test_defective,
         },
-        fit: args.params.params(),
+        fit,
     };
     let start = Instant::now();
     let real = args.data.as_deref().map(|root| (root, &args.tasks[..]));
-    let report = ucad::eval::routing_stress::run(&backbone, real, &args.feature_cache, &options)?;
+    let report = ucad::eval::routing_stress::run(&backbone, real, &args.common.feature_cache, &options)?;
     print!("{}", ucad::eval::routing_stress::table(&report));
-    println!("bench-routing finished in {:.1} s", start.elapsed().as_secs_f64());
-    if let Some(path) = args.json {
-        ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    args.common.finish("bench-routing", start, &report)
+}
+
+impl BenchCommonArgs {
+    fn load(&self, cache: &ModelCache) -> Result<(Backbone, FitParams)> {
+        Ok((Backbone::load(&cache.resolve(&self.backbone)?)?, self.params.params()))
     }
-    Ok(())
+
+    /// Prints the run time and writes the JSON report when asked for.
+    fn finish(&self, name: &str, start: Instant, report: &impl serde::Serialize) -> Result<()> {
+        println!("{name} finished in {:.1} s", start.elapsed().as_secs_f64());
+        if let Some(path) = &self.json {
+            ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 /// The embedded dry-run board: generated products, a simulated reject line.

@@ -1,33 +1,19 @@
 //! Damaged, foreign and oversized banks are refused with a clear error, never a panic.
 
 use ucad::bank::format::{load_for_backbone, BankError};
-use ucad::bank::{Bank, Capacity, NormalStats, Precision, RoutingStats, Rows, Task};
+use ucad::bank::{Bank, Capacity, Precision, Rows, Task};
 
 fn task(name: &str, rows: usize, precision: Precision) -> Task {
     let data: Vec<f32> = (0..rows * 4).map(|i| (i as f32 * 0.37).sin()).collect();
-    Task {
-        name: name.into(),
-        key: Rows::new(4, data.clone(), precision),
-        prompt: None,
-        knowledge: Rows::new(4, data, precision),
-        k: 1,
-        threshold: 0.5,
-        projection: None,
-        routing: RoutingStats {
-            count: 3,
-            mean: 1.0,
-            std: 0.1,
-            unknown_above: 6.0,
-            patch_limit: 0.5,
-        },
-        normal: NormalStats {
-            count: 3,
-            mean: 0.2,
-            std: 0.1,
-            max: 0.4,
-            target_false_reject: 0.01,
-        },
-    }
+    let mut task = Task::uncalibrated(
+        name,
+        Rows::new(4, data.clone(), precision),
+        None,
+        Rows::new(4, data, precision),
+        1,
+    );
+    task.threshold = 0.5;
+    task
 }
 
 fn small_bank() -> Bank {

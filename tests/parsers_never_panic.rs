@@ -4,7 +4,7 @@
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ucad::bank::{Bank, Capacity, NormalStats, Precision, RoutingStats, Rows, Task};
+use ucad::bank::{Bank, Capacity, Precision, Rows, Task};
 use ucad::update::listener::{validate, UpdatePolicy};
 use ucad::update::signing::sign;
 
@@ -15,30 +15,10 @@ fn small_bank() -> Bank {
     let mut bank = Bank::new("fuzz", 8, 4);
     for (t, precision) in [Precision::F32, Precision::F16].into_iter().enumerate() {
         let rows: Vec<f32> = (0..8 * 6).map(|_| rng.random_range(-1.0..1.0)).collect();
-        bank.append(Task {
-            name: format!("task {t}"),
-            key: Rows::new(8, rows.clone(), precision),
-            prompt: None,
-            knowledge: Rows::new(8, rows, precision),
-            k: 2,
-            threshold: 0.5,
-            projection: None,
-            routing: RoutingStats {
-                count: 3,
-                mean: 1.0,
-                std: 0.1,
-                unknown_above: 6.0,
-                patch_limit: 0.5,
-            },
-            normal: NormalStats {
-                count: 3,
-                mean: 0.1,
-                std: 0.01,
-                max: 0.2,
-                target_false_reject: 0.01,
-            },
-        })
-        .unwrap();
+        let (key, knowledge) = (Rows::new(8, rows.clone(), precision), Rows::new(8, rows, precision));
+        let mut task = Task::uncalibrated(&format!("task {t}"), key, None, knowledge, 2);
+        task.threshold = 0.5;
+        bank.append(task).unwrap();
     }
     bank.version = 5;
     bank

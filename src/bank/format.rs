@@ -96,6 +96,34 @@ pub struct Task {
 }
 
 impl Task {
+    /// A task with its rows and no calibration yet: it rejects nothing and every image is within
+    /// its routing limit, until the held-out images set its statistics.
+    pub fn uncalibrated(name: &str, key: Rows, projection: Option<Projection>, knowledge: Rows, k: u32) -> Task {
+        Task {
+            name: name.to_string(),
+            key,
+            prompt: None,
+            projection,
+            knowledge,
+            k,
+            threshold: f32::INFINITY,
+            normal: NormalStats {
+                count: 0,
+                mean: 0.0,
+                std: 0.0,
+                max: 0.0,
+                target_false_reject: 0.0,
+            },
+            routing: RoutingStats {
+                count: 0,
+                mean: 0.0,
+                std: 1.0,
+                unknown_above: f32::INFINITY,
+                patch_limit: f32::INFINITY,
+            },
+        }
+    }
+
     /// Dimension of the knowledge rows.
     pub fn knowledge_dim(&self) -> usize {
         self.projection.as_ref().map_or(self.key.dim(), Projection::out_dim)

@@ -209,24 +209,10 @@ impl<'a> Fitting<'a> {
             Some(p) => (ProjectionIndex::new(p).apply(&rows).coefficients, p.out_dim()),
             None => (rows, self.dim),
         };
-        let mut task = Task {
-            name: self.name.clone(),
-            key: Rows::new(self.dim, self.key.clone(), params.precision),
-            prompt: None,
-            projection,
-            knowledge: Rows::new(knowledge_dim, knowledge, params.precision),
-            k: 0,
-            threshold: f32::INFINITY,
-            normal: normal_stats(&[0.0], params.target_false_reject),
-            routing: RoutingStats {
-                count: 0,
-                mean: 0.0,
-                std: 1.0,
-                unknown_above: f32::INFINITY,
-                patch_limit: f32::INFINITY,
-            },
-        };
-        task.k = params.k.min(task.knowledge.len()) as u32;
+        let knowledge = Rows::new(knowledge_dim, knowledge, params.precision);
+        let k = params.k.min(knowledge.len()) as u32;
+        let key = Rows::new(self.dim, self.key.clone(), params.precision);
+        let mut task = Task::uncalibrated(&self.name, key, projection, knowledge, k);
         let held: Vec<&[f32]> = self.held.iter().map(|&i| &self.features[i][..]).collect();
         calibrate(&mut task, &held, params.target_false_reject);
         task

@@ -250,33 +250,15 @@ pub fn decide_route(distances: &[f32], limits: &[f32]) -> Routing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bank::{NormalStats, Precision, Rows};
+    use crate::bank::{Precision, Rows};
 
     /// A one-row task whose patch scores are distances to `centre` in one dimension.
     fn task(name: &str, centre: f32) -> Task {
-        Task {
-            name: name.into(),
-            key: Rows::new(1, vec![centre], Precision::F32),
-            prompt: None,
-            projection: None,
-            knowledge: Rows::new(1, vec![centre], Precision::F32),
-            k: 1,
-            threshold: 1.0,
-            normal: NormalStats {
-                count: 1,
-                mean: 0.0,
-                std: 0.0,
-                max: 0.0,
-                target_false_reject: 0.01,
-            },
-            routing: RoutingStats {
-                count: 1,
-                mean: 0.0,
-                std: 1.0,
-                unknown_above: 15.0,
-                patch_limit: 0.5,
-            },
-        }
+        let row = || Rows::new(1, vec![centre], Precision::F32);
+        let mut task = Task::uncalibrated(name, row(), None, row(), 1);
+        task.routing.unknown_above = 15.0;
+        task.routing.patch_limit = 0.5;
+        task
     }
 
     #[test]

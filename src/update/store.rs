@@ -99,34 +99,13 @@ impl BankStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bank::{NormalStats, Rows, Task};
+    use crate::bank::{Rows, Task};
 
     fn bank(version: u64) -> Bank {
         let mut bank = Bank::new("sha", 2, 4);
         bank.version = version;
-        bank.tasks.push(Task {
-            name: "t".into(),
-            key: Rows::new(2, vec![0.0, 1.0], crate::bank::Precision::F32),
-            prompt: None,
-            knowledge: Rows::new(2, vec![0.0, 1.0], crate::bank::Precision::F32),
-            k: 1,
-            threshold: 1.0,
-            projection: None,
-            routing: crate::bank::RoutingStats {
-                count: 3,
-                mean: 1.0,
-                std: 0.1,
-                unknown_above: 6.0,
-                patch_limit: 0.5,
-            },
-            normal: NormalStats {
-                count: 1,
-                mean: 0.0,
-                std: 0.0,
-                max: 0.0,
-                target_false_reject: 0.01,
-            },
-        });
+        let rows = || Rows::new(2, vec![0.0, 1.0], crate::bank::Precision::F32);
+        bank.tasks.push(Task::uncalibrated("t", rows(), None, rows(), 1));
         bank
     }
 
