@@ -2,6 +2,7 @@
 //! fractions, kept dimensions and storage precisions, scored with its own task id (as the
 //! PatchCore reference is), image AUROC against bytes per task.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -83,6 +84,7 @@ pub fn run(
         })
         .collect();
     let dim = backbone.meta.feature_dim();
+    let largest = settings.iter().map(|s| s.fraction).fold(0.0, f32::max);
     for name in tasks {
         let data = load_task(root, name)?;
         let train = cache.features(backbone, &data.train, &format!("{name}: train"))?;
@@ -94,8 +96,9 @@ pub fn run(
             ..base.clone()
         };
         let fitting = Fitting::new(name, &train, dim, &unbounded)?;
-        let largest = settings.iter().map(|s| s.fraction).fold(0.0, f32::max);
         let order = fitting.coreset((fitting.memory_rows() as f64 * largest as f64).ceil() as usize);
+        // One PCA per kept-dims and precision, shared by the coreset fractions.
+        let mut projections = HashMap::new();
         for point in &mut points {
             let s = point.setting;
             let params = FitParams {
@@ -104,7 +107,10 @@ pub fn run(
                 precision: s.precision,
                 ..unbounded.clone()
             };
-            let projection = fitting.projection(&params);
+            let projection = projections
+                .entry((s.dims, s.precision))
+                .or_insert_with(|| fitting.projection(&params))
+                .clone();
             let count = fitting.knowledge_count(&params, projection.as_ref())?;
             let task = fitting.task(&params, projection, &order[..count]);
             let index = TaskIndex::new(&task);

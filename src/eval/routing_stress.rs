@@ -33,7 +33,8 @@ pub struct Stage {
     pub learned: String,
     pub tasks: usize,
     pub test_images: usize,
-    /// Share of test images whose nearest task is their own.
+    /// Share of test images judged as their own task (an unknown verdict still names the
+    /// candidate it came from; unknown verdicts are counted in `unknown_rate`).
     pub accuracy: f64,
     pub worst_task: String,
     pub worst_accuracy: f64,
@@ -169,9 +170,9 @@ fn report(names: &[String], d: &Distances) -> StressReport {
         .collect();
     let mut left_out = Vec::new();
     let (mut detected, mut left_images, mut false_unknown, mut known_images) = (0, 0, 0, 0);
+    let all: Vec<usize> = (0..names.len()).collect();
     for j in 0..names.len() {
         let bank: Vec<usize> = (0..names.len()).filter(|t| *t != j).collect();
-        let all: Vec<usize> = (0..names.len()).collect();
         let own_images: Vec<usize> = (0..d.rows.len()).filter(|i| d.owner[*i] == j).collect();
         let called = own_images.iter().filter(|i| decide(d, **i, &all).1).count();
         let (mut hit, mut own, mut wrong, mut others) = (0, 0, 0, 0);
