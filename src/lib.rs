@@ -8,4 +8,6 @@ pub mod eval;
 pub mod fsutil;
 pub mod parallel;
 pub mod runtime;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod update;

@@ -9,6 +9,7 @@ use ucad::data::dataset::load_task;
 use ucad::data::synthetic::SplitCounts;
 use ucad::detect::fit::{extract_features, fit_task, FitParams};
 use ucad::detect::{Detector, TaskIndex};
+use ucad::eval::learner::PlainLearner;
 use ucad::eval::protocol::{run, EvalOptions};
 
 const COUNTS: SplitCounts = SplitCounts {
@@ -86,10 +87,10 @@ fn the_protocol_reports_every_benchmark_key() {
         heatmaps: Some(dir.path().join("heat")),
         feature_cache: Some(dir.path().join("cache")),
     };
-    let report = run(&backbone, dir.path(), &names, &options).unwrap();
+    let report = run(&backbone, dir.path(), &names, &options, &PlainLearner).unwrap();
     // Two sets × (train, test) entries; a second run reads them and measures the same.
     assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 4);
-    let again = run(&backbone, dir.path(), &names, &options).unwrap();
+    let again = run(&backbone, dir.path(), &names, &options, &PlainLearner).unwrap();
     assert_eq!(
         serde_json::to_value(&again.per_task).unwrap(),
         serde_json::to_value(&report.per_task).unwrap()

@@ -1,21 +1,12 @@
 //! Our exports against the original pretrained graphs. Needs `ucad models fetch` (CI runs it and
 //! sets UCAD_REQUIRE_MODELS=1, so that a missing model fails instead of skipping).
 
+mod common;
+
+use common::models_present;
 use ucad::backbone::models::ModelCache;
 use ucad::backbone::parity::check_parity;
 use ucad::backbone::Arch;
-
-fn models_present(cache: &ModelCache, arch: Arch) -> bool {
-    let present = cache.weights(arch).is_file() && cache.original_onnx(arch).is_ok_and(|p| p.is_file());
-    if !present {
-        assert!(
-            std::env::var_os("UCAD_REQUIRE_MODELS").is_none(),
-            "UCAD_REQUIRE_MODELS is set but {arch} is not fetched"
-        );
-        eprintln!("skipping {arch} parity: run `ucad models fetch` first");
-    }
-    present
-}
 
 #[test]
 fn dinov2_export_reproduces_the_pretrained_hidden_states() {

@@ -225,20 +225,9 @@ impl VitGraph<'_> {
             .g
             .op("embed", "Concat", &[&cls, &patches], vec![attr_int("axis", 1)]);
 
-        let pos = self.pos_embed(grid)?;
+        let pos = position_embedding(self.w, self.spec, grid)?;
         let pos = self.g.f32_init("pos_embed", &[1, 1 + grid * grid, d], &pos);
         Ok(self.g.op("embed", "Add", &[&tokens, &pos], vec![]))
-    }
-
-    fn pos_embed(&self, grid: usize) -> Result<Vec<f32>> {
-        let (d, stored) = (self.spec.embed_dim, self.spec.stored_grid);
-        let pos = &self.w.get("pos_embed")?.data;
-        if grid == stored {
-            return Ok(pos.clone());
-        }
-        let mut out = pos[..d].to_vec();
-        out.extend(resize_grid(&pos[d..], stored, grid, d));
-        Ok(out)
     }
 
     fn layer_norm(&mut self, prefix: &str, x: &str) -> Result<String> {
@@ -434,6 +423,18 @@ impl VitGraph<'_> {
         let mlp = self.mlp(b, &h)?;
         self.residual(&x, &mlp, &format!("blocks.{b}.ls2.gamma"))
     }
+}
+
+/// The CLS and patch position embeddings, [1 + grid², D], resampled from the stored grid.
+pub fn position_embedding(w: &VitWeights, spec: &ArchSpec, grid: usize) -> Result<Vec<f32>> {
+    let (d, stored) = (spec.embed_dim, spec.stored_grid);
+    let pos = &w.get("pos_embed")?.data;
+    if grid == stored {
+        return Ok(pos.clone());
+    }
+    let mut out = pos[..d].to_vec();
+    out.extend(resize_grid(&pos[d..], stored, grid, d));
+    Ok(out)
 }
 
 /// Symmetric int8 per output column of a row-major [rows, cols] matrix: (q, scale per column).

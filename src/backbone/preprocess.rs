@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Result};
 use image::imageops::{self, FilterType};
-use image::{GrayImage, ImageBuffer, Pixel, RgbImage};
+use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
 use tract_core::prelude::Tensor;
 
 use super::meta::{BackboneMeta, Resize};
@@ -43,6 +43,11 @@ impl Preprocessor {
     /// A ground-truth mask in the same geometry as [`Preprocessor::fit`] (nearest neighbour).
     pub fn fit_mask(&self, mask: &GrayImage) -> Result<GrayImage> {
         self.fit_with(mask, FilterType::Nearest)
+    }
+
+    /// A segment label map in the same geometry as [`Preprocessor::fit`] (nearest neighbour).
+    pub fn fit_labels(&self, labels: &Image<Luma<u16>>) -> Result<Image<Luma<u16>>> {
+        self.fit_with(labels, FilterType::Nearest)
     }
 
     fn fit_with<P: Pixel + 'static>(&self, image: &Image<P>, filter: FilterType) -> Result<Image<P>> {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::projection::Projection;
-use super::rows::Rows;
+use super::rows::{Precision, Rows};
+use crate::backbone::Prompt;
 
 const MAGIC: &[u8; 8] = b"UCADBANK";
 /// 2: compact knowledge (projection, int8) and routing statistics. Format 1 banks are refused
@@ -74,6 +75,18 @@ pub struct StoredPrompt {
     pub blocks: u32,
     pub len: u32,
     pub rows: Rows,
+}
+
+impl StoredPrompt {
+    /// Kept at full precision: a prompt is small (blocks × 2 × len × dim values) and every
+    /// feature depends on it.
+    pub fn new(prompt: &Prompt) -> StoredPrompt {
+        StoredPrompt {
+            blocks: prompt.blocks as u32,
+            len: prompt.len as u32,
+            rows: Rows::new(prompt.dim, prompt.data.clone(), Precision::F32),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

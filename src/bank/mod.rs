@@ -5,6 +5,6 @@ pub mod format;
 pub mod projection;
 pub mod rows;
 
-pub use format::{Bank, BankError, Capacity, NormalStats, RoutingStats, Task};
+pub use format::{Bank, BankError, Capacity, NormalStats, RoutingStats, StoredPrompt, Task};
 pub use projection::Projection;
 pub use rows::{Precision, Rows};

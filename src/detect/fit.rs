@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{image_score, TaskIndex};
-use crate::backbone::{Backbone, Preprocessor};
+use crate::backbone::{Backbone, Preprocessor, Prompt};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::projection::ProjectionIndex;
 use crate::bank::{NormalStats, Precision, Projection, RoutingStats, Rows, Task};
@@ -56,15 +56,17 @@ impl Default for FitParams {
 
 /// Plain patch features of each image file, on every core, with a progress bar.
 pub fn extract_features(backbone: &Backbone, images: &[PathBuf], label: &str) -> Result<Vec<Vec<f32>>> {
-    extract_features_with(backbone, images, label, |p| load_rgb(p))
+    extract_features_with(backbone, images, label, None, |p| load_rgb(p))
 }
 
-/// Plain patch features of each item as `load` turns it into an image, on every core (one tract
-/// plan, one preprocessor per worker), with a progress bar. Order follows `images`.
+/// Patch features (plain, or under `prompt`) of each item as `load` turns it into an image, on
+/// every core (one tract plan, one preprocessor per worker), with a progress bar. Order follows
+/// `images`.
 pub fn extract_features_with<T: Sync>(
     backbone: &Backbone,
     images: &[T],
     label: &str,
+    prompt: Option<&Prompt>,
     load: impl Fn(&T) -> Result<RgbImage> + Sync,
 ) -> Result<Vec<Vec<f32>>> {
     let bar = ProgressBar::new(images.len() as u64).with_message(label.to_string());
@@ -74,7 +76,7 @@ pub fn extract_features_with<T: Sync>(
         || Preprocessor::new(&backbone.meta),
         |pre, item| {
             bar.inc(1);
-            backbone.features(pre.tensor(&load(item)?)?, None)
+            backbone.features(pre.tensor(&load(item)?)?, prompt)
         },
     );
     bar.finish_and_clear();
@@ -82,7 +84,7 @@ pub fn extract_features_with<T: Sync>(
 }
 
 /// Splits image indices into (memory, held-out), deterministically for the seed.
-fn split(count: usize, holdout: f32, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+pub fn split(count: usize, holdout: f32, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     ensure!((0.0..1.0).contains(&holdout), "holdout fraction must be in [0, 1)");
     let mut shuffled: Vec<usize> = (0..count).collect();
     shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
@@ -104,6 +106,11 @@ pub fn fit_task(backbone: &Backbone, name: &str, images: &[PathBuf], params: &Fi
 /// Learns a task from the plain features of its normal training images (one row-major [N, F]
 /// vector per image, rows of `dim`).
 pub fn fit_from_features(name: &str, features: &[Vec<f32>], dim: usize, params: &FitParams) -> Result<Task> {
+    fit_from_views(name, TaskFeatures::plain(features), dim, params)
+}
+
+/// Learns a task from both views of its normal training images.
+pub fn fit_from_views(name: &str, features: TaskFeatures, dim: usize, params: &FitParams) -> Result<Task> {
     let fitting = Fitting::new(name, features, dim, params)?;
     let projection = fitting.projection(params);
     let count = fitting.knowledge_count(params, projection.as_ref())?;
@@ -124,13 +131,31 @@ pub fn fit_from_features(name: &str, features: &[Vec<f32>], dim: usize, params: 
     Ok(task)
 }
 
+/// A task's training images as routing sees them (plain) and as its knowledge is made of
+/// (under the task's prompt; the plain ones when it has none), one row-major [N, F] vector per
+/// image.
+#[derive(Clone, Copy)]
+pub struct TaskFeatures<'a> {
+    pub plain: &'a [Vec<f32>],
+    pub knowledge: &'a [Vec<f32>],
+}
+
+impl<'a> TaskFeatures<'a> {
+    pub fn plain(features: &'a [Vec<f32>]) -> TaskFeatures<'a> {
+        TaskFeatures {
+            plain: features,
+            knowledge: features,
+        }
+    }
+}
+
 /// A task's training features split into memory and held-out images: the steps of a fit, so
 /// that a sweep over storage settings can reuse what they share.
 pub struct Fitting<'a> {
     name: String,
     dim: usize,
-    features: &'a [Vec<f32>],
-    /// Patch rows of the memory images, row-major [n, dim].
+    features: TaskFeatures<'a>,
+    /// Knowledge-view patch rows of the memory images, row-major [n, dim].
     memory: Vec<f32>,
     memory_images: usize,
     held: Vec<usize>,
@@ -140,7 +165,7 @@ pub struct Fitting<'a> {
 }
 
 impl<'a> Fitting<'a> {
-    pub fn new(name: &str, features: &'a [Vec<f32>], dim: usize, params: &FitParams) -> Result<Fitting<'a>> {
+    pub fn new(name: &str, features: TaskFeatures<'a>, dim: usize, params: &FitParams) -> Result<Fitting<'a>> {
         ensure!(
             params.k >= 1
                 && params.key_rows >= 1
@@ -148,17 +173,29 @@ impl<'a> Fitting<'a> {
                 && params.knowledge_fraction <= 1.0,
             "k and key rows must be ≥ 1 and the knowledge fraction in (0, 1]"
         );
+        let views = [features.plain, features.knowledge];
         ensure!(
-            features.iter().all(|f| !f.is_empty() && f.len() % dim == 0),
+            views
+                .iter()
+                .all(|v| v.iter().all(|f| !f.is_empty() && f.len() % dim == 0)),
             "features are not rows of {dim}"
         );
-        let (memory_ids, held) = split(features.len(), params.holdout, params.seed)?;
-        let memory: Vec<f32> = memory_ids.iter().flat_map(|&i| features[i].iter().copied()).collect();
-        let key = gather_rows(
-            &memory,
-            dim,
-            &greedy_coreset(&memory, dim, params.key_rows, params.seed),
+        ensure!(
+            features.plain.len() == features.knowledge.len(),
+            "{} plain and {} knowledge feature sets",
+            features.plain.len(),
+            features.knowledge.len()
         );
+        let (memory_ids, held) = split(features.plain.len(), params.holdout, params.seed)?;
+        let rows =
+            |view: &[Vec<f32>]| -> Vec<f32> { memory_ids.iter().flat_map(|&i| view[i].iter().copied()).collect() };
+        let plain_memory = rows(features.plain);
+        let key = gather_rows(
+            &plain_memory,
+            dim,
+            &greedy_coreset(&plain_memory, dim, params.key_rows, params.seed),
+        );
+        let memory = rows(features.knowledge);
         Ok(Fitting {
             name: name.to_string(),
             dim,
@@ -213,8 +250,13 @@ impl<'a> Fitting<'a> {
         let k = params.k.min(knowledge.len()) as u32;
         let key = Rows::new(self.dim, self.key.clone(), params.precision);
         let mut task = Task::uncalibrated(&self.name, key, projection, knowledge, k);
-        let held: Vec<&[f32]> = self.held.iter().map(|&i| &self.features[i][..]).collect();
-        calibrate(&mut task, &held, params.target_false_reject);
+        let held = |view: &'a [Vec<f32>]| -> Vec<&'a [f32]> { self.held.iter().map(|&i| &view[i][..]).collect() };
+        calibrate(
+            &mut task,
+            &held(self.features.plain),
+            &held(self.features.knowledge),
+            params.target_false_reject,
+        );
         task
     }
 }
@@ -233,13 +275,13 @@ fn knowledge_room(params: &FitParams, fixed_bytes: usize, dims: usize) -> Result
 }
 
 /// Sets the threshold and the routing statistics from held-out normal images' features.
-fn calibrate(task: &mut Task, held: &[&[f32]], target_false_reject: f32) {
+fn calibrate(task: &mut Task, held_plain: &[&[f32]], held_knowledge: &[&[f32]], target_false_reject: f32) {
     let index = TaskIndex::new(task);
-    let patch_scores: Vec<Vec<f32>> = held.iter().map(|f| index.patch_scores(f)).collect();
+    let patch_scores: Vec<Vec<f32>> = held_knowledge.iter().map(|f| index.patch_scores(f)).collect();
     let scores: Vec<f32> = patch_scores.iter().map(|p| image_score(p)).collect();
     task.normal = normal_stats(&scores, target_false_reject);
     task.threshold = threshold_for(&scores, target_false_reject);
-    let distances: Vec<f32> = held.iter().map(|f| index.key_distance(f)).collect();
+    let distances: Vec<f32> = held_plain.iter().map(|f| index.key_distance(f)).collect();
     let stats = normal_stats(&distances, 0.0);
     task.routing = RoutingStats {
         count: stats.count,

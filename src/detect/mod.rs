@@ -48,6 +48,11 @@ impl TaskIndex {
         }
     }
 
+    /// Whether the task scores its own prompted features.
+    pub fn prompted(&self) -> bool {
+        self.prompt.is_some()
+    }
+
     /// Median over patches of the 1-NN distance to the key. UCAD takes the mean; the median
     /// ignores a defect (up to half the patches), which must not send a part elsewhere.
     pub fn key_distance(&self, plain: &[f32]) -> f32 {

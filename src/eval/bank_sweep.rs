@@ -15,7 +15,7 @@ use super::metrics::TieGroups;
 use crate::backbone::Backbone;
 use crate::bank::Precision;
 use crate::data::dataset::load_task;
-use crate::detect::fit::{FitParams, Fitting};
+use crate::detect::fit::{FitParams, Fitting, TaskFeatures};
 use crate::detect::{image_score, TaskIndex};
 
 /// One storage setting.
@@ -95,7 +95,7 @@ pub fn run(
             task_budget_bytes: usize::MAX,
             ..base.clone()
         };
-        let fitting = Fitting::new(name, &train, dim, &unbounded)?;
+        let fitting = Fitting::new(name, TaskFeatures::plain(&train), dim, &unbounded)?;
         let order = fitting.coreset((fitting.memory_rows() as f64 * largest as f64).ceil() as usize);
         // One PCA per kept-dims and precision, shared by the coreset fractions.
         let mut projections = HashMap::new();

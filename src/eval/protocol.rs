@@ -1,17 +1,21 @@
 //! The continual protocol of BENCHMARK.md: learn tasks in order; after each, score the test sets
 //! of all tasks learned so far without the task id (routing over the bank's keys); then the same
 //! with the oracle task id, and an upper reference with a large per-task memory.
-//! Features are plain (no prompts), so each image goes through the backbone once.
+//! Plain features (routing) go through the backbone once per image; a task learned with a
+//! prompt also has its own images' features under that prompt.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use std::borrow::Cow;
+
+use anyhow::{ensure, Context, Result};
 use log::info;
 
 use super::aupro::aupro;
 use super::continual::Matrix;
 use super::feature_cache::FeatureCache;
+use super::learner::TaskLearner;
 use super::metrics::TieGroups;
 use super::report::{Report, TaskMetrics, Timing};
 use crate::backbone::{Backbone, Preprocessor};
@@ -19,7 +23,7 @@ use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::{Bank, Precision, Rows};
 use crate::data::dataset::{ground_truth, load_task, TaskData};
 use crate::data::folder::load_rgb;
-use crate::detect::fit::{extract_features, fit_from_features, FitParams};
+use crate::detect::fit::{extract_features, FitParams};
 use crate::detect::heatmap::save_overlay;
 use crate::detect::knn::KnnIndex;
 use crate::detect::map::anomaly_map;
@@ -43,6 +47,8 @@ struct Prepared {
     data: TaskData,
     train: Vec<Vec<f32>>,
     test: Vec<Vec<f32>>,
+    /// Test features under the task's own prompt, once it is learned with one.
+    test_knowledge: Option<Vec<Vec<f32>>>,
     truth: Vec<Vec<bool>>,
     /// Side of the anomaly maps and ground truths.
     size: usize,
@@ -67,11 +73,17 @@ struct SetScores {
     maps: Vec<Vec<f32>>,
 }
 
-pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOptions) -> Result<Report> {
+pub fn run(
+    backbone: &Backbone,
+    root: &Path,
+    tasks: &[String],
+    options: &EvalOptions,
+    learner: &dyn TaskLearner,
+) -> Result<Report> {
     anyhow::ensure!(!tasks.is_empty(), "no tasks to evaluate");
     let data: Vec<TaskData> = tasks.iter().map(|t| load_task(root, t)).collect::<Result<_>>()?;
     let cache = options.feature_cache.as_deref().map(FeatureCache::new);
-    let sets: Vec<Prepared> = data
+    let mut sets: Vec<Prepared> = data
         .into_iter()
         .map(|d| prepare(backbone, cache.as_ref(), d))
         .collect::<Result<_>>()?;
@@ -82,21 +94,33 @@ pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOpt
     let mut final_scores = Vec::new();
     let mut final_metrics = Vec::new();
     let mut route_score_ms = 0.0;
-    for (t, set) in sets.iter().enumerate() {
+    let mut prompts = Vec::new();
+    let count = sets.len();
+    for t in 0..count {
         let start = Instant::now();
-        bank.append(fit_from_features(&set.data.name, &set.train, dim, &options.fit)?)?;
+        let set = &mut sets[t];
+        let learned = learner.learn(backbone, &set.data, &set.train, &options.fit)?;
+        ensure!(
+            learned.task.key.dim() == dim,
+            "task {} has rows of another backbone",
+            set.data.name
+        );
+        bank.append(learned.task)?;
+        set.test_knowledge = learned.test_knowledge;
+        prompts.extend(learned.prompt);
         fit_s.push(set.train_s + start.elapsed().as_secs_f64());
+        info!("learned {} ({}/{count})", set.data.name, t + 1);
         let detector = Detector::new(&bank)?;
         let scoring = Instant::now();
         let row: Vec<(SetScores, TaskMetrics)> = sets[..=t]
             .iter()
             .enumerate()
             .map(|(j, s)| {
-                let scores = score_set(backbone, s, |f| routed(&detector, f));
+                let scores = score_set(backbone, s, |i| routed(backbone, &detector, s, j, i))?;
                 let metrics = measure(s, &scores, j, Some(detector.tasks[j].threshold));
-                (scores, metrics)
+                Ok((scores, metrics))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         for (m, matrix) in matrices.iter_mut().enumerate() {
             matrix.push(
                 row.iter()
@@ -108,23 +132,22 @@ pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOpt
             route_score_ms = scoring.elapsed().as_secs_f64() * 1e3 / total_test_images(&sets) as f64;
             (final_scores, final_metrics) = row.into_iter().unzip();
         }
-        info!("learned {} ({}/{})", set.data.name, t + 1, sets.len());
     }
     let detector = Detector::new(&bank)?;
     let oracle: Vec<TaskMetrics> = sets
         .iter()
         .enumerate()
         .map(|(j, s)| {
-            let scores = score_set(backbone, s, |f| oracle(&detector, j, f));
-            measure(s, &scores, j, Some(detector.tasks[j].threshold))
+            let scores = score_set(backbone, s, |i| oracle(backbone, &detector, s, j, i))?;
+            Ok(measure(s, &scores, j, Some(detector.tasks[j].threshold)))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let reference = upper_reference(backbone, &sets, options)?;
     if let Some(dir) = &options.heatmaps {
         write_heatmaps(backbone, dir, &sets, &final_scores, &detector)?;
     }
-    let timing = timing(&sets, &fit_s, route_score_ms, cache.is_some());
-    Ok(Report::new(
+    let timing = timing(&sets, fit_s, route_score_ms, cache.is_some());
+    let mut report = Report::new(
         backbone,
         tasks,
         &bank,
@@ -134,7 +157,9 @@ pub fn run(backbone: &Backbone, root: &Path, tasks: &[String], options: &EvalOpt
         reference,
         timing,
         options,
-    ))
+    );
+    report.prompts = prompts;
+    Ok(report)
 }
 
 /// Plain features of `images`, through the cache when there is one.
@@ -172,6 +197,7 @@ fn prepare(backbone: &Backbone, cache: Option<&FeatureCache>, data: TaskData) ->
         data,
         train,
         test,
+        test_knowledge: None,
         truth,
         size: pre.size(),
         train_s,
@@ -183,37 +209,61 @@ fn total_test_images(sets: &[Prepared]) -> usize {
     sets.iter().map(|s| s.test.len()).sum()
 }
 
-fn routed(detector: &Detector, features: &[f32]) -> Scored {
-    let routing = detector.route(features);
-    let scores = |t: usize| detector.tasks[t].patch_scores(features);
-    let verdict = detector
-        .resolve(&routing, scores(routing.task), |t| Ok(scores(t)))
-        .expect("scoring from features cannot fail");
+impl Prepared {
+    /// Test image `i` as `task` scores it: under that task's prompt when it has one.
+    fn view(
+        &self,
+        backbone: &Backbone,
+        detector: &Detector,
+        own: usize,
+        task: usize,
+        i: usize,
+    ) -> Result<Cow<'_, [f32]>> {
+        match &self.test_knowledge {
+            Some(knowledge) if task == own => return Ok(Cow::Borrowed(&knowledge[i])),
+            _ if !detector.tasks[task].prompted() => return Ok(Cow::Borrowed(&self.test[i])),
+            _ => {}
+        }
+        let image = Preprocessor::new(&backbone.meta).tensor(&load_rgb(&self.data.test[i].image)?)?;
+        detector.task_features(backbone, &image, &self.test[i], task)
+    }
+}
+
+/// Test image `i` of `set` (task `own`), routed over the bank.
+fn routed(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
+    let routing = detector.route(&set.test[i]);
+    let scores = |t: usize| -> Result<Vec<f32>> {
+        Ok(detector.tasks[t].patch_scores(&set.view(backbone, detector, own, t, i)?))
+    };
+    let verdict = detector.resolve(&routing, scores(routing.task)?, scores)?;
     let task = &detector.tasks[verdict.task];
-    Scored {
+    Ok(Scored {
         task: verdict.task,
         margin: Some(routing.margin),
         unknown: verdict.unknown,
         patches: task.relative(&verdict.patch_scores).collect(),
-    }
+    })
 }
 
-fn oracle(detector: &Detector, task: usize, features: &[f32]) -> Scored {
-    let t = &detector.tasks[task];
-    let patches = t.relative(&t.patch_scores(features)).collect();
-    Scored {
-        task,
+/// Test image `i` of `set`, scored by its own task `own`.
+fn oracle(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
+    let t = &detector.tasks[own];
+    let patches = t
+        .relative(&t.patch_scores(&set.view(backbone, detector, own, own, i)?))
+        .collect();
+    Ok(Scored {
+        task: own,
         margin: None,
         unknown: false,
         patches,
-    }
+    })
 }
 
-fn score_set(backbone: &Backbone, set: &Prepared, scorer: impl Fn(&[f32]) -> Scored) -> SetScores {
+fn score_set(backbone: &Backbone, set: &Prepared, scorer: impl Fn(usize) -> Result<Scored>) -> Result<SetScores> {
     let (grid, size) = (backbone.meta.grid(), backbone.meta.input_size);
-    let scored: Vec<Scored> = set.test.iter().map(|f| scorer(f)).collect();
+    let scored: Vec<Scored> = (0..set.test.len()).map(scorer).collect::<Result<_>>()?;
     let maps = scored.iter().map(|s| anomaly_map(&s.patches, grid, size)).collect();
-    SetScores { scored, maps }
+    Ok(SetScores { scored, maps })
 }
 
 /// Metrics of one task's scored test set; `threshold` is the task's own (`None` for the reference).
@@ -274,12 +324,14 @@ fn upper_reference(backbone: &Backbone, sets: &[Prepared], options: &EvalOptions
             let count = ((memory.len() / dim) as f32 * options.reference_fraction).ceil() as usize;
             let rows = gather_rows(&memory, dim, &greedy_coreset(&memory, dim, count, options.fit.seed));
             let index = KnnIndex::new(Rows::new(dim, rows, Precision::F32));
-            let scores = score_set(backbone, set, |f| Scored {
-                task: 0,
-                margin: None,
-                unknown: false,
-                patches: index.search(f, 1, None),
-            });
+            let scores = score_set(backbone, set, |i| {
+                Ok(Scored {
+                    task: 0,
+                    margin: None,
+                    unknown: false,
+                    patches: index.search(&set.test[i], 1, None),
+                })
+            })?;
             info!(
                 "{}: reference memory {count} rows, {:.1} s",
                 set.data.name,
@@ -315,10 +367,11 @@ fn write_heatmaps(
 }
 
 /// `route_score_ms`: routing, scoring and map per image in the final stage (all tasks learned).
-fn timing(sets: &[Prepared], fit_s: &[f64], route_score_ms: f64, feature_cache: bool) -> Timing {
+fn timing(sets: &[Prepared], fit_s: Vec<f64>, route_score_ms: f64, feature_cache: bool) -> Timing {
     let backbone_ms = sets.iter().map(|s| s.test_s).sum::<f64>() * 1e3 / total_test_images(sets) as f64;
     Timing {
         fit_s_per_task: fit_s.iter().sum::<f64>() / fit_s.len() as f64,
+        fit_s,
         ms_per_image: backbone_ms + route_score_ms,
         backbone_ms_per_image: backbone_ms,
         route_score_ms_per_image: route_score_ms,

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::continual::{backward_transfer, final_mean, forgetting, mean, Matrix};
+use super::learner::PromptSummary;
 use super::protocol::EvalOptions;
 use crate::backbone::Backbone;
 use crate::bank::Bank;
@@ -35,8 +36,10 @@ pub struct TaskMetrics {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Timing {
-    /// Feature extraction of the training images plus coresets and calibration, per task.
+    /// Feature extraction of the training images plus prompt learning, coresets and
+    /// calibration, per task (mean, and each task in order).
     pub fit_s_per_task: f64,
+    pub fit_s: Vec<f64>,
     /// Backbone throughput plus routing and scoring, per test image.
     pub ms_per_image: f64,
     /// Wall time of test-image feature extraction over `threads` workers, per image.
@@ -150,6 +153,8 @@ pub struct Report {
     pub per_task: Vec<TaskMetrics>,
     pub bank: BankSize,
     pub timing: Timing,
+    /// How each task's prompt was learned (empty without prompts).
+    pub prompts: Vec<PromptSummary>,
 }
 
 impl Report {
@@ -229,6 +234,7 @@ impl Report {
                 task_bytes: bank.bytes_per_task(),
             },
             timing,
+            prompts: Vec::new(),
         }
     }
 
@@ -337,6 +343,13 @@ impl Report {
             self.timing.threads,
             self.timing.route_score_ms_per_image
         );
+        for p in &self.prompts {
+            let _ = writeln!(
+                out,
+                "prompt {}: {:.1} s on {} images, epoch {} of {} kept, held-out SCL loss {:.4} → {:.4}",
+                p.task, p.train_s, p.train_images, p.best_epoch, p.epochs, p.initial_held_loss, p.best_held_loss
+            );
+        }
         if self.timing.feature_cache {
             let _ = writeln!(
                 out,

@@ -33,7 +33,7 @@ pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, p
     for product in conveyor_products(source)? {
         let start = Instant::now();
         let indices: Vec<usize> = (0..train_images).collect();
-        let features = extract_features_with(backbone, &indices, &product.name, |i| {
+        let features = extract_features_with(backbone, &indices, &product.name, None, |i| {
             let image = product.normal(size, *i);
             if !mjpeg {
                 return Ok(image);

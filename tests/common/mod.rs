@@ -9,6 +9,20 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     (dot / (na * nb).max(1e-30)) as f32
 }
 
+/// Whether `arch`'s weights and original graph are fetched; when they are not, the caller skips,
+/// unless UCAD_REQUIRE_MODELS is set (CI), which fails instead.
+pub fn models_present(cache: &ucad::backbone::models::ModelCache, arch: ucad::backbone::Arch) -> bool {
+    let present = cache.weights(arch).is_file() && cache.original_onnx(arch).is_ok_and(|p| p.is_file());
+    if !present {
+        assert!(
+            std::env::var_os("UCAD_REQUIRE_MODELS").is_none(),
+            "UCAD_REQUIRE_MODELS is set but {arch} is not fetched"
+        );
+        eprintln!("skipping: {arch} is not fetched (run `ucad models fetch` first)");
+    }
+    present
+}
+
 /// Exports the tiny random ViT (8×8 patches of a 64-pixel input) into `dir`.
 pub fn tiny_backbone(dir: &std::path::Path) -> std::path::PathBuf {
     use ucad::backbone::{export_to_file, Arch, ExportOptions, VitWeights};
