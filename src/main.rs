@@ -575,7 +575,8 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
     let task = match args.prompt.learner(cache, &backbone, params.seed)? {
         Some(learner) => {
             let plain = ucad::detect::fit::extract_features(&backbone, &images, &format!("{}: features", args.task))?;
-            let fit = learner.fit(&backbone, &args.task, &images, &plain, &params)?;
+            let colours = ucad::detect::colour::image_colours(&backbone.meta, &images, |p| load_rgb(p))?;
+            let fit = learner.fit(&backbone, &args.task, &images, (&plain, &colours), &params)?;
             println!(
                 "prompt for {}: {:.1} s on {} images ({} held out), epoch {} of {} kept, held-out SCL loss {:.4} → {:.4}",
                 args.task,

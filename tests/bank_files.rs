@@ -64,15 +64,20 @@ fn a_newer_format_asks_for_an_update() {
 }
 
 #[test]
-fn a_format_1_bank_is_refused_with_a_re_fit_error() {
-    let mut bytes = small_bank().to_bytes();
-    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let err = Bank::from_bytes(&bytes, "old.ucad").unwrap_err();
-    assert!(matches!(err, BankError::OlderFormat { found: 1, .. }), "{err}");
-    assert!(
-        err.to_string().contains("old.ucad") && err.to_string().contains("re-fit"),
-        "{err}"
-    );
+fn older_formats_are_refused_with_a_re_fit_error() {
+    for old in [1u32, 2] {
+        let mut bytes = small_bank().to_bytes();
+        bytes[8..12].copy_from_slice(&old.to_le_bytes());
+        let err = Bank::from_bytes(&bytes, "old.ucad").unwrap_err();
+        assert!(
+            matches!(err, BankError::OlderFormat { found, .. } if found == old),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("old.ucad") && err.to_string().contains("re-fit"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

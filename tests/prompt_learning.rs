@@ -16,7 +16,9 @@ use ucad::train::{initial_prompt, PromptedVit};
 
 use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor, VitWeights};
 use ucad::bank::Bank;
+use ucad::data::folder::load_rgb;
 use ucad::data::synthetic::products;
+use ucad::detect::colour::image_colours;
 use ucad::detect::fit::{extract_features, FitParams};
 use ucad::detect::Detector;
 use ucad::train::fit::PromptLearner;
@@ -54,7 +56,10 @@ fn a_learned_prompt_is_stored_in_the_bank_and_used_at_inference() {
         knowledge_dims: 0,
         ..FitParams::default()
     };
-    let fit = learner.fit(&backbone, "widget", &images, &plain, &params).unwrap();
+    let colours = image_colours(&backbone.meta, &images, |p| load_rgb(p)).unwrap();
+    let fit = learner
+        .fit(&backbone, "widget", &images, (&plain, &colours), &params)
+        .unwrap();
     assert_eq!(fit.trained.epochs.len(), 2);
 
     let mut bank = Bank::new(

@@ -20,3 +20,17 @@ pub use meta::{BackboneMeta, Quant, Resize};
 pub use preprocess::Preprocessor;
 pub use runner::{Backbone, Prompt};
 pub use weights::VitWeights;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{export_model, Arch, Backbone, ExportOptions, VitWeights};
+    use prost::Message;
+
+    /// vit-tiny-test with random weights and its f32 export under tract (batch 1).
+    pub fn tiny_backbone(seed: u64) -> (VitWeights, Backbone) {
+        let weights = VitWeights::random(Arch::VitTinyTest, seed);
+        let model = export_model(&weights, &ExportOptions::defaults(Arch::VitTinyTest)).unwrap();
+        let backbone = Backbone::from_bytes(model.encode_to_vec(), std::path::Path::new("tiny.onnx"), 1).unwrap();
+        (weights, backbone)
+    }
+}

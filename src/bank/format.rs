@@ -10,11 +10,13 @@ use sha2::{Digest, Sha256};
 use super::projection::Projection;
 use super::rows::{Precision, Rows};
 use crate::backbone::Prompt;
+use crate::detect::colour::ColourStats;
 
 const MAGIC: &[u8; 8] = b"UCADBANK";
-/// 2: compact knowledge (projection, int8) and routing statistics. Format 1 banks are refused
-/// with a re-fit error: they lack the routing statistics, which need the training images.
-pub const FORMAT_VERSION: u32 = 2;
+/// 2: compact knowledge (projection, int8) and routing statistics; 3: the tasks' colour
+/// statistics. Older banks are refused with a re-fit error: what they lack needs the training
+/// images.
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 
@@ -67,6 +69,8 @@ pub struct RoutingStats {
     pub unknown_above: f32,
     /// Patch score above which a patch is unlike the task's normal patches (their 0.995 quantile).
     pub patch_limit: f32,
+    /// The colours of the task's normal images: a part in other colours is not this product.
+    pub colour: ColourStats,
 }
 
 /// A learned prefix prompt, [blocks, 2, len, dim] as rows of `dim`.
@@ -133,6 +137,11 @@ impl Task {
                 std: 1.0,
                 unknown_above: f32::INFINITY,
                 patch_limit: f32::INFINITY,
+                colour: ColourStats {
+                    mean: [0.0; 9],
+                    spread: [1.0; 9],
+                    limit: f32::INFINITY,
+                },
             },
         }
     }

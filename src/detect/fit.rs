@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::colour::{image_colours, Colour, ColourStats};
 use super::{image_score, TaskIndex};
 use crate::backbone::{Backbone, Preprocessor, Prompt};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
@@ -100,13 +101,20 @@ pub fn split(count: usize, holdout: f32, seed: u64) -> Result<(Vec<usize>, Vec<u
 /// Learns a task from the normal images in `images`.
 pub fn fit_task(backbone: &Backbone, name: &str, images: &[PathBuf], params: &FitParams) -> Result<Task> {
     let features = extract_features(backbone, images, &format!("{name}: features"))?;
-    fit_from_features(name, &features, backbone.meta.feature_dim(), params)
+    let colours = image_colours(&backbone.meta, images, |p| load_rgb(p))?;
+    fit_from_features(name, &features, &colours, backbone.meta.feature_dim(), params)
 }
 
 /// Learns a task from the plain features of its normal training images (one row-major [N, F]
-/// vector per image, rows of `dim`).
-pub fn fit_from_features(name: &str, features: &[Vec<f32>], dim: usize, params: &FitParams) -> Result<Task> {
-    fit_from_views(name, TaskFeatures::plain(features), dim, params)
+/// vector per image, rows of `dim`) and their colours.
+pub fn fit_from_features(
+    name: &str,
+    features: &[Vec<f32>],
+    colours: &[Colour],
+    dim: usize,
+    params: &FitParams,
+) -> Result<Task> {
+    fit_from_views(name, TaskFeatures::plain(features, colours), dim, params)
 }
 
 /// Learns a task from both views of its normal training images.
@@ -138,13 +146,15 @@ pub fn fit_from_views(name: &str, features: TaskFeatures, dim: usize, params: &F
 pub struct TaskFeatures<'a> {
     pub plain: &'a [Vec<f32>],
     pub knowledge: &'a [Vec<f32>],
+    pub colours: &'a [Colour],
 }
 
 impl<'a> TaskFeatures<'a> {
-    pub fn plain(features: &'a [Vec<f32>]) -> TaskFeatures<'a> {
+    pub fn plain(features: &'a [Vec<f32>], colours: &'a [Colour]) -> TaskFeatures<'a> {
         TaskFeatures {
             plain: features,
             knowledge: features,
+            colours,
         }
     }
 }
@@ -181,10 +191,11 @@ impl<'a> Fitting<'a> {
             "features are not rows of {dim}"
         );
         ensure!(
-            features.plain.len() == features.knowledge.len(),
-            "{} plain and {} knowledge feature sets",
+            features.plain.len() == features.knowledge.len() && features.plain.len() == features.colours.len(),
+            "{} plain and {} knowledge feature sets for {} colours",
             features.plain.len(),
-            features.knowledge.len()
+            features.knowledge.len(),
+            features.colours.len()
         );
         let (memory_ids, held) = split(features.plain.len(), params.holdout, params.seed)?;
         let rows =
@@ -255,6 +266,7 @@ impl<'a> Fitting<'a> {
             &mut task,
             &held(self.features.plain),
             &held(self.features.knowledge),
+            self.features.colours,
             params.target_false_reject,
         );
         task
@@ -274,8 +286,15 @@ fn knowledge_room(params: &FitParams, fixed_bytes: usize, dims: usize) -> Result
     Ok(left / per_row)
 }
 
-/// Sets the threshold and the routing statistics from held-out normal images' features.
-fn calibrate(task: &mut Task, held_plain: &[&[f32]], held_knowledge: &[&[f32]], target_false_reject: f32) {
+/// Sets the threshold and the routing statistics from held-out normal images' features, and the
+/// colour statistics from all the task's images (nothing is fitted to their colours).
+fn calibrate(
+    task: &mut Task,
+    held_plain: &[&[f32]],
+    held_knowledge: &[&[f32]],
+    colours: &[Colour],
+    target_false_reject: f32,
+) {
     let index = TaskIndex::new(task);
     let patch_scores: Vec<Vec<f32>> = held_knowledge.iter().map(|f| index.patch_scores(f)).collect();
     let scores: Vec<f32> = patch_scores.iter().map(|p| image_score(p)).collect();
@@ -290,6 +309,7 @@ fn calibrate(task: &mut Task, held_plain: &[&[f32]], held_knowledge: &[&[f32]], 
         std: stats.std.max(1e-3 * stats.mean.abs()).max(f32::MIN_POSITIVE),
         unknown_above: UNKNOWN_SIGMAS,
         patch_limit: empirical_quantile(&patch_scores.concat(), UNLIKE_QUANTILE),
+        colour: ColourStats::fit(colours),
     };
 }
 
@@ -362,6 +382,10 @@ mod tests {
         assert!((gumbel_quantile(mean, std, 0.99) - 4.600_149_226).abs() < 1e-8);
     }
 
+    fn colours(images: usize) -> Vec<Colour> {
+        vec![[120.0; 9]; images]
+    }
+
     /// `images` images of 16 patches of dim 32 around a product-specific centre.
     fn product_features(centre: f32, images: usize, seed: u64) -> Vec<Vec<f32>> {
         use rand::Rng;
@@ -385,7 +409,7 @@ mod tests {
             task_budget_bytes: 4_000,
             ..FitParams::default()
         };
-        let task = fit_from_features("widget", &features, 32, &params).unwrap();
+        let task = fit_from_features("widget", &features, &colours(30), 32, &params).unwrap();
         assert!(task.bytes() <= 4_000, "{} bytes", task.bytes());
         assert_eq!(task.knowledge_dim(), 8);
         // Budget, not the fraction, limits the rows: 24 memory images × 16 patches are more.
@@ -394,7 +418,7 @@ mod tests {
             task_budget_bytes: 500,
             ..params
         };
-        let err = fit_from_features("widget", &features, 32, &tiny).unwrap_err();
+        let err = fit_from_features("widget", &features, &colours(30), 32, &tiny).unwrap_err();
         assert!(format!("{err:#}").contains("widget"), "{err:#}");
     }
 
@@ -405,7 +429,7 @@ mod tests {
             knowledge_dims: 8,
             ..FitParams::default()
         };
-        let task = fit_from_features("near", &product_features(0.0, 40, 2), 32, &params).unwrap();
+        let task = fit_from_features("near", &product_features(0.0, 40, 2), &colours(40), 32, &params).unwrap();
         let index = TaskIndex::new(&task);
         let own = product_features(0.0, 20, 3);
         let typical: Vec<f32> = own.iter().map(|f| index.normalised_distance(f)).collect();

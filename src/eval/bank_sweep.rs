@@ -15,6 +15,8 @@ use super::metrics::TieGroups;
 use crate::backbone::Backbone;
 use crate::bank::Precision;
 use crate::data::dataset::load_task;
+use crate::data::folder::load_rgb;
+use crate::detect::colour::image_colours;
 use crate::detect::fit::{FitParams, Fitting, TaskFeatures};
 use crate::detect::{image_score, TaskIndex};
 
@@ -95,7 +97,8 @@ pub fn run(
             task_budget_bytes: usize::MAX,
             ..base.clone()
         };
-        let fitting = Fitting::new(name, TaskFeatures::plain(&train), dim, &unbounded)?;
+        let colours = image_colours(&backbone.meta, &data.train, |p| load_rgb(p))?;
+        let fitting = Fitting::new(name, TaskFeatures::plain(&train, &colours), dim, &unbounded)?;
         let order = fitting.coreset((fitting.memory_rows() as f64 * largest as f64).ceil() as usize);
         // One PCA per kept-dims and precision, shared by the coreset fractions.
         let mut projections = HashMap::new();

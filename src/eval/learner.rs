@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::backbone::Backbone;
 use crate::bank::Task;
 use crate::data::dataset::TaskData;
+use crate::detect::colour::Colour;
 use crate::detect::fit::{fit_from_features, FitParams};
 
 /// A learned task, with what its own test images are scored on when that is not their plain
@@ -35,17 +36,32 @@ pub struct PromptSummary {
 }
 
 pub trait TaskLearner {
-    /// Learns `data`'s task from its training images, whose plain features are `plain`.
-    fn learn(&self, backbone: &Backbone, data: &TaskData, plain: &[Vec<f32>], params: &FitParams) -> Result<Learned>;
+    /// Learns `data`'s task from its training images, whose plain features and colours are
+    /// `plain` and `colours`.
+    fn learn(
+        &self,
+        backbone: &Backbone,
+        data: &TaskData,
+        plain: &[Vec<f32>],
+        colours: &[Colour],
+        params: &FitParams,
+    ) -> Result<Learned>;
 }
 
 /// UCAD without prompts: knowledge from the plain features.
 pub struct PlainLearner;
 
 impl TaskLearner for PlainLearner {
-    fn learn(&self, backbone: &Backbone, data: &TaskData, plain: &[Vec<f32>], params: &FitParams) -> Result<Learned> {
+    fn learn(
+        &self,
+        backbone: &Backbone,
+        data: &TaskData,
+        plain: &[Vec<f32>],
+        colours: &[Colour],
+        params: &FitParams,
+    ) -> Result<Learned> {
         Ok(Learned {
-            task: fit_from_features(&data.name, plain, backbone.meta.feature_dim(), params)?,
+            task: fit_from_features(&data.name, plain, colours, backbone.meta.feature_dim(), params)?,
             test_knowledge: None,
             prompt: None,
         })

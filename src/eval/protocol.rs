@@ -23,6 +23,7 @@ use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::{Bank, Precision, Rows};
 use crate::data::dataset::{ground_truth, load_task, TaskData};
 use crate::data::folder::load_rgb;
+use crate::detect::colour::{image_colours, Colour};
 use crate::detect::fit::{extract_features, FitParams};
 use crate::detect::heatmap::save_overlay;
 use crate::detect::knn::KnnIndex;
@@ -47,6 +48,8 @@ struct Prepared {
     data: TaskData,
     train: Vec<Vec<f32>>,
     test: Vec<Vec<f32>>,
+    train_colours: Vec<Colour>,
+    test_colours: Vec<Colour>,
     /// Test features under the task's own prompt, once it is learned with one.
     test_knowledge: Option<Vec<Vec<f32>>>,
     truth: Vec<Vec<bool>>,
@@ -99,7 +102,7 @@ pub fn run(
     for t in 0..count {
         let start = Instant::now();
         let set = &mut sets[t];
-        let learned = learner.learn(backbone, &set.data, &set.train, &options.fit)?;
+        let learned = learner.learn(backbone, &set.data, &set.train, &set.train_colours, &options.fit)?;
         ensure!(
             learned.task.key.dim() == dim,
             "task {} has rows of another backbone",
@@ -183,6 +186,8 @@ fn prepare(backbone: &Backbone, cache: Option<&FeatureCache>, data: TaskData) ->
     let start = Instant::now();
     let test = features(backbone, cache, &paths, &format!("{}: test", data.name))?;
     let test_s = start.elapsed().as_secs_f64();
+    let train_colours = image_colours(&backbone.meta, &data.train, |p| load_rgb(p))?;
+    let test_colours = image_colours(&backbone.meta, &paths, |p| load_rgb(p))?;
     let pre = Preprocessor::new(&backbone.meta);
     let truth = data
         .test
@@ -197,6 +202,8 @@ fn prepare(backbone: &Backbone, cache: Option<&FeatureCache>, data: TaskData) ->
         data,
         train,
         test,
+        train_colours,
+        test_colours,
         test_knowledge: None,
         truth,
         size: pre.size(),
@@ -231,7 +238,7 @@ impl Prepared {
 
 /// Test image `i` of `set` (task `own`), routed over the bank.
 fn routed(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
-    let routing = detector.route(&set.test[i]);
+    let routing = detector.route(&set.test[i], &set.test_colours[i]);
     let scores = |t: usize| -> Result<Vec<f32>> {
         Ok(detector.tasks[t].patch_scores(&set.view(backbone, detector, own, t, i)?))
     };

@@ -14,7 +14,9 @@ use serde::Serialize;
 use super::feature_cache::FeatureCache;
 use crate::backbone::Backbone;
 use crate::data::dataset::{load_task, TaskData};
+use crate::data::folder::load_rgb;
 use crate::data::synthetic::{products, SplitCounts};
+use crate::detect::colour::image_colours;
 use crate::detect::fit::{fit_from_features, FitParams};
 use crate::detect::{decide_route, Detector, Routing, TaskIndex};
 
@@ -71,11 +73,13 @@ struct Distances {
     owner: Vec<usize>,
     /// [image][task]
     rows: Vec<Vec<f32>>,
+    /// [image][task]: whether the image has the task's colours.
+    colour_fits: Vec<Vec<bool>>,
     limits: Vec<f32>,
-    /// For every image some bank routes beyond its nearest task's limit, keyed by the image and
-    /// that bank's candidate tasks: the task it is judged as, and whether it is unknown (the
-    /// verdict needs the candidates' knowledge).
-    resolved: HashMap<(usize, Vec<usize>), (usize, bool)>,
+    /// For every image some bank routes beyond its nearest task's limit, keyed by the image,
+    /// that bank's nearest task and its candidates: the task it is judged as, and whether it is
+    /// unknown (the verdict needs the candidates' knowledge).
+    resolved: HashMap<(usize, usize, Vec<usize>), (usize, bool)>,
 }
 
 /// `real`: a dataset root and the sets under it to spread through the generated products.
@@ -96,21 +100,19 @@ pub fn run(
     let mut test = Vec::new();
     for (t, set) in sets.iter().enumerate() {
         let train = cache.features(backbone, &set.train, &format!("{}: train", set.name))?;
-        detector.tasks.push(TaskIndex::new(&fit_from_features(
-            &set.name,
-            &train,
-            dim,
-            &options.fit,
-        )?));
+        let colours = image_colours(&backbone.meta, &set.train, |p| load_rgb(p))?;
+        let task = fit_from_features(&set.name, &train, &colours, dim, &options.fit)?;
+        detector.tasks.push(TaskIndex::new(&task));
         let paths: Vec<PathBuf> = set.test.iter().map(|i| i.image.clone()).collect();
         let features = cache.features(backbone, &paths, &format!("{}: test", set.name))?;
-        test.extend(features.into_iter().map(|f| (t, f)));
+        let colours = image_colours(&backbone.meta, &paths, |p| load_rgb(p))?;
+        test.extend(features.into_iter().zip(colours).map(|(f, c)| (t, f, c)));
         info!("learned {} ({}/{})", set.name, t + 1, sets.len());
     }
     let rows = crate::parallel::map(
         &test,
         || (),
-        |_, (_, f)| {
+        |_, (_, f, _)| {
             Ok(detector
                 .tasks
                 .iter()
@@ -118,9 +120,14 @@ pub fn run(
                 .collect::<Vec<f32>>())
         },
     )?;
+    let colour_fits = test
+        .iter()
+        .map(|(_, _, c)| detector.tasks.iter().map(|task| task.routing.colour.fits(c)).collect())
+        .collect();
     let mut distances = Distances {
-        owner: test.iter().map(|(t, _)| *t).collect(),
+        owner: test.iter().map(|(t, _, _)| *t).collect(),
         rows,
+        colour_fits,
         limits: detector.tasks.iter().map(|t| t.routing.unknown_above).collect(),
         resolved: HashMap::new(),
     };
@@ -131,7 +138,8 @@ pub fn run(
         |_, (image, routing)| {
             let scores = |t: usize| detector.tasks[t].patch_scores(&test[*image].1);
             let verdict = detector.resolve(routing, scores(routing.task), |t| Ok(scores(t)))?;
-            Ok(((*image, routing.candidates.clone()), (verdict.task, verdict.unknown)))
+            let key = (*image, routing.task, routing.candidates.clone());
+            Ok((key, (verdict.task, verdict.unknown)))
         },
     )?;
     distances.resolved.extend(resolved);
@@ -145,7 +153,7 @@ fn beyond_routings(d: &Distances) -> Vec<(usize, Routing)> {
     banks(d)
         .flat_map(|(bank, images)| {
             images.into_iter().filter_map(move |i| {
-                let routing = route_within(&d.rows[i], &d.limits, &bank);
+                let routing = route_within(d, i, &bank);
                 routing.beyond.then_some((i, routing))
             })
         })
@@ -204,11 +212,12 @@ fn report(names: &[String], d: &Distances) -> StressReport {
     }
 }
 
-/// Routing among the tasks in `bank` only, in task numbers.
-fn route_within(row: &[f32], limits: &[f32], bank: &[usize]) -> Routing {
-    let distances: Vec<f32> = bank.iter().map(|t| row[*t]).collect();
-    let limits: Vec<f32> = bank.iter().map(|t| limits[*t]).collect();
-    let routing = decide_route(&distances, &limits);
+/// Image `image`'s routing among the tasks in `bank` only, in task numbers.
+fn route_within(d: &Distances, image: usize, bank: &[usize]) -> Routing {
+    let distances: Vec<f32> = bank.iter().map(|t| d.rows[image][*t]).collect();
+    let limits: Vec<f32> = bank.iter().map(|t| d.limits[*t]).collect();
+    let colour_fits: Vec<bool> = bank.iter().map(|t| d.colour_fits[image][*t]).collect();
+    let routing = decide_route(&distances, &limits, &colour_fits);
     Routing {
         task: bank[routing.task],
         candidates: routing.candidates.iter().map(|c| bank[*c]).collect(),
@@ -218,9 +227,9 @@ fn route_within(row: &[f32], limits: &[f32], bank: &[usize]) -> Routing {
 
 /// An image's decision by `bank`: (judged task, unknown, margin).
 fn decide(d: &Distances, image: usize, bank: &[usize]) -> (usize, bool, f32) {
-    let routing = route_within(&d.rows[image], &d.limits, bank);
+    let routing = route_within(d, image, bank);
     let (task, unknown) = if routing.beyond {
-        d.resolved[&(image, routing.candidates)]
+        d.resolved[&(image, routing.task, routing.candidates)]
     } else {
         (routing.task, false)
     };
@@ -353,6 +362,7 @@ mod tests {
                 vec![5.0, 3.0, 5.0], // a b-part beyond b's limit: unknown
                 vec![1.9, 5.0, 1.0], // a c-part a would explain when c is left out
             ],
+            colour_fits: vec![vec![true; 3]; 5],
             limits: vec![2.0; 3],
             resolved: HashMap::new(),
         };
@@ -361,7 +371,7 @@ mod tests {
         d.resolved.extend(
             beyond
                 .into_iter()
-                .map(|(image, r)| ((image, r.candidates), (r.task, true))),
+                .map(|(image, r)| ((image, r.task, r.candidates), (r.task, true))),
         );
         let r = report(&names, &d);
         assert_eq!(r.stages[0].accuracy, 1.0);

@@ -20,6 +20,7 @@ use super::reject::{Actuator, RejectLine, SimRecord, SimulatedLine};
 use super::schedule::Pulse;
 use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
+use crate::detect::colour::{colour_of, Colour};
 use crate::detect::{image_score, Detector, Routing};
 use crate::update::listener::{DeviceState, Installed, UpdateListener, UpdatePolicy};
 use crate::update::signing::read_public_key;
@@ -421,12 +422,19 @@ impl Inspector {
         lap.mark(counters, Stage::Preprocess);
         let plain = self.backbone.features(tensor.clone(), None)?;
         lap.mark(counters, Stage::PlainPass);
-        let (mut task, mut fresh) = route(&mut self.sticky, self.config.routing, detector, &plain, counters);
+        let colour = colour_of(tensor.try_as_plain_ram()?.as_slice::<f32>()?, &self.backbone.meta);
+        let (mut task, mut fresh) = route(
+            &mut self.sticky,
+            self.config.routing,
+            detector,
+            (&plain, &colour),
+            counters,
+        );
         lap.mark(counters, Stage::Routing);
         let mut relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
         if relative > 0.0 && fresh.is_none() {
             // A would-be reject in sticky mode: make sure it is not a different product.
-            let routing = detector.route(&plain);
+            let routing = detector.route(&plain, &colour);
             lap.mark(counters, Stage::Routing);
             self.sticky.since_reroute = 0;
             if routing.task != task {
@@ -534,7 +542,7 @@ fn route(
     sticky: &mut Sticky,
     config: RoutingConfig,
     detector: &Detector,
-    plain: &[f32],
+    (plain, colour): (&[f32], &Colour),
     counters: &mut Counters,
 ) -> (usize, Option<Routing>) {
     if config.mode == RoutingMode::Sticky && sticky.since_reroute < config.reroute_every {
@@ -543,7 +551,7 @@ fn route(
             return (task, None);
         }
     }
-    let routing = detector.route(plain);
+    let routing = detector.route(plain, colour);
     if sticky.task.is_some_and(|t| t != routing.task) {
         counters.routing_switches += 1;
     }

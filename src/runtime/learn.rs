@@ -13,6 +13,7 @@ use super::pixels::{decode_jpeg, encode_jpeg};
 use super::source::conveyor_products;
 use crate::backbone::Backbone;
 use crate::bank::Bank;
+use crate::detect::colour::image_colours;
 use crate::detect::fit::{extract_features_with, fit_from_features, FitParams};
 
 /// Learns each product of the conveyor one after another from its normal training images (as
@@ -33,7 +34,7 @@ pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, p
     for product in conveyor_products(source)? {
         let start = Instant::now();
         let indices: Vec<usize> = (0..train_images).collect();
-        let features = extract_features_with(backbone, &indices, &product.name, None, |i| {
+        let capture = |i: &usize| -> Result<RgbImage> {
             let image = product.normal(size, *i);
             if !mjpeg {
                 return Ok(image);
@@ -41,8 +42,10 @@ pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, p
             let mut captured = RgbImage::new(0, 0);
             decode_jpeg(&encode_jpeg(&image)?, &mut captured)?;
             Ok(captured)
-        })?;
-        bank.append(fit_from_features(&product.name, &features, dim, params)?)?;
+        };
+        let features = extract_features_with(backbone, &indices, &product.name, None, capture)?;
+        let colours = image_colours(&backbone.meta, &indices, capture)?;
+        bank.append(fit_from_features(&product.name, &features, &colours, dim, params)?)?;
         info!(
             "learned {} from {train_images} normal images in {:.1} s",
             product.name,

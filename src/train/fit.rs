@@ -15,6 +15,7 @@ use crate::backbone::{Backbone, VitWeights};
 use crate::bank::{StoredPrompt, Task};
 use crate::data::dataset::TaskData;
 use crate::data::folder::load_rgb;
+use crate::detect::colour::Colour;
 use crate::detect::fit::{extract_features_with, fit_from_views, split, FitParams, TaskFeatures};
 use crate::eval::learner::{Learned, PromptSummary, TaskLearner};
 
@@ -44,13 +45,14 @@ impl PromptLearner {
         })
     }
 
-    /// Learns task `name` from its normal images, whose plain features are `plain`.
+    /// Learns task `name` from its normal images, whose plain features and colours are `plain`
+    /// and `colours`.
     pub fn fit(
         &self,
         backbone: &Backbone,
         name: &str,
         images: &[PathBuf],
-        plain: &[Vec<f32>],
+        (plain, colours): (&[Vec<f32>], &[Colour]),
         params: &FitParams,
     ) -> Result<PromptedFit> {
         let (memory, held) = split(images.len(), params.holdout, params.seed)?;
@@ -72,6 +74,7 @@ impl PromptLearner {
         let views = TaskFeatures {
             plain,
             knowledge: &prompted,
+            colours,
         };
         let mut task = fit_from_views(name, views, backbone.meta.feature_dim(), params)?;
         task.prompt = Some(StoredPrompt::new(&trained.prompt));
@@ -80,8 +83,15 @@ impl PromptLearner {
 }
 
 impl TaskLearner for PromptLearner {
-    fn learn(&self, backbone: &Backbone, data: &TaskData, plain: &[Vec<f32>], params: &FitParams) -> Result<Learned> {
-        let fit = self.fit(backbone, &data.name, &data.train, plain, params)?;
+    fn learn(
+        &self,
+        backbone: &Backbone,
+        data: &TaskData,
+        plain: &[Vec<f32>],
+        colours: &[Colour],
+        params: &FitParams,
+    ) -> Result<Learned> {
+        let fit = self.fit(backbone, &data.name, &data.train, (plain, colours), params)?;
         let tests: Vec<PathBuf> = data.test.iter().map(|t| t.image.clone()).collect();
         let label = format!("{}: prompted test features", data.name);
         let test_knowledge =

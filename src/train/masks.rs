@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn label_map_files_are_read_in_the_network_geometry_and_bad_ones_named() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, backbone) = crate::train::testing::tiny_backbone(1);
+        let (_, backbone) = crate::backbone::testing::tiny_backbone(1);
         let pre = Preprocessor::new(&backbone.meta);
         // 64×64 map, left half segment 3, right half 0: on the 4×4 grid, two columns each.
         let map = image::GrayImage::from_fn(64, 64, |x, _| Luma([if x < 32 { 3 } else { 0 }]));

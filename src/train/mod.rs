@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn training_lowers_the_loss_on_a_synthetic_product() {
-        let (weights, backbone) = testing::tiny_backbone(5);
+        let (weights, backbone) = crate::backbone::testing::tiny_backbone(5);
         let vit = PromptedVit::new(&weights, &backbone.meta, DType::F32).unwrap();
         let product = &products(1, 3)[0];
         let mut pre = Preprocessor::new(&backbone.meta);
@@ -303,19 +303,5 @@ mod tests {
             );
             assert_eq!(trained.prompt.data.len(), 4 * 2 * 32);
         }
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod testing {
-    use crate::backbone::{export_model, Arch, Backbone, ExportOptions, VitWeights};
-    use prost::Message;
-
-    /// vit-tiny-test with random weights and its f32 export under tract (batch 1).
-    pub fn tiny_backbone(seed: u64) -> (VitWeights, Backbone) {
-        let weights = VitWeights::random(Arch::VitTinyTest, seed);
-        let model = export_model(&weights, &ExportOptions::defaults(Arch::VitTinyTest)).unwrap();
-        let backbone = Backbone::from_bytes(model.encode_to_vec(), std::path::Path::new("tiny.onnx"), 1).unwrap();
-        (weights, backbone)
     }
 }

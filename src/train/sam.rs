@@ -90,7 +90,7 @@ mod tests {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let mut sam = SamSegmenter::new(vb, true).unwrap();
         sam.points_per_side = 2;
-        let (_, backbone) = crate::train::testing::tiny_backbone(1);
+        let (_, backbone) = crate::backbone::testing::tiny_backbone(1);
         let (meta, pre) = (&backbone.meta, Preprocessor::new(&backbone.meta));
         let view = RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 90]));
         let map = sam.segment(Path::new("part.png"), &view, &pre).unwrap();

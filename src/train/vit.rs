@@ -288,9 +288,9 @@ fn param(weights: &VitWeights, name: &str, dtype: DType) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backbone::testing::tiny_backbone;
     use crate::backbone::Prompt;
     use crate::train::scl::SclLoss;
-    use crate::train::testing::tiny_backbone;
     use candle_core::Var;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;

@@ -1,0 +1,145 @@
+//! An image's colour, as a check on routing: the quartiles of each RGB channel over the
+//! network's view. Patch features of a middle ViT block barely tell a product from the same
+//! shape in another colour; the quartiles do, and a defect covering less than a quarter of the
+//! part does not move them.
+
+use serde::{Deserialize, Serialize};
+
+use image::RgbImage;
+
+use crate::backbone::{BackboneMeta, Preprocessor};
+
+/// 25 %, 50 % and 75 % quantiles of R, G and B, in 0–255 units.
+pub type Colour = [f32; 9];
+
+/// A task's normal colours: their mean and spread, and how many spreads away a part of the
+/// task may lie.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColourStats {
+    pub mean: Colour,
+    /// Standard deviation, at least [`SPREAD_FLOOR`].
+    pub spread: Colour,
+    pub limit: f32,
+}
+
+/// The smallest spread, in 0–255 units: generated products and static scenes barely vary.
+pub const SPREAD_FLOOR: f32 = 2.0;
+/// Chosen on validation runs of the routing stress benchmark (generated products of seeds 1–3;
+/// floors 1, 2, 4 and limits 4–12 compared): no normal or defective test image of a product
+/// beyond 6 spreads of its own colours, and most products in another colour beyond it.
+pub const COLOUR_LIMIT: f32 = 6.0;
+
+impl ColourStats {
+    /// From the colours of a task's normal images.
+    pub fn fit(colours: &[Colour]) -> ColourStats {
+        let n = colours.len().max(1) as f32;
+        let mut mean = [0f32; 9];
+        let mut spread = [0f32; 9];
+        for d in 0..9 {
+            mean[d] = colours.iter().map(|c| c[d]).sum::<f32>() / n;
+            let var = colours.iter().map(|c| (c[d] - mean[d]).powi(2)).sum::<f32>() / n;
+            spread[d] = var.sqrt().max(SPREAD_FLOOR);
+        }
+        ColourStats {
+            mean,
+            spread,
+            limit: COLOUR_LIMIT,
+        }
+    }
+
+    /// The largest deviation of any quartile, in spreads.
+    pub fn distance(&self, colour: &Colour) -> f32 {
+        (0..9)
+            .map(|d| (colour[d] - self.mean[d]).abs() / self.spread[d])
+            .fold(0.0, f32::max)
+    }
+
+    pub fn fits(&self, colour: &Colour) -> bool {
+        self.distance(colour) <= self.limit
+    }
+}
+
+/// The colour of a normalised [1, 3, S, S] input, undoing the backbone's normalisation. Counts
+/// 256 levels per channel on the stack: no allocation, so the inspection loop can call it.
+pub fn colour_of(input: &[f32], meta: &BackboneMeta) -> Colour {
+    let plane = input.len() / 3;
+    let mut colour = [0f32; 9];
+    for c in 0..3 {
+        let mut histogram = [0u32; 256];
+        for v in &input[c * plane..(c + 1) * plane] {
+            let level = ((v * meta.std[c] + meta.mean[c]) * 255.0).round().clamp(0.0, 255.0);
+            histogram[level as usize] += 1;
+        }
+        for (q, fraction) in [0.25, 0.5, 0.75].iter().enumerate() {
+            colour[3 * q + c] = quantile_level(&histogram, plane, *fraction);
+        }
+    }
+    colour
+}
+
+/// The colours of `images` as `load` reads them, on every core.
+pub fn image_colours<T: Sync>(
+    meta: &BackboneMeta,
+    images: &[T],
+    load: impl Fn(&T) -> anyhow::Result<RgbImage> + Sync,
+) -> anyhow::Result<Vec<Colour>> {
+    crate::parallel::map(
+        images,
+        || Preprocessor::new(meta),
+        |pre, item| {
+            let input = pre.tensor(&load(item)?)?;
+            Ok(colour_of(input.try_as_plain_ram()?.as_slice::<f32>()?, meta))
+        },
+    )
+}
+
+/// The smallest level at or below which `fraction` of the `count` values lie.
+fn quantile_level(histogram: &[u32; 256], count: usize, fraction: f32) -> f32 {
+    let wanted = (fraction * count as f32).ceil().max(1.0) as u32;
+    let mut seen = 0;
+    for (level, n) in histogram.iter().enumerate() {
+        seen += n;
+        if seen >= wanted {
+            return level as f32;
+        }
+    }
+    255.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::Arch;
+
+    fn meta() -> BackboneMeta {
+        let (_, backbone) = crate::backbone::testing::tiny_backbone(1);
+        backbone.meta
+    }
+
+    #[test]
+    fn quartiles_come_back_in_pixel_units() {
+        let meta = meta();
+        // Left half red 200, right half red 40; green 100 everywhere; blue a ramp.
+        let image = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([if x < 16 { 200 } else { 40 }, 100, (y * 8) as u8])
+        });
+        let input = Preprocessor::new(&meta).tensor(&image).unwrap();
+        let colour = colour_of(input.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), &meta);
+        assert_eq!([colour[0], colour[3], colour[6]], [40.0, 40.0, 200.0]);
+        assert_eq!([colour[1], colour[4], colour[7]], [100.0; 3]);
+        assert!((colour[5] - 120.0).abs() <= 8.0, "{colour:?}");
+        assert_eq!(meta.arch, Arch::VitTinyTest);
+    }
+
+    #[test]
+    fn a_colour_is_judged_in_the_task_spreads_with_a_floor() {
+        let colours = [[100.0; 9], [100.0; 9], [100.0; 9]];
+        let stats = ColourStats::fit(&colours);
+        assert_eq!(stats.spread, [SPREAD_FLOOR; 9]);
+        let mut near = [100.0; 9];
+        near[4] = 100.0 + SPREAD_FLOOR * COLOUR_LIMIT;
+        assert!(stats.fits(&near));
+        near[4] += 1.0;
+        assert!(!stats.fits(&near));
+    }
+}
