@@ -61,6 +61,20 @@ fn a_learned_prompt_is_stored_in_the_bank_and_used_at_inference() {
         .fit(&backbone, "widget", &images, (&plain, &colours), &params)
         .unwrap();
     assert_eq!(fit.trained.epochs.len(), 2);
+    // The prompt's bytes come out of the task's budget.
+    let tight = FitParams {
+        task_budget_bytes: fit.task.bytes() - 1,
+        knowledge_fraction: 1.0,
+        ..params.clone()
+    };
+    let budgeted = learner
+        .fit(&backbone, "widget", &images, (&plain, &colours), &tight)
+        .unwrap();
+    assert!(
+        budgeted.task.bytes() <= tight.task_budget_bytes,
+        "{}",
+        budgeted.task.bytes()
+    );
 
     let mut bank = Bank::new(
         &backbone.file_sha256,

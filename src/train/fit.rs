@@ -76,8 +76,13 @@ impl PromptLearner {
             knowledge: &prompted,
             colours,
         };
-        let mut task = fit_from_views(name, views, backbone.meta.feature_dim(), params)?;
-        task.prompt = Some(StoredPrompt::new(&trained.prompt));
+        let prompt = StoredPrompt::new(&trained.prompt);
+        let within_budget = FitParams {
+            task_budget_bytes: params.task_budget_bytes.saturating_sub(prompt.rows.bytes()),
+            ..params.clone()
+        };
+        let mut task = fit_from_views(name, views, backbone.meta.feature_dim(), &within_budget)?;
+        task.prompt = Some(prompt);
         Ok(PromptedFit { task, trained })
     }
 }
