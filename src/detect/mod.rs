@@ -188,7 +188,8 @@ impl Detector {
     /// very uniform images have a narrow spread), the candidate of the image's colours whose
     /// knowledge explains most of the patches, scored by `score`; an unknown product when there
     /// is no such candidate or even the best leaves more than three quarters of the patches
-    /// unlike its normal ones.
+    /// unlike its normal ones (then shown against the nearest task, as [`Detector::judge`]
+    /// reports it).
     pub fn resolve(
         &self,
         routing: &Routing,
@@ -202,7 +203,7 @@ impl Detector {
                 unknown: false,
             });
         }
-        let mut best: Option<(Verdict, f32)> = None;
+        let mut best: Option<(usize, Vec<f32>, f32)> = None;
         for &task in &routing.candidates {
             let patch_scores = if task == routing.task {
                 nearest.clone()
@@ -210,23 +211,23 @@ impl Detector {
                 score(task)?
             };
             let share = self.tasks[task].unlike_share(&patch_scores);
-            if best.as_ref().is_none_or(|(_, lowest)| share < *lowest) {
-                let verdict = Verdict {
-                    task,
-                    patch_scores,
-                    unknown: share > UNLIKE_SHARE_LIMIT,
-                };
-                best = Some((verdict, share));
+            if best.as_ref().is_none_or(|(_, _, lowest)| share < *lowest) {
+                best = Some((task, patch_scores, share));
             }
         }
-        Ok(best.map_or(
-            Verdict {
+        Ok(match best {
+            Some((task, patch_scores, share)) if share <= UNLIKE_SHARE_LIMIT => Verdict {
+                task,
+                patch_scores,
+                unknown: false,
+            },
+            // Nothing explains it: an unknown product, shown against the nearest task.
+            _ => Verdict {
                 task: routing.task,
                 patch_scores: nearest,
                 unknown: true,
             },
-            |(verdict, _)| verdict,
-        ))
+        })
     }
 
     /// Plain pass → route → (prompted pass) → patch scores → decision. An unknown product is
