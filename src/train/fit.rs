@@ -26,7 +26,7 @@ pub struct PromptLearner {
     recipe: Recipe,
 }
 
-/// A task fitted with a prompt, and its training images' features under it.
+/// A task fitted with a prompt, and how the prompt was learned.
 pub struct PromptedFit {
     pub task: Task,
     pub trained: Trained,
