@@ -65,7 +65,7 @@ fn a_newer_format_asks_for_an_update() {
 
 #[test]
 fn older_formats_are_refused_with_a_re_fit_error() {
-    for old in [1u32, 2] {
+    for old in [1u32, 2, 3] {
         let mut bytes = small_bank().to_bytes();
         bytes[8..12].copy_from_slice(&old.to_le_bytes());
         let err = Bank::from_bytes(&bytes, "old.ucad").unwrap_err();

@@ -10,13 +10,13 @@ use sha2::{Digest, Sha256};
 use super::projection::Projection;
 use super::rows::{Precision, Rows};
 use crate::backbone::Prompt;
-use crate::detect::colour::ColourStats;
+use crate::detect::colour::{ColourStats, COLOUR_DIMS};
 
 const MAGIC: &[u8; 8] = b"UCADBANK";
 /// 2: compact knowledge (projection, int8) and routing statistics; 3: the tasks' colour
-/// statistics. Older banks are refused with a re-fit error: what they lack needs the training
-/// images.
-pub const FORMAT_VERSION: u32 = 3;
+/// statistics; 4: chroma quartiles in the colour statistics. Older banks are refused with a
+/// re-fit error: what they lack needs the training images.
+pub const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 
@@ -138,8 +138,8 @@ impl Task {
                 unknown_above: f32::INFINITY,
                 patch_limit: f32::INFINITY,
                 colour: ColourStats {
-                    mean: [0.0; 9],
-                    spread: [1.0; 9],
+                    mean: [0.0; COLOUR_DIMS],
+                    spread: [1.0; COLOUR_DIMS],
                     limit: f32::INFINITY,
                 },
             },

@@ -383,7 +383,7 @@ mod tests {
     }
 
     fn colours(images: usize) -> Vec<Colour> {
-        vec![[120.0; 9]; images]
+        vec![[120.0; super::super::colour::COLOUR_DIMS]; images]
     }
 
     /// `images` images of 16 patches of dim 32 around a product-specific centre.

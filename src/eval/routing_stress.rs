@@ -44,6 +44,17 @@ pub struct Stage {
     pub unknown_rate: f64,
     /// 5th percentile of the routing margin (normalised units).
     pub margin_p5: f64,
+    /// Test images judged as another task than their own, most first.
+    pub misjudged: Vec<Misjudged>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Misjudged {
+    pub task: String,
+    pub judged_as: String,
+    pub images: usize,
+    /// How many of them were also called unknown.
+    pub unknown: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,6 +251,7 @@ fn stage(names: &[String], d: &Distances, bank: &[usize]) -> Stage {
     let mut right = vec![0usize; bank.len()];
     let mut seen = vec![0usize; bank.len()];
     let (mut unknown, mut margins) = (0, Vec::new());
+    let mut wrong: HashMap<(usize, usize), (usize, usize)> = HashMap::new();
     for image in (0..d.rows.len()).filter(|i| bank.contains(&d.owner[*i])) {
         let (task, is_unknown, margin) = decide(d, image, bank);
         let owner = d.owner[image];
@@ -247,7 +259,21 @@ fn stage(names: &[String], d: &Distances, bank: &[usize]) -> Stage {
         right[owner] += (task == owner) as usize;
         unknown += is_unknown as usize;
         margins.push(margin);
+        if task != owner {
+            let count = wrong.entry((owner, task)).or_default();
+            *count = (count.0 + 1, count.1 + is_unknown as usize);
+        }
     }
+    let mut misjudged: Vec<Misjudged> = wrong
+        .into_iter()
+        .map(|((owner, task), (images, unknown))| Misjudged {
+            task: names[owner].clone(),
+            judged_as: names[task].clone(),
+            images,
+            unknown,
+        })
+        .collect();
+    misjudged.sort_by(|a, b| (b.images, &a.task, &a.judged_as).cmp(&(a.images, &b.task, &b.judged_as)));
     margins.sort_by(f32::total_cmp);
     let accuracies: Vec<f64> = right.iter().zip(&seen).map(|(r, s)| ratio(*r, *s)).collect();
     let worst = (0..bank.len())
@@ -263,6 +289,7 @@ fn stage(names: &[String], d: &Distances, bank: &[usize]) -> Stage {
         worst_accuracy: accuracies[worst],
         unknown_rate: ratio(unknown, images),
         margin_p5: margins.get(margins.len() / 20).map_or(f64::NAN, |m| *m as f64),
+        misjudged,
     }
 }
 
@@ -324,6 +351,16 @@ pub fn table(report: &StressReport) -> String {
             "{:>5} {:<16} {:>7} {:>9.4} {:>9.4} {:<16} {:>8.4} {:>9.3}",
             s.tasks, s.learned, s.test_images, s.accuracy, s.worst_accuracy, s.worst_task, s.unknown_rate, s.margin_p5
         );
+    }
+    if let Some(last) = report.stages.last() {
+        let _ = writeln!(out, "after the last task, images judged as another task:");
+        for m in &last.misjudged {
+            let _ = writeln!(
+                out,
+                "  {:<16} -> {:<16} {:>3} ({} of them unknown)",
+                m.task, m.judged_as, m.images, m.unknown
+            );
+        }
     }
     let _ = writeln!(
         out,
