@@ -230,15 +230,19 @@ pub fn folder(path: &Path, fps: f64, repeat: bool) -> Result<Replay> {
     Ok(Replay::new(clips, order, fps))
 }
 
-/// JPEG files stay compressed (decoded per frame, as from an MJPEG camera); other formats are
-/// decoded now.
+/// JPEG files stay compressed (decoded per frame, as from an MJPEG camera) but are decoded once
+/// now, so that a damaged one is named at start-up rather than failing a frame; other formats
+/// are decoded now.
 fn folder_clip(path: &Path) -> Result<Clip> {
     let is_jpeg = path
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"));
     Ok(if is_jpeg {
-        Clip::Jpeg(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        decode_jpeg(&bytes, &mut RgbImage::new(0, 0))
+            .with_context(|| format!("{}: cannot be replayed", path.display()))?;
+        Clip::Jpeg(bytes)
     } else {
         Clip::Pixels(load_rgb(path)?)
     })
@@ -268,4 +272,21 @@ pub fn open(config: &SourceConfig, stall: Duration) -> Result<Box<dyn FrameSourc
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_jpeg_in_a_replay_folder_is_named_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = RgbImage::from_pixel(16, 16, image::Rgb([90, 120, 150]));
+        let jpeg = encode_jpeg(&image).unwrap();
+        std::fs::write(dir.path().join("a.jpg"), &jpeg).unwrap();
+        assert!(folder(dir.path(), 10.0, false).is_ok());
+        std::fs::write(dir.path().join("b.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+        let err = format!("{:#}", folder(dir.path(), 10.0, false).err().unwrap());
+        assert!(err.contains("b.jpg") && err.contains("truncated"), "{err}");
+    }
 }
