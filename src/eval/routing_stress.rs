@@ -416,6 +416,12 @@ mod tests {
         // The b-part nothing explains is nearest to b (right) but unknown.
         assert_eq!((after_b.accuracy, after_b.unknown_rate), (0.75, 0.25));
         assert_eq!(after_b.worst_accuracy, 0.5);
+        let misjudged: Vec<_> = after_b
+            .misjudged
+            .iter()
+            .map(|m| (m.task.as_str(), m.judged_as.as_str(), m.images, m.unknown))
+            .collect();
+        assert_eq!(misjudged, [("a", "b", 1, 0)]);
         assert_eq!(r.stages[2].accuracy, 4.0 / 5.0);
         let detected: Vec<f64> = r.left_out.iter().map(|l| l.detected).collect();
         // Without a: its first image is unknown, the second goes to b. Without b: both unknown.
