@@ -106,12 +106,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Sign a bank for devices: writes the update (envelope and bank) to OUT.
+    /// Sign a bank for the devices of one line: writes the update (envelope and bank) to OUT.
     Sign {
         #[arg(long)]
         bank: PathBuf,
         #[arg(long)]
         key: PathBuf,
+        /// The line (device group) the update is for: devices with another `[update] line` refuse it.
+        #[arg(long, value_parser = signing::Line::new)]
+        line: signing::Line,
         #[arg(long)]
         out: PathBuf,
     },
@@ -123,8 +126,11 @@ enum Command {
         /// HOST:PORT of the device's update listener.
         #[arg(long)]
         device: String,
-        #[arg(long)]
+        #[arg(long, requires = "line")]
         key: Option<PathBuf>,
+        /// With --key: the line the update is signed for.
+        #[arg(long, requires = "key", value_parser = signing::Line::new)]
+        line: Option<signing::Line>,
     },
     /// A device's installed bank and counters.
     Status {
@@ -489,11 +495,16 @@ fn run(cli: Cli) -> Result<()> {
                 signing::public_key_path(&out).display()
             );
         }
-        Command::Sign { bank, key, out } => {
-            ucad::fsutil::write_atomic(&out, &signed_update(&bank, &key)?)?;
+        Command::Sign { bank, key, line, out } => {
+            ucad::fsutil::write_atomic(&out, &signed_update(&bank, &key, &line)?)?;
             println!("wrote {}", out.display());
         }
-        Command::Push { bank, device, key } => push(&bank, &device, key.as_deref())?,
+        Command::Push {
+            bank,
+            device,
+            key,
+            line,
+        } => push(&bank, &device, key.as_deref().zip(line.as_ref()))?,
         Command::Status { device } => {
             let answer = client::status(&device)?;
             anyhow::ensure!(
@@ -789,16 +800,17 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
     Ok(())
 }
 
-/// A bank file signed with a secret key file (the bank is checked to load first).
-fn signed_update(bank: &Path, key: &Path) -> Result<Vec<u8>> {
+/// A bank file signed with a secret key file for a line (the bank is checked to load first).
+fn signed_update(bank: &Path, key: &Path, line: &signing::Line) -> Result<Vec<u8>> {
     let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
     ucad::bank::Bank::from_bytes(&bytes, &bank.display().to_string())?;
-    Ok(signing::sign(&bytes, &signing::read_secret_key(key)?))
+    Ok(signing::sign(&bytes, line, &signing::read_secret_key(key)?))
 }
 
-fn push(bank: &Path, device: &str, key: Option<&Path>) -> Result<()> {
-    let update = match key {
-        Some(key) => signed_update(bank, key)?,
+/// Sends a bank: signed here with `(key, line)`, or already signed by `ucad sign`.
+fn push(bank: &Path, device: &str, signer: Option<(&Path, &signing::Line)>) -> Result<()> {
+    let update = match signer {
+        Some((key, line)) => signed_update(bank, key, line)?,
         None => {
             let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
             signing::SignedUpdate::parse(&bytes).with_context(|| {

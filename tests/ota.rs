@@ -1,11 +1,17 @@
 //! Over-the-air bank updates against a running device: refused mutations leave it untouched and
-//! running, a SIGKILL during installs never leaves it without a whole bank, and hot swaps neither
-//! drop a frame nor judge one with a mix of two banks. Tiny backbone: no models needed.
+//! running, a SIGKILL during installs never leaves it without a whole bank, hot swaps neither
+//! drop a frame nor judge one with a mix of two banks, no rollback survives damage to the bank
+//! files, slow clients are cut at the request deadline and delay neither status nor shutdown.
+//! Tiny backbone: no models needed.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -16,13 +22,22 @@ use ucad::bank::{Bank, Capacity};
 use ucad::data::folder::load_rgb;
 use ucad::detect::Detector;
 use ucad::update::client;
-use ucad::update::signing::{sign, write_key_pair};
+use ucad::update::http::DEADLINE;
+use ucad::update::listener::{DeviceState, UpdateListener, UpdatePolicy};
+use ucad::update::signing::{sign, write_key_pair, Line};
 use ucad::update::store::{BankStore, Origin};
 
 const ROOM: Capacity = Capacity {
     tasks: 32,
     bytes_per_task: 2 << 20,
 };
+
+/// The line the test devices are on.
+const LINE: &str = "line-a";
+
+fn line(name: &str) -> Line {
+    Line::new(name).unwrap()
+}
 
 /// A device's files: backbone, bank, frames, trusted key, config.
 struct Device {
@@ -62,14 +77,19 @@ impl Device {
     }
 
     fn signed(&self, bank: &Bank) -> Vec<u8> {
-        sign(&bank.to_bytes(), &self.key)
+        sign(&bank.to_bytes(), &line(LINE), &self.key)
     }
 
     /// `ucad run` on this device's config, answering status requests.
     fn start(&self) -> Child {
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, args: &[&str]) -> Child {
         let child = Command::new(env!("CARGO_BIN_EXE_ucad"))
             .args(["run", "--config"])
             .arg(&self.config)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -115,6 +135,7 @@ frame_pool_mib = 16
 [update]
 listen = "{address}"
 trusted_keys = ["line.key.pub"]
+line = "{LINE}"
 max_mib = 1
 "#,
         backbone.display()
@@ -149,7 +170,8 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
     let frames_before = device.status()["totals"]["frames"].as_u64().unwrap();
     let mut bank = device.product.bank(0.1, 2);
     let newer = device.signed(&bank);
-    let by_a_stranger = sign(&bank.to_bytes(), &SigningKey::from_bytes(&[9; 32]));
+    let by_a_stranger = sign(&bank.to_bytes(), &line(LINE), &SigningKey::from_bytes(&[9; 32]));
+    let for_another_line = sign(&bank.to_bytes(), &line("line-b"), &device.key);
     let older: Vec<Vec<u8>> = (0..=1)
         .map(|version| {
             bank.version = version;
@@ -162,7 +184,7 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
     let cases: Vec<(&str, Vec<u8>, &[u16])> = {
         let mut rng = ChaCha8Rng::seed_from_u64(200);
         (0..200)
-            .map(|i| match i % 6 {
+            .map(|i| match i % 7 {
                 0 => {
                     let mut flipped = newer.clone();
                     let at = rng.random_range(0..flipped.len());
@@ -177,6 +199,7 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
                 2 => ("wrong key", by_a_stranger.clone(), &[403][..]),
                 3 => ("wrong backbone", other_backbone.clone(), &[422][..]),
                 4 => ("older version", older[rng.random_range(0..2)].clone(), &[409][..]),
+                5 => ("another line", for_another_line.clone(), &[403][..]),
                 _ => {
                     let mut big = newer.clone();
                     big.resize((1 << 20) + 1 + rng.random_range(0..4096), 0);
@@ -239,7 +262,9 @@ fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     for _ in 0..50 {
         let mut child = device.start();
         assert_eq!(device.installed_version(), version);
-        let update = device.signed(&device.product.bank(0.1, version + 1));
+        // A kill between raising the version mark and the rename leaves the mark one ahead.
+        let next = store.highest_installed().unwrap().max(version) + 1;
+        let update = device.signed(&device.product.bank(0.1, next));
         let address = device.address.clone();
         let pusher = std::thread::spawn(move || client::push(&address, &update));
         std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
@@ -250,11 +275,11 @@ fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
         let (bank, origin) = store.load().expect("a whole bank after the kill");
         assert_eq!(origin, Origin::Current, "the current bank is always whole");
         assert!(
-            bank.version == version || bank.version == version + 1,
-            "version {} after installing {} over {version}",
+            bank.version == version || bank.version == next,
+            "version {} after installing {next} over {version}",
             bank.version,
-            version + 1
         );
+        assert!(store.highest_installed().unwrap() >= bank.version);
         if bank.version == version {
             kept += 1;
         } else {
@@ -333,4 +358,267 @@ fn twenty_hot_swaps_drop_no_frame_and_never_mix_two_banks() {
         21,
         "the last push is installed"
     );
+}
+
+#[test]
+fn no_rollback_after_the_bank_files_are_damaged_or_gone() {
+    let device = Device::new();
+    let push = |version: u64, line_name: &str| {
+        let mut bank = device.product.bank(0.1, version);
+        bank.version = version;
+        let update = sign(&bank.to_bytes(), &line(line_name), &device.key);
+        client::push(&device.address, &update).unwrap()
+    };
+    let mut child = device.start();
+    for version in [5, 7] {
+        let answer = push(version, LINE);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The current bank (v7) damaged: the device runs the last good one (v5), and still knows v7.
+    let mut bytes = std::fs::read(device.bank_path()).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(device.bank_path(), bytes).unwrap();
+    let mut child = device.start();
+    let status = device.status();
+    assert_eq!(status["bank"]["version"].as_u64(), Some(5));
+    assert_eq!(status["bank"]["origin"].as_str(), Some("last_good"));
+    let answer = push(6, LINE);
+    assert_eq!(answer.status, 409, "v6 after v7: {}", answer.body);
+    assert!(answer.body.contains("version 7"), "{}", answer.body);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Both bank files gone: no bank to run, and still no way back.
+    let last_good = PathBuf::from(format!("{}.last-good", device.bank_path().display()));
+    std::fs::remove_file(device.bank_path()).unwrap();
+    std::fs::remove_file(last_good).unwrap();
+    let mut child = device.start();
+    assert!(device.status()["bank"].is_null());
+    for version in [1, 7] {
+        let answer = push(version, LINE);
+        assert_eq!(answer.status, 409, "v{version} after v7: {}", answer.body);
+    }
+    // Nor across lines; the next version for this line is taken.
+    let answer = push(8, "line-b");
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(answer.body.contains("line-b") && answer.body.contains(LINE), "{}", answer.body);
+    let answer = push(8, LINE);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(device.installed_version(), 8);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A listener on its own (no loop, no bank): for the request-level tests.
+fn bare_listener(dir: &Path, deadline: Duration) -> UpdateListener {
+    let policy = UpdatePolicy {
+        trusted: vec![SigningKey::from_bytes(&[7; 32]).verifying_key()],
+        line: line(LINE),
+        backbone_sha256: "sha".into(),
+        capacity: ROOM,
+        max_bytes: 1 << 20,
+        request_deadline: deadline,
+    };
+    let store = BankStore::new(&dir.join("bank.ucad"), "sha", ROOM);
+    UpdateListener::start("127.0.0.1:0", policy, store, Arc::new(DeviceState::default())).unwrap()
+}
+
+/// The longest `GET /status` took, polled every 100 ms while `busy` runs.
+fn status_latency_during<T>(address: &str, busy: impl FnOnce() -> T) -> (Duration, T) {
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (done, address) = (done.clone(), address.to_string());
+        std::thread::spawn(move || {
+            let mut longest = Duration::ZERO;
+            while !done.load(Ordering::Acquire) {
+                let asked = Instant::now();
+                assert_eq!(client::status(&address).unwrap().status, 200);
+                longest = longest.max(asked.elapsed());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            longest
+        })
+    };
+    let result = busy();
+    done.store(true, Ordering::Release);
+    (poller.join().unwrap(), result)
+}
+
+/// A client that sends `head` at once, then `trickle` one byte every `every`.
+struct SlowClient {
+    stream: TcpStream,
+    connected: Instant,
+    sender: std::thread::JoinHandle<()>,
+}
+
+impl SlowClient {
+    fn connect(address: &str, head: &[u8], trickle: &[u8], every: Duration) -> SlowClient {
+        let stream = TcpStream::connect(address).unwrap();
+        let connected = Instant::now();
+        let mut writer = stream.try_clone().unwrap();
+        let (head, trickle) = (head.to_vec(), trickle.to_vec());
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(&head);
+            for byte in trickle {
+                std::thread::sleep(every);
+                if writer.write_all(&[byte]).is_err() {
+                    break;
+                }
+            }
+        });
+        SlowClient {
+            stream,
+            connected,
+            sender,
+        }
+    }
+
+    /// Waits (at most `limit`) for the listener to end the connection: when, after connecting,
+    /// and what it answered.
+    fn ended(self, limit: Duration) -> (Duration, String) {
+        let mut answer = Vec::new();
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let _ = (&self.stream).read_to_end(&mut answer);
+        let ended = self.connected.elapsed();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.sender.join().unwrap();
+        (ended, String::from_utf8_lossy(&answer).into_owned())
+    }
+}
+
+/// A request line, then a header line, that never end: one byte every 1.5 s.
+fn slowloris(address: &str) -> [SlowClient; 2] {
+    let every = Duration::from_millis(1500);
+    [
+        SlowClient::connect(address, b"", &[b'G'; 100], every),
+        SlowClient::connect(
+            address,
+            b"POST /bank HTTP/1.1\r\nContent-Length: 5\r\nX-Slow: ",
+            &[b'a'; 100],
+            every,
+        ),
+    ]
+}
+
+#[test]
+fn slowloris_is_cut_at_the_deadline_while_status_answers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = Duration::from_secs(4);
+    let listener = bare_listener(dir.path(), deadline);
+    let address = listener.address().to_string();
+    let (longest, ends) = status_latency_during(&address, || {
+        slowloris(&address).map(|client| client.ended(Duration::from_secs(60)))
+    });
+    for (ended, answer) in ends {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        assert!(
+            ended >= deadline - Duration::from_millis(50) && ended < deadline + Duration::from_millis(1500),
+            "cut after {ended:?}, the deadline is {deadline:?}"
+        );
+    }
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+}
+
+#[test]
+fn three_slow_clients_delay_neither_status_nor_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    let every = Duration::from_secs(2);
+    let slow: Vec<SlowClient> = (0..3)
+        .map(|_| SlowClient::connect(&address, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 100], every))
+        .collect();
+    let (longest, ()) = status_latency_during(&address, || std::thread::sleep(Duration::from_secs(3)));
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+
+    let stopping = Instant::now();
+    listener.stop();
+    let stopped = stopping.elapsed();
+    assert!(stopped < Duration::from_secs(1), "stop took {stopped:?}");
+    for client in slow {
+        let (ended, _) = client.ended(Duration::from_secs(10));
+        assert!(ended < Duration::from_secs(8), "a slow client was kept for {ended:?}");
+    }
+    assert!(client::status(&address).is_err(), "nothing listens after stop");
+}
+
+#[test]
+fn a_content_length_must_be_one_decimal_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), Duration::from_secs(5));
+    let address = listener.address().to_string();
+    let answer = |request: &str| {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    for lengths in ["Content-Length: 3\r\nContent-Length: 5", "Content-Length: +5", "Content-Length: 5x"] {
+        let got = answer(&format!("POST /bank HTTP/1.1\r\n{lengths}\r\n\r\nabcde"));
+        assert!(got.starts_with("HTTP/1.1 400"), "{lengths:?}: {got}");
+    }
+    let same_twice = answer("GET /status HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n");
+    assert!(same_twice.starts_with("HTTP/1.1 200"), "{same_twice}");
+}
+
+#[test]
+fn a_device_cuts_a_slow_client_at_the_default_deadline_and_ends_its_frames_regardless() {
+    let device = Device::new();
+    // The real deadline on `ucad run`: a header line trickled every 3 s for two minutes.
+    let mut child = device.start();
+    let every = Duration::from_secs(3);
+    let (longest, (ended, answer)) = status_latency_during(&device.address, || {
+        SlowClient::connect(&device.address, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 40], every)
+            .ended(Duration::from_secs(120))
+    });
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        ended >= DEADLINE - Duration::from_millis(50) && ended < DEADLINE + Duration::from_secs(2),
+        "cut after {ended:?}"
+    );
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The end of --frames with a slow client connected: the process exits, summary and all.
+    let mut child = device.start_with(&["--frames", "40"]);
+    let slow = SlowClient::connect(&device.address, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 40], every);
+    let waiting = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "ucad run did not end with a slow client connected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let (ended, _) = slow.ended(Duration::from_secs(10));
+    assert!(ended < Duration::from_secs(25), "the slow client was kept for {ended:?}");
+}
+
+#[test]
+fn the_update_section_is_checked_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = device_config(Path::new("tiny.onnx"), "127.0.0.1:1");
+    let path = dir.path().join("device.toml");
+    let refusal = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        format!("{:#}", ucad::runtime::config::RunConfig::load(&path).unwrap_err())
+    };
+    let err = refusal(base.replace(&format!("line = \"{LINE}\"\n"), ""));
+    assert!(err.contains("line") && err.contains("device.toml"), "{err}");
+    let err = refusal(base.replace(&format!("line = \"{LINE}\""), "line = \"hall 2\""));
+    assert!(err.contains("line") && err.contains("hall 2"), "{err}");
+    for max in ["0", "1025", "1000000000000"] {
+        let err = refusal(base.replace("max_mib = 1", &format!("max_mib = {max}")));
+        assert!(err.contains("update.max_mib") && err.contains("1024"), "{max}: {err}");
+    }
 }

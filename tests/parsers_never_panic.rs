@@ -68,27 +68,30 @@ fn mutated_bank_files_are_refused_or_read_without_a_panic() {
 #[test]
 fn mutated_update_requests_are_refused_without_a_panic() {
     let key = SigningKey::from_bytes(&[7; 32]);
+    let line = ucad::update::signing::Line::new("fuzz").unwrap();
     let policy = UpdatePolicy {
         trusted: vec![key.verifying_key()],
+        line: line.clone(),
         backbone_sha256: "fuzz".into(),
         capacity: Capacity {
             tasks: 8,
             bytes_per_task: 1 << 20,
         },
         max_bytes: 1 << 20,
+        request_deadline: std::time::Duration::from_secs(1),
     };
-    let valid = sign(&small_bank().to_bytes(), &key);
-    assert!(validate(&valid, &policy, Some(4)).is_ok());
+    let valid = sign(&small_bank().to_bytes(), &line, &key);
+    assert!(validate(&valid, &policy, 4).is_ok());
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for _ in 0..MUTATIONS {
         let mutated = mutate(&valid, &mut rng);
         // The signature covers every byte: no change at all may pass (two flips of one bit
         // give the valid request back).
-        let accepted = validate(&mutated, &policy, Some(4)).is_ok();
+        let accepted = validate(&mutated, &policy, 4).is_ok();
         assert!(!accepted || mutated == valid, "a mutated update was accepted");
     }
     let random: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
     for len in 0..random.len() {
-        assert!(validate(&random[..len], &policy, None).is_err());
+        assert!(validate(&random[..len], &policy, 0).is_err());
     }
 }

@@ -79,6 +79,9 @@ pub struct UpdateConfig {
     pub listen: String,
     /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
     pub trusted_keys: Vec<PathBuf>,
+    /// The production line (or device group) this device is on: only banks signed for it
+    /// (`ucad sign --line`) are accepted. Required, so that no two lines share one by default.
+    pub line: crate::update::signing::Line,
     /// Larger requests are refused (a body up to twice this is read and discarded first).
     #[serde(default = "default_update_max_mib")]
     pub max_mib: usize,
@@ -87,6 +90,9 @@ pub struct UpdateConfig {
 fn default_update_max_mib() -> usize {
     64
 }
+
+/// The largest `update.max_mib`: a request body is held in memory whole.
+pub const MAX_UPDATE_MIB: usize = 1024;
 
 fn default_audit_queue() -> usize {
     4
@@ -375,8 +381,13 @@ impl RunConfig {
         }
         if let Some(update) = &self.update {
             ensure!(
-                !update.trusted_keys.is_empty() && update.max_mib >= 1,
-                "update needs at least one trusted key and max_mib ≥ 1"
+                !update.trusted_keys.is_empty(),
+                "update.trusted_keys must name at least one key"
+            );
+            ensure!(
+                (1..=MAX_UPDATE_MIB).contains(&update.max_mib),
+                "update.max_mib ({}) must be 1 to {MAX_UPDATE_MIB}",
+                update.max_mib
             );
             mib(update.max_mib)?;
         }

@@ -244,9 +244,11 @@ impl Inspector {
             .collect::<Result<Vec<_>>>()?;
         let policy = UpdatePolicy {
             trusted,
+            line: update.line.clone(),
             backbone_sha256: self.backbone.file_sha256.clone(),
             capacity: self.config.bank.capacity(),
             max_bytes: mib(update.max_mib)?,
+            request_deadline: crate::update::http::DEADLINE,
         };
         let store = BankStore::new(&self.config.bank.path, &self.backbone.file_sha256, policy.capacity);
         UpdateListener::start(&update.listen, policy, store, self.state.clone()).map(Some)
