@@ -405,7 +405,11 @@ fn no_rollback_after_the_bank_files_are_damaged_or_gone() {
     // Nor across lines; the next version for this line is taken.
     let answer = push(8, "line-b");
     assert_eq!(answer.status, 403, "{}", answer.body);
-    assert!(answer.body.contains("line-b") && answer.body.contains(LINE), "{}", answer.body);
+    assert!(
+        answer.body.contains("line-b") && answer.body.contains(LINE),
+        "{}",
+        answer.body
+    );
     let answer = push(8, LINE);
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(device.installed_version(), 8);
@@ -547,6 +551,33 @@ fn three_slow_clients_delay_neither_status_nor_stop() {
 }
 
 #[test]
+fn a_connection_beyond_the_bound_is_turned_away_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            stream.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+            stream
+        })
+        .collect();
+    let asked = Instant::now();
+    let answer = client::status(&address).unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    drop(held);
+    let freed = Instant::now();
+    while client::status(&address).unwrap().status != 200 {
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "the slots were not given back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn a_content_length_must_be_one_decimal_number() {
     let dir = tempfile::tempdir().unwrap();
     let listener = bare_listener(dir.path(), Duration::from_secs(5));
@@ -558,8 +589,13 @@ fn a_content_length_must_be_one_decimal_number() {
         stream.read_to_string(&mut answer).unwrap();
         answer
     };
-    for lengths in ["Content-Length: 3\r\nContent-Length: 5", "Content-Length: +5", "Content-Length: 5x"] {
-        let got = answer(&format!("POST /bank HTTP/1.1\r\n{lengths}\r\n\r\nabcde"));
+    // A request that would be answered 200 with either reading of its length.
+    for lengths in [
+        "Content-Length: 0\r\nContent-Length: 5",
+        "Content-Length: +5",
+        "Content-Length: 5x",
+    ] {
+        let got = answer(&format!("GET /status HTTP/1.1\r\n{lengths}\r\n\r\nabcde"));
         assert!(got.starts_with("HTTP/1.1 400"), "{lengths:?}: {got}");
     }
     let same_twice = answer("GET /status HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n");
@@ -601,7 +637,10 @@ fn a_device_cuts_a_slow_client_at_the_default_deadline_and_ends_its_frames_regar
     };
     assert!(exit.success(), "{exit:?}");
     let (ended, _) = slow.ended(Duration::from_secs(10));
-    assert!(ended < Duration::from_secs(25), "the slow client was kept for {ended:?}");
+    assert!(
+        ended < Duration::from_secs(25),
+        "the slow client was kept for {ended:?}"
+    );
 }
 
 #[test]

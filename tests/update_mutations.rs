@@ -170,6 +170,12 @@ fn resealed_mutations_of_an_update_reach_every_check_without_a_panic() {
         "{MUTATIONS} re-sealed update mutations: {reached_postcard} reached postcard decoding, {decoded} decoded, \
          {accepted} accepted by the listener's checks ({detectors} built a detector)"
     );
-    assert!(reached_postcard > MUTATIONS * 8 / 10, "only {reached_postcard} got past the seal");
-    assert!(accepted > 0, "no mutation was accepted: the mutations do not reach the checks after decoding");
+    assert!(
+        reached_postcard > MUTATIONS * 8 / 10,
+        "only {reached_postcard} got past the seal"
+    );
+    assert!(
+        accepted > 0,
+        "no mutation was accepted: the mutations do not reach the checks after decoding"
+    );
 }

@@ -73,10 +73,11 @@ impl<S: Source> Timed<'_, S> {
             match self.source.read(buf) {
                 Ok(n) => return Ok(n),
                 // A timeout or a signal: the deadline decides.
-                Err(e) if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(bad(400, &format!("cannot read the request: {e}"))),
             }
         }
@@ -250,7 +251,10 @@ mod tests {
                 body: b"abc".to_vec()
             }
         );
-        let twice = read(b"POST /bank HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab", 10);
+        let twice = read(
+            b"POST /bank HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+            10,
+        );
         assert_eq!(twice.unwrap().body, b"ab", "the same length twice is one length");
     }
 
@@ -274,7 +278,12 @@ mod tests {
         assert_eq!(status(b""), 400);
         let huge_head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_HEAD]].concat();
         assert_eq!(status(&huge_head), 431);
-        let many = [b"GET / HTTP/1.1\r\n".as_slice(), &b"X: y\r\n".repeat(MAX_HEADERS + 1), b"\r\n"].concat();
+        let many = [
+            b"GET / HTTP/1.1\r\n".as_slice(),
+            &b"X: y\r\n".repeat(MAX_HEADERS + 1),
+            b"\r\n",
+        ]
+        .concat();
         assert_eq!(status(&many), 431);
     }
 
@@ -288,7 +297,13 @@ mod tests {
         let conflicting = b"POST /bank HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 5\r\n\r\nabcde";
         let refusal = read(conflicting, 10).unwrap_err();
         assert_eq!(refusal, bad(400, "conflicting Content-Length headers"));
-        assert_eq!(read(b"POST /b HTTP/1.1\r\nContent-Length:  5 \r\n\r\nabcde", 10).unwrap().body.len(), 5);
+        assert_eq!(
+            read(b"POST /b HTTP/1.1\r\nContent-Length:  5 \r\n\r\nabcde", 10)
+                .unwrap()
+                .body
+                .len(),
+            5
+        );
     }
 
     /// Gives a request one byte per read and records how long each read was allowed to wait.

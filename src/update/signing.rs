@@ -239,7 +239,11 @@ mod tests {
         for cut in [11, 40, HEADER_LEN - 1, HEADER_LEN + 5] {
             assert_eq!(
                 SignedUpdate::parse(&envelope[..cut]).unwrap_err(),
-                if cut < 12 { EnvelopeError::NotAnUpdate(cut) } else { EnvelopeError::Truncated(cut) }
+                if cut < 12 {
+                    EnvelopeError::NotAnUpdate(cut)
+                } else {
+                    EnvelopeError::Truncated(cut)
+                }
             );
         }
     }

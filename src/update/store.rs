@@ -216,7 +216,11 @@ mod tests {
         // A damaged mark stops installs instead of forgetting.
         std::fs::write(&store.version_mark, mark_line(9)).unwrap();
         assert_eq!(store.highest_installed().unwrap(), 9);
-        for damaged in [mark_line(9).replace('9', "1"), mark_line(9).replace(' ', " +"), String::new()] {
+        for damaged in [
+            mark_line(9).replace('9', "1"),
+            mark_line(9).replace(' ', " +"),
+            String::new(),
+        ] {
             std::fs::write(&store.version_mark, damaged).unwrap();
             let err = format!("{:#}", store.install(&bank(10).to_bytes(), 10).unwrap_err());
             assert!(err.contains("bank.ucad.version") && err.contains("damaged"), "{err}");
