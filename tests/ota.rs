@@ -218,8 +218,8 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
 #[test]
 fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     let device = Device::new();
-    let sha256 = Backbone::load(&device.product.backbone).unwrap().file_sha256;
-    let store = BankStore::new(&device.bank_path(), &sha256, ROOM);
+    let spec = Backbone::load(&device.product.backbone).unwrap().spec();
+    let store = BankStore::new(&device.bank_path(), spec, ROOM);
     let mut rng = ChaCha8Rng::seed_from_u64(50);
     // How long an install takes here, so that the kills spread over and around installs.
     // (the second of two pushes: the first also pays for warming up).

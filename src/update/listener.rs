@@ -20,7 +20,7 @@ use serde_json::json;
 use super::http;
 use super::signing::SignedUpdate;
 use super::store::{BankStore, Origin};
-use crate::bank::{Bank, BankError, Capacity};
+use crate::bank::{BackboneSpec, Bank, BankError, Capacity};
 use crate::detect::Detector;
 use crate::runtime::counters::Totals;
 
@@ -43,7 +43,7 @@ pub struct DeviceState {
 /// What an update must satisfy on this device.
 pub struct UpdatePolicy {
     pub trusted: Vec<VerifyingKey>,
-    pub backbone_sha256: String,
+    pub backbone: BackboneSpec,
     pub capacity: Capacity,
     pub max_bytes: usize,
 }
@@ -79,10 +79,10 @@ pub fn validate<'a>(
     let update = SignedUpdate::parse(body).map_err(|e| refuse(400, e))?;
     update.verify(&policy.trusted).map_err(|e| refuse(403, e))?;
     let bank = Bank::from_bytes(update.bank, "pushed bank").map_err(|e| match e {
-        BankError::NewerFormat { .. } | BankError::OlderFormat { .. } => refuse(422, e),
+        BankError::NewerFormat { .. } | BankError::OlderFormat { .. } | BankError::Invalid { .. } => refuse(422, e),
         _ => refuse(400, e),
     })?;
-    bank.check_backbone(&policy.backbone_sha256, "pushed bank")
+    bank.check_backbone(&policy.backbone, "pushed bank")
         .and_then(|()| bank.check_capacity(policy.capacity, "pushed bank"))
         .map_err(|e| refuse(422, e))?;
     if bank.tasks.is_empty() {
