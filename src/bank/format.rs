@@ -43,7 +43,7 @@ pub enum BankError {
         bank: String,
         backbone: String,
     },
-    #[error("{path}: bank {field} is {bank}, the loaded backbone's is {backbone}")]
+    #[error("{path}: bank {field} is {bank}, the backbone's is {backbone}")]
     BackboneMismatch {
         path: String,
         field: String,
