@@ -136,14 +136,37 @@ fn a_valid_bank_passes_every_check_and_its_backbone_is_found_in_the_cache() {
     assert!(validate(&envelope, &f.policy(), None).is_ok());
     // No --backbone: the cache (the fixture's folder) holds the bank's backbone.
     let out = f.path("valid.signed");
-    let signed = f.ucad(&["sign", "--bank", arg(&path), "--key", arg(&f.key_file), "--out", arg(&out)]);
+    let signed = f.ucad(&[
+        "sign",
+        "--bank",
+        arg(&path),
+        "--key",
+        arg(&f.key_file),
+        "--out",
+        arg(&out),
+    ]);
     assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), envelope);
-    let scored = f.ucad(&["score", "--backbone", arg(&f.backbone), "--bank", arg(&path), arg(&f.image)]);
+    let scored = f.ucad(&[
+        "score",
+        "--backbone",
+        arg(&f.backbone),
+        "--bank",
+        arg(&path),
+        arg(&f.image),
+    ]);
     assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
     // A backbone the cache does not hold: the error says to name it.
     std::fs::remove_file(&f.backbone).unwrap();
-    let unknown = f.ucad(&["sign", "--bank", arg(&path), "--key", arg(&f.key_file), "--out", arg(&out)]);
+    let unknown = f.ucad(&[
+        "sign",
+        "--bank",
+        arg(&path),
+        "--key",
+        arg(&f.key_file),
+        "--out",
+        arg(&out),
+    ]);
     assert_refused(&unknown, &["valid.ucad", "--backbone"], "backbone not in the cache");
 }
 
@@ -162,12 +185,29 @@ fn a_bank_that_cannot_work_is_refused_by_load_sign_push_the_listener_and_score()
 
         let out = f.path("out.signed");
         let backbone = ["--backbone", arg(&f.backbone)];
-        let signing = [&["sign", "--bank", arg(&path), "--key", arg(&f.key_file), "--out", arg(&out)][..], &backbone].concat();
+        let signing = [
+            &[
+                "sign",
+                "--bank",
+                arg(&path),
+                "--key",
+                arg(&f.key_file),
+                "--out",
+                arg(&out),
+            ][..],
+            &backbone,
+        ]
+        .concat();
         assert_refused(&f.ucad(&signing), &[&name, field], &format!("sign {what}"));
         assert!(!out.exists(), "{what}: signed");
 
         let device = ["--device", "127.0.0.1:9"];
-        let pushing = [&["push", "--bank", arg(&path), "--key", arg(&f.key_file)][..], &device, &backbone].concat();
+        let pushing = [
+            &["push", "--bank", arg(&path), "--key", arg(&f.key_file)][..],
+            &device,
+            &backbone,
+        ]
+        .concat();
         assert_refused(&f.ucad(&pushing), &[&name, field], &format!("push {what}"));
         let envelope = sign(&bank.to_bytes(), &f.key);
         let signed = f.path(&format!("{name}.signed"));
@@ -179,7 +219,14 @@ fn a_bank_that_cannot_work_is_refused_by_load_sign_push_the_listener_and_score()
         assert_eq!(refusal.status, 422, "{what}: {}", refusal.message);
         assert!(refusal.message.contains(field), "{what}: {}", refusal.message);
 
-        let scoring = ["score", "--backbone", arg(&f.backbone), "--bank", arg(&path), arg(&f.image)];
+        let scoring = [
+            "score",
+            "--backbone",
+            arg(&f.backbone),
+            "--bank",
+            arg(&path),
+            arg(&f.image),
+        ];
         assert_refused(&f.ucad(&scoring), &[&name, field], &format!("score {what}"));
     }
 }
@@ -188,7 +235,9 @@ fn a_bank_that_cannot_work_is_refused_by_load_sign_push_the_listener_and_score()
 fn a_prompt_of_the_wrong_length_is_an_error_in_the_backbone_not_a_panic() {
     let f = fixture();
     let backbone = Backbone::load(&f.backbone).unwrap();
-    let image = Preprocessor::new(&backbone.meta).tensor(&textured_image(64, 64, 1)).unwrap();
+    let image = Preprocessor::new(&backbone.meta)
+        .tensor(&textured_image(64, 64, 1))
+        .unwrap();
     let mut prompt = Prompt::zeros(&backbone.meta);
     assert!(backbone.features(image.clone(), Some(&prompt)).is_ok());
     prompt.data.pop();
@@ -200,7 +249,12 @@ fn a_prompt_of_the_wrong_length_is_an_error_in_the_backbone_not_a_panic() {
 fn fit_refuses_a_nan_false_reject_rate_naming_the_flag() {
     let f = fixture();
     let bank = f.path("fitted.ucad");
-    for (flag, value) in [("--false-reject", "nan"), ("--knowledge-fraction", "-0.5"), ("--holdout", "inf"), ("--key-rows", "0")] {
+    for (flag, value) in [
+        ("--false-reject", "nan"),
+        ("--knowledge-fraction", "-0.5"),
+        ("--holdout", "inf"),
+        ("--key-rows", "0"),
+    ] {
         let fitting = [
             "fit",
             "--backbone",

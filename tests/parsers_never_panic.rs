@@ -87,7 +87,16 @@ fn mutated_bank_files_are_refused_or_read_without_a_panic() {
 /// Overwrites a few bytes with a special f32 (NaN, ±∞, huge, tiny) or a random u32: what turns
 /// a stored number, count or length into one out of range.
 fn mutate_values(valid: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
-    const SPECIAL: [f32; 8] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e20, f32::MAX, 1e-45, -0.0];
+    const SPECIAL: [f32; 8] = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e30,
+        -1e20,
+        f32::MAX,
+        1e-45,
+        -0.0,
+    ];
     let mut bytes = valid.to_vec();
     for _ in 0..rng.random_range(1..3) {
         let value = match rng.random_range(0..3) {
@@ -137,8 +146,14 @@ fn re_sealed_mutations_of_a_bank_body_are_refused_or_judge_to_a_finite_score() {
         loaded += 1;
         let detector = Detector::new(&bank).expect("a bank that loads makes a detector");
         for frame in &frames {
-            let judgement = detector.judge(&backbone, frame.clone()).expect("a bank that loads judges");
-            assert!(judgement.score.is_finite(), "score {} of a loaded bank", judgement.score);
+            let judgement = detector
+                .judge(&backbone, frame.clone())
+                .expect("a bank that loads judges");
+            assert!(
+                judgement.score.is_finite(),
+                "score {} of a loaded bank",
+                judgement.score
+            );
             judged += 1;
         }
     }

@@ -113,7 +113,9 @@ impl ModelCache {
             return Ok(None);
         };
         for entry in entries {
-            let path = entry.with_context(|| format!("cannot list {}", self.dir.display()))?.path();
+            let path = entry
+                .with_context(|| format!("cannot list {}", self.dir.display()))?
+                .path();
             if path.extension().is_some_and(|e| e == "onnx") && path.is_file() && sha256_file(&path)? == sha256 {
                 return Ok(Some(path));
             }

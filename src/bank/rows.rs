@@ -137,7 +137,7 @@ impl Rows {
     /// The first stored value (or int8 scale) that is not finite or could decode beyond
     /// ±`limit`, described; read in place, without decoding the rows.
     pub fn out_of_range(&self, limit: f32) -> Option<String> {
-        let bad = |v: f32| !(v.abs() <= limit);
+        let bad = |v: f32| v.is_nan() || v.abs() > limit;
         let row = |i: usize| i / self.dim().max(1);
         match &self.storage {
             Storage::F32(v) => v

@@ -146,8 +146,11 @@ pub fn check_task(task: &Task, feature_dim: usize) -> Result<(), Problem> {
                 format!("has {} values for feature_dim {feature_dim}", p.mean.len()),
             ));
         }
-        if let Some(i) = p.mean.iter().position(|m| !(m.abs() <= VALUE_LIMIT)) {
-            return Err(problem(field("projection mean"), out_of_range(&format!("value {i} is {}", p.mean[i]))));
+        if let Some(i) = p.mean.iter().position(|m| m.is_nan() || m.abs() > VALUE_LIMIT) {
+            return Err(problem(
+                field("projection mean"),
+                out_of_range(&format!("value {i} is {}", p.mean[i])),
+            ));
         }
         check_rows(&field("projection"), &p.components, feature_dim)?;
         if p.out_dim() > feature_dim {
@@ -161,7 +164,11 @@ pub fn check_task(task: &Task, feature_dim: usize) -> Result<(), Problem> {
     if task.k == 0 || task.k as usize > task.knowledge.len() {
         return Err(problem(
             field("k"),
-            format!("is {} with {} knowledge rows (must be 1..=rows)", task.k, task.knowledge.len()),
+            format!(
+                "is {} with {} knowledge rows (must be 1..=rows)",
+                task.k,
+                task.knowledge.len()
+            ),
         ));
     }
     if let Some(prompt) = &task.prompt {
@@ -199,7 +206,10 @@ fn check_prompt(field: &str, prompt: &StoredPrompt) -> Result<(), Problem> {
     if prompt.blocks == 0 || prompt.len == 0 {
         return Err(problem(
             field,
-            format!("has {} blocks of length {} (both must be ≥ 1)", prompt.blocks, prompt.len),
+            format!(
+                "has {} blocks of length {} (both must be ≥ 1)",
+                prompt.blocks, prompt.len
+            ),
         ));
     }
     let rows = &prompt.rows;
@@ -270,7 +280,10 @@ fn finite(field: &str, value: f32) -> Result<(), Problem> {
 fn at_least(field: &str, value: f32, min: f32) -> Result<(), Problem> {
     match value.is_finite() && value >= min {
         true => Ok(()),
-        false => Err(problem(field, format!("is {value}; it must be a finite number ≥ {min}"))),
+        false => Err(problem(
+            field,
+            format!("is {value}; it must be a finite number ≥ {min}"),
+        )),
     }
 }
 

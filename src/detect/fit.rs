@@ -476,15 +476,63 @@ mod tests {
     fn parameters_out_of_range_are_refused_naming_their_flag() {
         let default = FitParams::default;
         let cases = [
-            (FitParams { target_false_reject: f32::NAN, ..default() }, "--false-reject"),
-            (FitParams { target_false_reject: 0.0, ..default() }, "--false-reject"),
-            (FitParams { target_false_reject: 0.7, ..default() }, "--false-reject"),
-            (FitParams { knowledge_fraction: -0.1, ..default() }, "--knowledge-fraction"),
-            (FitParams { knowledge_fraction: f32::INFINITY, ..default() }, "--knowledge-fraction"),
-            (FitParams { holdout: f32::NAN, ..default() }, "--holdout"),
-            (FitParams { key_rows: 0, ..default() }, "--key-rows"),
+            (
+                FitParams {
+                    target_false_reject: f32::NAN,
+                    ..default()
+                },
+                "--false-reject",
+            ),
+            (
+                FitParams {
+                    target_false_reject: 0.0,
+                    ..default()
+                },
+                "--false-reject",
+            ),
+            (
+                FitParams {
+                    target_false_reject: 0.7,
+                    ..default()
+                },
+                "--false-reject",
+            ),
+            (
+                FitParams {
+                    knowledge_fraction: -0.1,
+                    ..default()
+                },
+                "--knowledge-fraction",
+            ),
+            (
+                FitParams {
+                    knowledge_fraction: f32::INFINITY,
+                    ..default()
+                },
+                "--knowledge-fraction",
+            ),
+            (
+                FitParams {
+                    holdout: f32::NAN,
+                    ..default()
+                },
+                "--holdout",
+            ),
+            (
+                FitParams {
+                    key_rows: 0,
+                    ..default()
+                },
+                "--key-rows",
+            ),
             (FitParams { k: 0, ..default() }, "--k "),
-            (FitParams { task_budget_bytes: 0, ..default() }, "--task-budget-kb"),
+            (
+                FitParams {
+                    task_budget_bytes: 0,
+                    ..default()
+                },
+                "--task-budget-kb",
+            ),
         ];
         for (params, flag) in cases {
             let err = params.check().unwrap_err().to_string();

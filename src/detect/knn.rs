@@ -191,8 +191,14 @@ mod tests {
                     assert!((*mean as f64 - want).abs() < 1e-3 * want.max(1.0), "{mean} vs {want}");
                 }
             }
-            assert!(index.search(&queries[..dim + 1], 1, None).is_err(), "a partial query row");
-            assert!(index.search(&queries, 1, Some(&residuals[1..])).is_err(), "residuals short");
+            assert!(
+                index.search(&queries[..dim + 1], 1, None).is_err(),
+                "a partial query row"
+            );
+            assert!(
+                index.search(&queries, 1, Some(&residuals[1..])).is_err(),
+                "residuals short"
+            );
         }
     }
 

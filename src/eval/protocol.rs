@@ -239,7 +239,8 @@ impl Prepared {
 /// Test image `i` of `set` (task `own`), routed over the bank.
 fn routed(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
     let routing = detector.route(&set.test[i], &set.test_colours[i])?;
-    let scores = |t: usize| -> Result<Vec<f32>> { detector.tasks[t].patch_scores(&set.view(backbone, detector, own, t, i)?) };
+    let scores =
+        |t: usize| -> Result<Vec<f32>> { detector.tasks[t].patch_scores(&set.view(backbone, detector, own, t, i)?) };
     let verdict = detector.resolve(&routing, scores(routing.task)?, scores)?;
     let task = &detector.tasks[verdict.task];
     Ok(Scored {
