@@ -107,6 +107,8 @@ enum Command {
         out: PathBuf,
     },
     /// Sign a bank for the devices of one line: writes the update (envelope and bank) to OUT.
+    /// The bank is checked first, against its backbone (found in the model cache by its sha256,
+    /// or --backbone).
     Sign {
         #[arg(long)]
         bank: PathBuf,
@@ -117,6 +119,8 @@ enum Command {
         line: signing::Line,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        backbone: BankBackboneArg,
     },
     /// Send a bank to a device (`ucad run` with an [update] listener): signed here with --key,
     /// or already signed by `ucad sign`.
@@ -131,6 +135,8 @@ enum Command {
         /// With --key: the line the update is signed for.
         #[arg(long, requires = "key", value_parser = signing::Line::new)]
         line: Option<signing::Line>,
+        #[command(flatten)]
+        backbone: BankBackboneArg,
     },
     /// A device's installed bank and counters.
     Status {
@@ -188,6 +194,15 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// The backbone a bank is checked against before it leaves for a device.
+#[derive(clap::Args)]
+struct BankBackboneArg {
+    /// A file, `default` or an arch name; omitted: the model cache's backbone with the bank's
+    /// sha256.
+    #[arg(long)]
+    backbone: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -285,8 +300,9 @@ struct FitParamsArgs {
 }
 
 impl FitParamsArgs {
-    fn params(&self) -> FitParams {
-        FitParams {
+    /// The parameters, each checked (errors name the flag).
+    fn params(&self) -> Result<FitParams> {
+        let params = FitParams {
             key_rows: self.key_rows,
             knowledge_fraction: self.knowledge_fraction,
             knowledge_dims: self.knowledge_dims,
@@ -296,7 +312,9 @@ impl FitParamsArgs {
             target_false_reject: self.false_reject,
             precision: self.precision,
             seed: self.seed,
-        }
+        };
+        params.check()?;
+        Ok(params)
     }
 }
 
@@ -495,8 +513,14 @@ fn run(cli: Cli) -> Result<()> {
                 signing::public_key_path(&out).display()
             );
         }
-        Command::Sign { bank, key, line, out } => {
-            ucad::fsutil::write_atomic(&out, &signed_update(&bank, &key, &line)?)?;
+        Command::Sign {
+            bank,
+            key,
+            line,
+            out,
+            backbone,
+        } => {
+            ucad::fsutil::write_atomic(&out, &signed_update(&cache, &bank, &key, &line, &backbone)?)?;
             println!("wrote {}", out.display());
         }
         Command::Push {
@@ -504,7 +528,8 @@ fn run(cli: Cli) -> Result<()> {
             device,
             key,
             line,
-        } => push(&bank, &device, key.as_deref().zip(line.as_ref()))?,
+            backbone,
+        } => push(&cache, &bank, &device, key.as_deref().zip(line.as_ref()), &backbone)?,
         Command::Status { device } => {
             let answer = client::status(&device)?;
             anyhow::ensure!(
@@ -569,9 +594,10 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()
 }
 
 fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
+    let params = args.params.params()?;
     let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
     let mut bank = if args.bank.exists() {
-        load_for_backbone(&args.bank, &backbone.file_sha256)?
+        load_for_backbone(&args.bank, &backbone.spec())?
     } else {
         Bank::new(
             &backbone.file_sha256,
@@ -580,7 +606,6 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
         )
     };
     let images = list_images(&args.train)?;
-    let params = args.params.params();
     let start = Instant::now();
     #[cfg(feature = "train")]
     let task = match args.prompt.learner(cache, &backbone, params.seed)? {
@@ -621,7 +646,7 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
 
 fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path>, images: &[PathBuf]) -> Result<()> {
     let backbone = Backbone::load(&cache.resolve(backbone)?)?;
-    let detector = Detector::new(&load_for_backbone(bank, &backbone.file_sha256)?)?;
+    let detector = Detector::new(&load_for_backbone(bank, &backbone.spec())?)?;
     let mut pre = Preprocessor::new(&backbone.meta);
     for path in images {
         let image = load_rgb(path)?;
@@ -654,7 +679,7 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
 fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
     let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
     let options = EvalOptions {
-        fit: args.params.params(),
+        fit: args.params.params()?,
         reference_fraction: args.reference_fraction,
         heatmaps: args.heatmaps,
         feature_cache: args.feature_cache,
@@ -713,7 +738,8 @@ fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
 
 impl BenchCommonArgs {
     fn load(&self, cache: &ModelCache) -> Result<(Backbone, FitParams)> {
-        Ok((Backbone::load(&cache.resolve(&self.backbone)?)?, self.params.params()))
+        let params = self.params.params()?;
+        Ok((Backbone::load(&cache.resolve(&self.backbone)?)?, params))
     }
 
     /// Prints the run time and writes the JSON report when asked for.
@@ -800,25 +826,57 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
     Ok(())
 }
 
-/// A bank file signed with a secret key file for a line (the bank is checked to load first).
-fn signed_update(bank: &Path, key: &Path, line: &signing::Line) -> Result<Vec<u8>> {
+/// Checks a bank file's bytes (`origin`'s, or the bank inside its signed update) as a device
+/// will: the bank loads and fits its backbone, which --backbone names or the model cache holds.
+fn check_bank(cache: &ModelCache, origin: &Path, bytes: &[u8], backbone: &BankBackboneArg) -> Result<()> {
+    let name = origin.display().to_string();
+    let bank = Bank::from_bytes(bytes, &name)?;
+    let path = match &backbone.backbone {
+        Some(spec) => cache.resolve(spec)?,
+        None => cache.find_by_sha256(&bank.backbone_sha256)?.with_context(|| {
+            format!(
+                "{name}: its backbone (sha256 {}) is not in the model cache {}: pass --backbone FILE to check the bank against it",
+                bank.backbone_sha256,
+                cache.dir.display()
+            )
+        })?,
+    };
+    bank.check_backbone(&Backbone::read_spec(&path)?, &name)?;
+    Ok(())
+}
+
+/// A bank file, checked, signed with a secret key file for a line.
+fn signed_update(
+    cache: &ModelCache,
+    bank: &Path,
+    key: &Path,
+    line: &signing::Line,
+    backbone: &BankBackboneArg,
+) -> Result<Vec<u8>> {
     let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
-    ucad::bank::Bank::from_bytes(&bytes, &bank.display().to_string())?;
+    check_bank(cache, bank, &bytes, backbone)?;
     Ok(signing::sign(&bytes, line, &signing::read_secret_key(key)?))
 }
 
 /// Sends a bank: signed here with `(key, line)`, or already signed by `ucad sign`.
-fn push(bank: &Path, device: &str, signer: Option<(&Path, &signing::Line)>) -> Result<()> {
+fn push(
+    cache: &ModelCache,
+    bank: &Path,
+    device: &str,
+    signer: Option<(&Path, &signing::Line)>,
+    backbone: &BankBackboneArg,
+) -> Result<()> {
     let update = match signer {
-        Some((key, line)) => signed_update(bank, key, line)?,
+        Some((key, line)) => signed_update(cache, bank, key, line, backbone)?,
         None => {
             let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
-            signing::SignedUpdate::parse(&bytes).with_context(|| {
+            let signed = signing::SignedUpdate::parse(&bytes).with_context(|| {
                 format!(
                     "{}: not signed (sign it with `ucad sign`, or pass --key)",
                     bank.display()
                 )
             })?;
+            check_bank(cache, bank, signed.bank, backbone)?;
             bytes
         }
     };

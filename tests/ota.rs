@@ -18,7 +18,7 @@ use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ucad::backbone::{Backbone, Preprocessor};
-use ucad::bank::{Bank, Capacity};
+use ucad::bank::{BackboneSpec, Bank, Capacity};
 use ucad::data::folder::load_rgb;
 use ucad::detect::Detector;
 use ucad::update::client;
@@ -241,8 +241,8 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
 #[test]
 fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     let device = Device::new();
-    let sha256 = Backbone::load(&device.product.backbone).unwrap().file_sha256;
-    let store = BankStore::new(&device.bank_path(), &sha256, ROOM);
+    let spec = Backbone::load(&device.product.backbone).unwrap().spec();
+    let store = BankStore::new(&device.bank_path(), spec, ROOM);
     let mut rng = ChaCha8Rng::seed_from_u64(50);
     // How long an install takes here, so that the kills spread over and around installs.
     // (the second of two pushes: the first also pays for warming up).
@@ -417,17 +417,29 @@ fn no_rollback_after_the_bank_files_are_damaged_or_gone() {
     child.wait().unwrap();
 }
 
+/// A backbone for listeners that never judge.
+fn spec() -> BackboneSpec {
+    BackboneSpec {
+        sha256: "ab".repeat(32),
+        feature_dim: 8,
+        patches: 4,
+        prompt_blocks: 1,
+        prompt_len: 1,
+        embed_dim: 8,
+    }
+}
+
 /// A listener on its own (no loop, no bank): for the request-level tests.
 fn bare_listener(dir: &Path, deadline: Duration) -> UpdateListener {
     let policy = UpdatePolicy {
         trusted: vec![SigningKey::from_bytes(&[7; 32]).verifying_key()],
         line: line(LINE),
-        backbone_sha256: "sha".into(),
+        backbone: spec(),
         capacity: ROOM,
         max_bytes: 1 << 20,
         request_deadline: deadline,
     };
-    let store = BankStore::new(&dir.join("bank.ucad"), "sha", ROOM);
+    let store = BankStore::new(&dir.join("bank.ucad"), spec(), ROOM);
     UpdateListener::start("127.0.0.1:0", policy, store, Arc::new(DeviceState::default())).unwrap()
 }
 

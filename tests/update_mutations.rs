@@ -5,11 +5,13 @@
 //! installed as. A refusal or a bank, never a panic. (Mutations that do not re-seal are in
 //! tests/parsers_never_panic.rs; the fuzz targets in fuzz/ search further.)
 
+mod common;
+
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
-use ucad::bank::{Bank, BankError, Capacity, Precision, Projection, Rows, StoredPrompt, Task};
+use ucad::bank::{BackboneSpec, Bank, BankError, Capacity};
 use ucad::detect::Detector;
 use ucad::update::listener::{validate, UpdatePolicy};
 use ucad::update::signing::{sign, Line, SignedUpdate};
@@ -20,46 +22,16 @@ const DIM: usize = 8;
 const BANK_HEADER: usize = 8 + 4 + 8;
 const CHECKSUM: usize = 32;
 
-/// Three small tasks covering what a bank body holds: f32 rows and a prompt, f16 rows and a
-/// projection, int8 rows.
-fn bank() -> Bank {
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
-    let mut bank = Bank::new("fuzz", DIM, 4);
-    let mut plain = Task::uncalibrated(
-        "prompted",
-        Rows::new(DIM, values(6 * DIM), Precision::F32),
-        None,
-        Rows::new(DIM, values(6 * DIM), Precision::F32),
-        2,
-    );
-    plain.prompt = Some(StoredPrompt {
-        blocks: 1,
-        len: 2,
-        rows: Rows::new(DIM, values(2 * 2 * DIM), Precision::F32),
-    });
-    let features = values(12 * DIM);
-    let projection = Projection::fit(&features, DIM, 4, Precision::F16, 3);
-    let projected = Task::uncalibrated(
-        "projected",
-        Rows::new(DIM, features, Precision::F16),
-        Some(projection),
-        Rows::new(4, values(6 * 4), Precision::F16),
-        2,
-    );
-    let int8 = Task::uncalibrated(
-        "int8",
-        Rows::new(DIM, values(6 * DIM), Precision::I8),
-        None,
-        Rows::new(DIM, values(6 * DIM), Precision::I8),
-        3,
-    );
-    for mut task in [plain, projected, int8] {
-        task.threshold = 0.5;
-        bank.append(task).unwrap();
+/// The backbone the mutated banks claim: small, so that 10,000 of them take seconds.
+fn spec() -> BackboneSpec {
+    BackboneSpec {
+        sha256: "f0".repeat(32),
+        feature_dim: DIM,
+        patches: 4,
+        prompt_blocks: 1,
+        prompt_len: 1,
+        embed_dim: DIM,
     }
-    bank.version = 5;
-    bank
 }
 
 /// A bank file around `body`, with `header` (magic and format) and a matching checksum.
@@ -122,7 +94,7 @@ fn resealed_mutations_of_an_update_reach_every_check_without_a_panic() {
     let policy = UpdatePolicy {
         trusted: vec![key.verifying_key()],
         line: line.clone(),
-        backbone_sha256: "fuzz".into(),
+        backbone: spec(),
         capacity: Capacity {
             tasks: 8,
             bytes_per_task: 1 << 20,
@@ -130,7 +102,9 @@ fn resealed_mutations_of_an_update_reach_every_check_without_a_panic() {
         max_bytes: 1 << 20,
         request_deadline: std::time::Duration::from_secs(1),
     };
-    let valid = bank().to_bytes();
+    let mut bank = common::random_bank(&spec());
+    bank.version = 5;
+    let valid = bank.to_bytes();
     assert!(validate(&sign(&valid, &line, &key), &policy, 4).is_ok());
     let (header, body) = (&valid[..BANK_HEADER - 8], &valid[BANK_HEADER..valid.len() - CHECKSUM]);
 

@@ -17,7 +17,14 @@ fn policy() -> &'static UpdatePolicy {
     POLICY.get_or_init(|| UpdatePolicy {
         trusted: vec![ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key()],
         line: Line::new("fuzz").expect("a line name"),
-        backbone_sha256: "fuzz".into(),
+        backbone: ucad::bank::BackboneSpec {
+            sha256: "f0".repeat(32),
+            feature_dim: 8,
+            patches: 4,
+            prompt_blocks: 1,
+            prompt_len: 1,
+            embed_dim: 8,
+        },
         capacity: Capacity {
             tasks: 8,
             bytes_per_task: 1 << 20,

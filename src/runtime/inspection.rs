@@ -90,7 +90,7 @@ impl Inspector {
     pub fn new(backbone: Backbone, config: RunConfig) -> Inspector {
         let state = Arc::new(DeviceState::default());
         let capacity = config.bank.capacity();
-        let loaded = BankStore::new(&config.bank.path, &backbone.file_sha256, capacity)
+        let loaded = BankStore::new(&config.bank.path, backbone.spec(), capacity)
             .load()
             .and_then(|(bank, origin)| {
                 Ok(Installed {
@@ -245,12 +245,12 @@ impl Inspector {
         let policy = UpdatePolicy {
             trusted,
             line: update.line.clone(),
-            backbone_sha256: self.backbone.file_sha256.clone(),
+            backbone: self.backbone.spec(),
             capacity: self.config.bank.capacity(),
             max_bytes: mib(update.max_mib)?,
             request_deadline: crate::update::http::DEADLINE,
         };
-        let store = BankStore::new(&self.config.bank.path, &self.backbone.file_sha256, policy.capacity);
+        let store = BankStore::new(&self.config.bank.path, self.backbone.spec(), policy.capacity);
         UpdateListener::start(&update.listen, policy, store, self.state.clone()).map(Some)
     }
 
@@ -431,12 +431,12 @@ impl Inspector {
             detector,
             (&plain, &colour),
             counters,
-        );
+        )?;
         lap.mark(counters, Stage::Routing);
         let mut relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
         if relative > 0.0 && fresh.is_none() {
             // A would-be reject in sticky mode: make sure it is not a different product.
-            let routing = detector.route(&plain, &colour);
+            let routing = detector.route(&plain, &colour)?;
             lap.mark(counters, Stage::Routing);
             self.sticky.since_reroute = 0;
             if routing.task != task {
@@ -450,7 +450,7 @@ impl Inspector {
         if let Some(routing) = fresh.filter(|r| r.beyond) {
             let backbone = &self.backbone;
             let verdict = detector.resolve(&routing, self.patch_scores.clone(), |t| {
-                Ok(detector.tasks[t].patch_scores(&detector.task_features(backbone, &tensor, &plain, t)?))
+                detector.tasks[t].patch_scores(&detector.task_features(backbone, &tensor, &plain, t)?)
             })?;
             lap.mark(counters, Stage::Knn);
             if verdict.unknown {
@@ -498,7 +498,7 @@ impl Inspector {
         lap.mark(counters, Stage::PromptedPass);
         let index = &detector.tasks[task];
         self.patch_scores.clear();
-        self.patch_scores.extend(index.patch_scores(&features));
+        self.patch_scores.extend(index.patch_scores(&features)?);
         lap.mark(counters, Stage::Knn);
         Ok(image_score(&self.patch_scores) - index.threshold)
     }
@@ -546,14 +546,14 @@ fn route(
     detector: &Detector,
     (plain, colour): (&[f32], &Colour),
     counters: &mut Counters,
-) -> (usize, Option<Routing>) {
+) -> Result<(usize, Option<Routing>)> {
     if config.mode == RoutingMode::Sticky && sticky.since_reroute < config.reroute_every {
         if let Some(task) = sticky.task {
             sticky.since_reroute += 1;
-            return (task, None);
+            return Ok((task, None));
         }
     }
-    let routing = detector.route(plain, colour);
+    let routing = detector.route(plain, colour)?;
     if sticky.task.is_some_and(|t| t != routing.task) {
         counters.routing_switches += 1;
     }
@@ -561,7 +561,7 @@ fn route(
         task: Some(routing.task),
         since_reroute: 0,
     };
-    (routing.task, Some(routing))
+    Ok((routing.task, Some(routing)))
 }
 
 /// Edge capacity of a simulated line (reserved at start-up).

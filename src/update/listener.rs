@@ -22,7 +22,7 @@ use serde_json::json;
 use super::http;
 use super::signing::{Line, SignedUpdate};
 use super::store::{BankStore, Origin};
-use crate::bank::{Bank, BankError, Capacity};
+use crate::bank::{BackboneSpec, Bank, BankError, Capacity};
 use crate::detect::Detector;
 use crate::runtime::counters::Totals;
 
@@ -47,7 +47,7 @@ pub struct UpdatePolicy {
     pub trusted: Vec<VerifyingKey>,
     /// The line (or device group) this device is on: updates signed for another are refused.
     pub line: Line,
-    pub backbone_sha256: String,
+    pub backbone: BackboneSpec,
     pub capacity: Capacity,
     pub max_bytes: usize,
     /// The whole request, head and body, must arrive within this (`http::DEADLINE` on a device).
@@ -95,10 +95,10 @@ pub fn validate<'a>(
         ));
     }
     let bank = Bank::from_bytes(update.bank, "pushed bank").map_err(|e| match e {
-        BankError::NewerFormat { .. } | BankError::OlderFormat { .. } => refuse(422, e),
+        BankError::NewerFormat { .. } | BankError::OlderFormat { .. } | BankError::Invalid { .. } => refuse(422, e),
         _ => refuse(400, e),
     })?;
-    bank.check_backbone(&policy.backbone_sha256, "pushed bank")
+    bank.check_backbone(&policy.backbone, "pushed bank")
         .and_then(|()| bank.check_capacity(policy.capacity, "pushed bank"))
         .map_err(|e| refuse(422, e))?;
     if bank.tasks.is_empty() {

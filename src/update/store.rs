@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use log::warn;
 use sha2::{Digest, Sha256};
 
-use crate::bank::{Bank, Capacity};
+use crate::bank::{BackboneSpec, Bank, Capacity};
 use crate::fsutil::write_atomic;
 
 pub struct BankStore {
@@ -24,7 +24,7 @@ pub struct BankStore {
     pub last_good: PathBuf,
     pub version_mark: PathBuf,
     /// What makes a bank usable on this device.
-    backbone_sha256: String,
+    backbone: BackboneSpec,
     capacity: Capacity,
 }
 
@@ -38,7 +38,7 @@ pub enum Origin {
 }
 
 impl BankStore {
-    pub fn new(path: &Path, backbone_sha256: &str, capacity: Capacity) -> BankStore {
+    pub fn new(path: &Path, backbone: BackboneSpec, capacity: Capacity) -> BankStore {
         let beside = |suffix: &str| {
             let mut name = path.as_os_str().to_owned();
             name.push(suffix);
@@ -48,7 +48,7 @@ impl BankStore {
             current: path.to_path_buf(),
             last_good: beside(".last-good"),
             version_mark: beside(".version"),
-            backbone_sha256: backbone_sha256.to_string(),
+            backbone,
             capacity,
         }
     }
@@ -80,13 +80,12 @@ impl BankStore {
     }
 
     /// The one test of a bank for this device: whole, for its backbone, within its capacity,
-    /// with at least one task.
+    /// with at least one task (validation refuses a bank without).
     fn usable(&self, bytes: &[u8], path: &Path) -> Result<Bank> {
         let origin = path.display().to_string();
         let bank = Bank::from_bytes(bytes, &origin)?;
-        bank.check_backbone(&self.backbone_sha256, &origin)?;
+        bank.check_backbone(&self.backbone, &origin)?;
         bank.check_capacity(self.capacity, &origin)?;
-        anyhow::ensure!(!bank.tasks.is_empty(), "{origin}: the bank has no tasks");
         Ok(bank)
     }
 
@@ -156,12 +155,28 @@ fn parse_mark(bytes: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::bank::{Rows, Task};
+    use crate::detect::colour::{ColourStats, COLOUR_DIMS};
+
+    fn spec(sha256: &str) -> BackboneSpec {
+        BackboneSpec {
+            sha256: sha256.repeat(32),
+            feature_dim: 2,
+            patches: 4,
+            prompt_blocks: 1,
+            prompt_len: 1,
+            embed_dim: 2,
+        }
+    }
 
     fn bank(version: u64) -> Bank {
-        let mut bank = Bank::new("sha", 2, 4);
+        let mut bank = Bank::new(&"ab".repeat(32), 2, 4);
         bank.version = version;
         let rows = || Rows::new(2, vec![0.0, 1.0], crate::bank::Precision::F32);
-        bank.tasks.push(Task::uncalibrated("t", rows(), None, rows(), 1));
+        let mut task = Task::uncalibrated("t", rows(), None, rows(), 1);
+        (task.threshold, task.normal.count, task.routing.count) = (1.0, 1, 1);
+        (task.routing.unknown_above, task.routing.patch_limit) = (15.0, 1.0);
+        task.routing.colour = ColourStats::fit(&[[100.0; COLOUR_DIMS]]);
+        bank.tasks.push(task);
         bank
     }
 
@@ -173,7 +188,7 @@ mod tests {
     #[test]
     fn the_last_good_bank_takes_over_when_the_current_one_is_damaged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BankStore::new(&dir.path().join("bank.ucad"), "sha", ROOM);
+        let store = BankStore::new(&dir.path().join("bank.ucad"), spec("ab"), ROOM);
         assert!(store.load().is_err(), "nothing installed yet");
         store.install(&bank(1).to_bytes(), 1).unwrap();
         store.install(&bank(2).to_bytes(), 2).unwrap();
@@ -186,7 +201,7 @@ mod tests {
         store.install(&bank(3).to_bytes(), 3).unwrap();
         assert_eq!(Bank::load(&store.last_good).unwrap().version, 1);
         assert_eq!(store.load().unwrap().0.version, 3);
-        let other = BankStore::new(&store.current, "other", ROOM);
+        let other = BankStore::new(&store.current, spec("cd"), ROOM);
         let err = format!("{:#}", other.load().unwrap_err());
         assert!(err.contains("backbone") && err.contains("last-known-good"), "{err}");
     }
@@ -194,7 +209,7 @@ mod tests {
     #[test]
     fn the_version_mark_outlives_the_bank_files_and_is_never_reset_by_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BankStore::new(&dir.path().join("bank.ucad"), "sha", ROOM);
+        let store = BankStore::new(&dir.path().join("bank.ucad"), spec("ab"), ROOM);
         assert_eq!(store.highest_installed().unwrap(), 0, "a fresh device");
         store.install(&bank(5).to_bytes(), 5).unwrap();
         store.install(&bank(7).to_bytes(), 7).unwrap();
