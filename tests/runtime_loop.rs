@@ -53,7 +53,7 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
     };
     learn_conveyor(&backbone, &config.source, &config.bank.path, &params).unwrap();
 
-    let travel = Duration::from_secs_f64(config.reject.travel_delay_ms / 1e3);
+    let travel = config.reject.travel_delay;
     // Edge timing is only evidence about our scheduler when the hypervisor did not take the
     // CPU away during the run: an attempt whose late edges coincide with measured host steal
     // time is repeated (at most ATTEMPTS); without steal, late edges fail at once.

@@ -79,6 +79,16 @@ impl BankStore {
         Ok(bank)
     }
 
+    /// Puts the last-known-good bank back in place of the current one (which faulted in use),
+    /// so that a restart does not run the faulty bank again, and returns it.
+    pub fn demote(&self) -> Result<Bank> {
+        let bytes = std::fs::read(&self.last_good)
+            .with_context(|| format!("cannot read the bank {}", self.last_good.display()))?;
+        let bank = self.usable(&bytes, &self.last_good)?;
+        write_atomic(&self.current, &bytes)?;
+        Ok(bank)
+    }
+
     /// Installs a bank file's bytes (already verified) as the current bank.
     pub fn install(&self, bytes: &[u8]) -> Result<()> {
         let incoming = self.current.with_extension("incoming");
@@ -133,5 +143,17 @@ mod tests {
         let other = BankStore::new(&store.current, "other", ROOM);
         let err = format!("{:#}", other.load().unwrap_err());
         assert!(err.contains("backbone") && err.contains("last-known-good"), "{err}");
+    }
+
+    #[test]
+    fn a_demoted_bank_gives_way_to_the_last_good_one_on_disk_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BankStore::new(&dir.path().join("bank.ucad"), "sha", ROOM);
+        assert!(store.demote().is_err(), "nothing to go back to");
+        store.install(&bank(1).to_bytes()).unwrap();
+        store.install(&bank(2).to_bytes()).unwrap();
+        assert_eq!(store.demote().unwrap().version, 1);
+        let (loaded, origin) = store.load().unwrap();
+        assert_eq!((loaded.version, origin), (1, Origin::Current));
     }
 }

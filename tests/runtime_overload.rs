@@ -1,0 +1,146 @@
+//! Overload: with every core kept busy by other processes for the whole run, judging falls
+//! behind, but no part escapes: each part's reject is queued at capture and fired on time by the
+//! real-time edge thread unless a pass decision withdraws it in time. Parts decided late are
+//! rejected by default (false rejects are allowed, and counted). On the tiny backbone.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use ucad::backbone::Backbone;
+use ucad::data::folder::load_rgb;
+use ucad::runtime::config::RunConfig;
+use ucad::runtime::inspection::Inspector;
+use ucad::runtime::reject::TOLERANCE;
+use ucad::runtime::source::{Frame, FrameSource, Truth};
+
+const FRAMES: u64 = 160;
+const FPS: f64 = 20.0;
+
+/// Good and defective parts in turn at FPS, with their truth.
+struct Paced {
+    parts: Vec<(RgbImage, bool)>,
+    start: Option<Instant>,
+    sequence: u64,
+}
+
+impl FrameSource for Paced {
+    fn next(&mut self, frame: &mut Frame) -> anyhow::Result<bool> {
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let due = start + Duration::from_secs_f64(self.sequence as f64 / FPS);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let (image, defective) = &self.parts[self.sequence as usize % self.parts.len()];
+        frame.image.clone_from(image);
+        frame.jpeg = false;
+        frame.captured = due;
+        frame.sequence = self.sequence;
+        frame.truth = Some(Truth {
+            product: 0,
+            defective: *defective,
+        });
+        self.sequence += 1;
+        Ok(true)
+    }
+}
+
+/// Busy-loop processes, one pair per core, ended when dropped.
+struct Load(Vec<Child>);
+
+impl Load {
+    fn start() -> Load {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Load(
+            (0..2 * cores)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("start a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn with_every_core_busy_no_part_escapes_and_every_edge_is_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let product = common::TinyProduct::new(dir.path());
+    let mut config: RunConfig = toml::from_str(include_str!("../board/sim.toml")).unwrap();
+    config.bank.path = dir.path().join("bank.ucad");
+    product.bank(0.1, 1).save(&config.bank.path).unwrap();
+    config.log_every = Duration::from_secs(1_000_000_000);
+    config.memory.frame_pool_mib = 16;
+    config.audit = None;
+    config.reject.travel_delay = Duration::from_millis(300);
+    config.reject.pulse_width = Duration::from_millis(20);
+    config.failsafe.deadline = Duration::from_millis(250);
+    config.source = ucad::runtime::config::SourceConfig::Folder {
+        path: dir.path().into(),
+        fps: FPS,
+        repeat: true,
+    };
+    config.check().unwrap();
+    let parts: Vec<(RgbImage, bool)> = product
+        .data
+        .test
+        .iter()
+        .map(|t| (load_rgb(&t.image).unwrap(), t.mask.is_some()))
+        .collect();
+    let mut source = Paced {
+        parts,
+        start: None,
+        sequence: 0,
+    };
+    let mut inspector = Inspector::new(Backbone::load(&product.backbone).unwrap(), config.clone());
+
+    let load = Load::start();
+    let outcome = inspector.run(&mut source, Some(FRAMES)).unwrap();
+    drop(load);
+
+    let summary = &outcome.summary;
+    eprintln!(
+        "{} parts: {} rejected ({} by default, decision late), {} false rejects, p99 {:.0} ms, worst edge {:.3} ms",
+        summary.parts,
+        summary.rejects,
+        summary.rejected_by_default,
+        summary.false_rejects.unwrap(),
+        summary.p99_ms.unwrap_or(f64::NAN),
+        summary.reject_timing_error_ms_max.unwrap_or(0.0)
+    );
+    assert_eq!(summary.parts, FRAMES);
+    assert_eq!(summary.late_pulses, 0);
+    assert_eq!(summary.escapes, Some(0), "{summary:?}");
+    let sim = outcome.sim.unwrap();
+    let record = sim.lock().unwrap();
+    let rises: Vec<Instant> = record.edges.iter().filter(|e| e.active).map(|e| e.actual).collect();
+    let near = |at: Instant, to: Instant| (if at > to { at - to } else { to - at }) <= TOLERANCE;
+    for part in &outcome.parts {
+        let gate = part.captured + config.reject.travel_delay;
+        let fired = rises.iter().filter(|r| near(**r, gate)).count();
+        assert_eq!(fired, part.rejected as usize, "part {}: {part:?}", part.sequence);
+        assert!(
+            !part.truth.unwrap().defective || part.rejected,
+            "defective part {} passed",
+            part.sequence
+        );
+    }
+    assert_eq!(rises.len() as u64, summary.rejects, "one pulse per rejected part");
+    for edge in &record.edges {
+        assert!(near(edge.actual, edge.intended), "{edge:?}");
+    }
+    assert!(!record.active, "the line is idle after the run");
+}
