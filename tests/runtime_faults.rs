@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use ucad::backbone::Backbone;
 use ucad::data::folder::load_rgb;
-use ucad::runtime::config::{AuditConfig, FailsafeAction, Roi, RunConfig};
+use ucad::runtime::config::{AuditConfig, FailsafeAction, Roi, RunConfig, SourceConfig};
 use ucad::runtime::inspection::{Inspector, Outcome};
 use ucad::runtime::pixels::encode_jpeg;
 use ucad::runtime::source::{Frame, FrameSource};
@@ -72,6 +72,12 @@ fn setup() -> Setup {
     bank.save(&config.bank.path).unwrap();
     config.log_every = Duration::from_secs(1_000_000_000);
     config.memory.frame_pool_mib = 16;
+    // Scripted sources deliver frames as fast as a 50 fps camera: frame buffers for that.
+    config.source = SourceConfig::Folder {
+        path: dir.path().into(),
+        fps: 50.0,
+        repeat: false,
+    };
     let (good, defective): (Vec<_>, Vec<_>) = product.data.test.iter().partition(|t| t.mask.is_none());
     let images = |items: Vec<&ucad::data::dataset::TestItem>| -> Vec<RgbImage> {
         items.iter().map(|t| load_rgb(&t.image).unwrap()).collect()

@@ -15,7 +15,8 @@ use log::{debug, error, info, warn};
 use tract_core::prelude::Tensor;
 
 use super::alloc::{
-    allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, reserve_frame_pool, AllocationCounts,
+    allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, report_panics_from_the_heap,
+    reserve_frame_pool, AllocationCounts,
 };
 use super::audit::Auditor;
 use super::capture::{Capture, CaptureCounts, Event, FramePool, Part};
@@ -346,6 +347,7 @@ impl Inspector {
     /// The frame pool, the reject line, the audit writer and the update listener, and the bank.
     fn start(&mut self) -> Result<Started> {
         reserve_frame_pool(self.config.memory.frame_pool_bytes()?)?;
+        report_panics_from_the_heap();
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
         let auditor = match &self.config.audit {
             Some(audit) => Some(Auditor::start(audit, &self.backbone.meta)?),
