@@ -18,6 +18,8 @@ use ucad::runtime::source::{Frame, FrameSource, Truth};
 
 const FRAMES: u64 = 160;
 const FPS: f64 = 20.0;
+/// Runs allowed when the host steals CPU time during them (see below).
+const ATTEMPTS: usize = 5;
 
 /// Good and defective parts in turn at FPS, with their truth.
 struct Paced {
@@ -85,9 +87,11 @@ fn with_every_core_busy_no_part_escapes_and_every_edge_is_on_time() {
     config.log_every = Duration::from_secs(1_000_000_000);
     config.memory.frame_pool_mib = 16;
     config.audit = None;
-    config.reject.travel_delay = Duration::from_millis(300);
+    // A deadline about as long as judging a frame takes under this load: some decisions come
+    // late, and their parts must be rejected on time all the same.
+    config.reject.travel_delay = Duration::from_millis(150);
     config.reject.pulse_width = Duration::from_millis(20);
-    config.failsafe.deadline = Duration::from_millis(250);
+    config.failsafe.deadline = Duration::from_millis(30);
     config.source = ucad::runtime::config::SourceConfig::Folder {
         path: dir.path().into(),
         fps: FPS,
@@ -100,13 +104,34 @@ fn with_every_core_busy_no_part_escapes_and_every_edge_is_on_time() {
         .iter()
         .map(|t| (load_rgb(&t.image).unwrap(), t.mask.is_some()))
         .collect();
+    // Edge timing is only evidence about the edge thread when the hypervisor did not take the
+    // CPU away meanwhile: an attempt whose late edges coincide with host steal time is
+    // repeated (at most ATTEMPTS); late edges without steal fail at once.
+    for attempt in 1..=ATTEMPTS {
+        let steal_before = common::host_steal_ticks();
+        let late = run_once(&config, &product.backbone, &parts);
+        let stolen = common::host_steal_ticks()
+            .zip(steal_before)
+            .map_or(0, |(after, before)| after - before);
+        if late.is_empty() {
+            return;
+        }
+        assert!(
+            stolen > 0 && attempt < ATTEMPTS,
+            "late edges ({stolen} ticks of host steal): {late:?}"
+        );
+        eprintln!("attempt {attempt}: {late:?} while the host stole {stolen} ticks; repeating");
+    }
+}
+
+/// One run under load; asserts the decisions and returns the timing violations found.
+fn run_once(config: &RunConfig, backbone: &std::path::Path, parts: &[(RgbImage, bool)]) -> Vec<String> {
     let mut source = Paced {
-        parts,
+        parts: parts.to_vec(),
         start: None,
         sequence: 0,
     };
-    let mut inspector = Inspector::new(Backbone::load(&product.backbone).unwrap(), config.clone());
-
+    let mut inspector = Inspector::new(Backbone::load(backbone).unwrap(), config.clone());
     let load = Load::start();
     let outcome = inspector.run(&mut source, Some(FRAMES)).unwrap();
     drop(load);
@@ -122,25 +147,37 @@ fn with_every_core_busy_no_part_escapes_and_every_edge_is_on_time() {
         summary.reject_timing_error_ms_max.unwrap_or(0.0)
     );
     assert_eq!(summary.parts, FRAMES);
-    assert_eq!(summary.late_pulses, 0);
-    assert_eq!(summary.escapes, Some(0), "{summary:?}");
+    let mut late = Vec::new();
+    if summary.late_pulses > 0 || summary.escapes != Some(0) {
+        late.push(format!(
+            "{} late pulses, {:?} escapes",
+            summary.late_pulses, summary.escapes
+        ));
+    }
     let sim = outcome.sim.unwrap();
     let record = sim.lock().unwrap();
     let rises: Vec<Instant> = record.edges.iter().filter(|e| e.active).map(|e| e.actual).collect();
     let near = |at: Instant, to: Instant| (if at > to { at - to } else { to - at }) <= TOLERANCE;
     for part in &outcome.parts {
-        let gate = part.captured + config.reject.travel_delay;
-        let fired = rises.iter().filter(|r| near(**r, gate)).count();
-        assert_eq!(fired, part.rejected as usize, "part {}: {part:?}", part.sequence);
         assert!(
             !part.truth.unwrap().defective || part.rejected,
             "defective part {} passed",
             part.sequence
         );
+        let gate = part.captured + config.reject.travel_delay;
+        let fired = rises.iter().filter(|r| near(**r, gate)).count();
+        if fired != part.rejected as usize {
+            late.push(format!("part {}: {fired} reject edges within ±1 ms of its gate", part.sequence));
+        }
     }
-    assert_eq!(rises.len() as u64, summary.rejects, "one pulse per rejected part");
-    for edge in &record.edges {
-        assert!(near(edge.actual, edge.intended), "{edge:?}");
-    }
+    assert_eq!(rises.len() as u64, outcome.parts.iter().filter(|p| p.rejected).count() as u64);
+    late.extend(
+        record
+            .edges
+            .iter()
+            .filter(|e| !near(e.actual, e.intended))
+            .map(|e| format!("an edge {:?} off", e.actual - e.intended)),
+    );
     assert!(!record.active, "the line is idle after the run");
+    late
 }

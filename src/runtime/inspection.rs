@@ -516,8 +516,8 @@ impl Inspector {
             }
             None => {}
         }
-        let withdrawn = |ticket| actuator.cancel(ticket);
-        if !record.rejected && part.ticket.is_some_and(|ticket| !withdrawn(ticket)) {
+        let pass = record.task.is_some() && !record.rejected;
+        if pass && part.ticket.is_some_and(|ticket| !actuator.cancel(ticket)) {
             error!(
                 "frame {}: passed, but the reject gate is already committed to it: rejected by default",
                 part.sequence
