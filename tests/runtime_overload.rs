@@ -87,11 +87,12 @@ fn with_every_core_busy_no_part_escapes_and_every_edge_is_on_time() {
     config.log_every = Duration::from_secs(1_000_000_000);
     config.memory.frame_pool_mib = 16;
     config.audit = None;
-    // A deadline about as long as judging a frame takes under this load: some decisions come
-    // late, and their parts must be rejected on time all the same.
-    config.reject.travel_delay = Duration::from_millis(150);
-    config.reject.pulse_width = Duration::from_millis(20);
-    config.failsafe.deadline = Duration::from_millis(30);
+    // A gate closer to the camera than judging a frame sometimes takes under this load: some
+    // decisions come after the part reached the gate, and it must be rejected on time all the
+    // same.
+    config.reject.travel_delay = Duration::from_millis(30);
+    config.reject.pulse_width = Duration::from_millis(15);
+    config.failsafe.deadline = Duration::from_millis(20);
     config.source = ucad::runtime::config::SourceConfig::Folder {
         path: dir.path().into(),
         fps: FPS,

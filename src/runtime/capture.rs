@@ -12,9 +12,12 @@ use anyhow::Result;
 use log::{error, warn};
 
 use super::config::{FailsafeAction, RunConfig};
-use super::reject::{assert_stop_line, Actuator};
+use super::reject::{assert_stop_line, raise_priority, Actuator};
 use super::schedule::{Pulse, Ticket};
 use super::source::{Frame, FrameSource, Truth};
+
+/// Real-time priority of the capture thread (below the edge thread's 50).
+const CAPTURE_PRIORITY: i32 = 40;
 
 /// Most frame buffers: more could only hold frames past their deadline.
 const MAX_FRAME_BUFFERS: usize = 64;
@@ -89,8 +92,11 @@ pub struct Capture<'a> {
 }
 
 impl Capture<'_> {
-    /// Takes frames until the source ends, fails for good, `max_frames` or a stop.
+    /// Takes frames until the source ends, fails for good, `max_frames` or a stop. Runs at
+    /// real-time priority (below the edge thread's): a part's provisional reject must be queued
+    /// well before its gate time however busy judging keeps the cores.
     pub fn run(self, source: &mut dyn FrameSource) {
+        raise_priority("capture", CAPTURE_PRIORITY);
         let end = self.take_frames(source);
         // The loop reads until this last event.
         let _ = self.events.send(Event::End(end));

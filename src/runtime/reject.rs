@@ -147,7 +147,7 @@ impl Actuator {
         let thread = std::thread::Builder::new()
             .name("reject-line".into())
             .spawn(move || {
-                raise_priority();
+                raise_priority("reject line", EDGE_PRIORITY);
                 drive(line, &worker)
             })
             .expect("spawn the reject-line thread");
@@ -201,17 +201,23 @@ impl Drop for Actuator {
     }
 }
 
-/// Real-time scheduling for the edge thread, so that a busy inference core cannot delay an edge
-/// (needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO grant, as the systemd unit gives).
-fn raise_priority() {
+/// Real-time priority of the edge thread (the capture thread's is below it).
+const EDGE_PRIORITY: i32 = 50;
+
+/// Real-time scheduling (SCHED_FIFO at `priority`) for the calling thread, so that busy
+/// inference cores cannot delay it (needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO grant, as the
+/// systemd unit gives).
+pub(super) fn raise_priority(thread: &str, priority: i32) {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 50 };
+        let param = libc::sched_param {
+            sched_priority: priority,
+        };
         // SAFETY: plain syscall on the calling thread with a valid parameter struct.
         let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
         if rc != 0 {
-            log::warn!(
-                "reject line: no real-time priority ({}); edges may be late under load",
+            warn!(
+                "{thread}: no real-time priority ({}); it may be late under load",
                 std::io::Error::last_os_error()
             );
         }
