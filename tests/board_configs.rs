@@ -114,8 +114,16 @@ fn odd_config_values_are_refused_naming_the_file_and_the_key() {
         ("size = 256", "size = 4000000000", "source.size"),
         ("max_mib = 20", "max_mib = 17592186044416", "audit.max_mib"),
         ("max_mib = 20", "max_mib = 20\nqueue = 100000000000", "audit.queue"),
-        ("frame_pool_mib = 64", "frame_pool_mib = 1000000000000", "memory.frame_pool_mib"),
-        ("capacity_tasks = 32", "capacity_tasks = 1000000000000", "bank.capacity_tasks"),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 1000000000000",
+            "memory.frame_pool_mib",
+        ),
+        (
+            "capacity_tasks = 32",
+            "capacity_tasks = 1000000000000",
+            "bank.capacity_tasks",
+        ),
         ("log_every_s = 5.0", "log_every_s = nan", "log_every_s"),
         ("log_every_s = 5.0", "log_every_s = -1.0", "log_every_s"),
         ("log_every_s = 5.0", "log_every_s = 1e300", "log_every_s"),
@@ -141,7 +149,11 @@ fn a_region_of_interest_that_wraps_or_leaves_the_frame_is_refused() {
     let err = refusal("[routing]", &roi(200, 100));
     assert!(err.contains("roi") && err.contains("256×256"), "{err}");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("fine.toml"), SIM.replacen("[routing]", &roi(100, 100), 1)).unwrap();
+    std::fs::write(
+        dir.path().join("fine.toml"),
+        SIM.replacen("[routing]", &roi(100, 100), 1),
+    )
+    .unwrap();
     RunConfig::load(&dir.path().join("fine.toml")).unwrap();
 }
 
@@ -153,8 +165,20 @@ fn mutated_configs_are_refused_or_usable_without_a_panic() {
     use rand::{Rng, SeedableRng};
     const MUTATIONS: usize = 5000;
     const ODD: [&str; 14] = [
-        "inf", "-inf", "nan", "1e300", "1e22", "-1", "0", "0.0", "1e-300", "18446744073709551615",
-        "4294967295", "9223372036854775807", "\"x\"", "[]",
+        "inf",
+        "-inf",
+        "nan",
+        "1e300",
+        "1e22",
+        "-1",
+        "0",
+        "0.0",
+        "1e-300",
+        "18446744073709551615",
+        "4294967295",
+        "9223372036854775807",
+        "\"x\"",
+        "[]",
     ];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
     let lines: Vec<&str> = SIM.lines().collect();

@@ -383,7 +383,13 @@ fn a_panic_in_judging_gets_the_failsafe_and_a_bank_that_keeps_faulting_is_demote
     assert_eq!(summary.judging_panics, 3, "{:?}", LOGGED.lock().unwrap());
     assert_eq!(summary.bank_demotions, 1);
     assert!(logged("judging panicked") && logged("no last-known-good bank"));
-    let demoted = inspector.state().demoted.lock().unwrap().clone().expect("demotion reported");
+    let demoted = inspector
+        .state()
+        .demoted
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("demotion reported");
     assert_eq!(demoted.version, 2);
 }
 
@@ -430,7 +436,10 @@ fn a_listener_that_cannot_bind_stops_the_line_before_the_loop() {
     );
     config.update = RunConfig::parse(&update, s.dir.path()).unwrap().update;
     let mut source = Scripted::new([Event::Image(s.good[0].clone())]);
-    let err = s.run(config, &mut source, None).err().expect("no loop without the listener");
+    let err = s
+        .run(config, &mut source, None)
+        .err()
+        .expect("no loop without the listener");
     assert!(format!("{err:#}").contains("cannot listen"), "{err:#}");
     assert!(logged("stop line asserted"), "{:?}", LOGGED.lock().unwrap());
     assert_eq!(source.events.len(), 1, "no frame was taken");

@@ -168,10 +168,16 @@ fn run_once(config: &RunConfig, backbone: &std::path::Path, parts: &[(RgbImage, 
         let gate = part.captured + config.reject.travel_delay;
         let fired = rises.iter().filter(|r| near(**r, gate)).count();
         if fired != part.rejected as usize {
-            late.push(format!("part {}: {fired} reject edges within ±1 ms of its gate", part.sequence));
+            late.push(format!(
+                "part {}: {fired} reject edges within ±1 ms of its gate",
+                part.sequence
+            ));
         }
     }
-    assert_eq!(rises.len() as u64, outcome.parts.iter().filter(|p| p.rejected).count() as u64);
+    assert_eq!(
+        rises.len() as u64,
+        outcome.parts.iter().filter(|p| p.rejected).count() as u64
+    );
     late.extend(
         record
             .edges

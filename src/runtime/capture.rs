@@ -34,7 +34,7 @@ pub struct Part {
 
 pub enum Event {
     /// A part and its frame; no frame when every buffer was waiting to be judged.
-    Part(Part, Option<Box<Frame>>),
+    Part(Part, Option<Frame>),
     /// The source ended, failed for good, or parts passed unseen with the `stop_line` action.
     End(Result<()>),
 }
@@ -51,7 +51,7 @@ pub struct CaptureCounts {
 
 /// Frame buffers shared by the capture thread and judging, reused last-in first-out so that a
 /// loop that keeps up touches one or two of them.
-pub struct FramePool(Mutex<Vec<Box<Frame>>>);
+pub struct FramePool(Mutex<Vec<Frame>>);
 
 impl FramePool {
     /// Enough buffers for the frames of one deadline.
@@ -59,7 +59,7 @@ impl FramePool {
         let frames = (config.source.fps() * config.failsafe.deadline.as_secs_f64()).ceil() as usize + 2;
         let count = frames.min(MAX_FRAME_BUFFERS);
         let mut buffers = Vec::with_capacity(count);
-        buffers.extend((0..count).map(|_| Box::new(Frame::new())));
+        buffers.extend((0..count).map(|_| Frame::new()));
         FramePool(Mutex::new(buffers))
     }
 
@@ -70,11 +70,11 @@ impl FramePool {
         }
     }
 
-    fn take(&self) -> Option<Box<Frame>> {
+    fn take(&self) -> Option<Frame> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    pub fn give(&self, frame: Box<Frame>) {
+    pub fn give(&self, frame: Frame) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(frame);
     }
 }
@@ -109,7 +109,7 @@ impl Capture<'_> {
         let mut taken = 0;
         while !self.stop.load(Ordering::Acquire) && self.max_frames.is_none_or(|m| taken < m) {
             let mut buffer = self.pool.take();
-            let frame = buffer.as_deref_mut().unwrap_or(&mut spare);
+            let frame = buffer.as_mut().unwrap_or(&mut spare);
             let dropped_before = source.dropped();
             let waited = Instant::now();
             let next = source.next(frame);
@@ -161,9 +161,10 @@ impl Capture<'_> {
     /// Queues the part's reject at its gate time; judging withdraws it for a pass in time.
     fn provisional_reject(&self, frame: &Frame) -> Part {
         let reject = &self.config.reject;
-        let ticket = self
-            .actuator
-            .schedule(Pulse::at(frame.captured + reject.travel_delay, reject.pulse_width), true);
+        let ticket = self.actuator.schedule(
+            Pulse::at(frame.captured + reject.travel_delay, reject.pulse_width),
+            true,
+        );
         if ticket.is_none() {
             error!("frame {}: reject queue full; asserting the stop line", frame.sequence);
             assert_stop_line(self.config.failsafe.stop_line.as_ref());

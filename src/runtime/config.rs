@@ -50,13 +50,15 @@ pub struct RunConfig {
 /// not finite, too large) is refused here, the bounds in [`RunConfig::check`].
 fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let ms = f64::deserialize(deserializer)?;
-    duration(ms / 1e3).ok_or_else(|| serde::de::Error::custom(format!("{ms:?} ms is not a duration (a finite number, at least 0)")))
+    duration(ms / 1e3)
+        .ok_or_else(|| serde::de::Error::custom(format!("{ms:?} ms is not a duration (a finite number, at least 0)")))
 }
 
 /// A duration given in seconds (see [`millis`]).
 fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let s = f64::deserialize(deserializer)?;
-    duration(s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} s is not a duration (a finite number, at least 0)")))
+    duration(s)
+        .ok_or_else(|| serde::de::Error::custom(format!("{s:?} s is not a duration (a finite number, at least 0)")))
 }
 
 fn duration(seconds: f64) -> Option<Duration> {
@@ -443,14 +445,13 @@ impl RunConfig {
 
     /// Parses and checks a config's text; relative paths in it are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<RunConfig> {
-        let mut config: RunConfig =
-            serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-                let key = e.path().to_string();
-                match e.into_inner() {
-                    inner if key == "." => anyhow!(inner),
-                    inner => anyhow!("{key}: {inner}"),
-                }
-            })?;
+        let mut config: RunConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = e.path().to_string();
+            match e.into_inner() {
+                inner if key == "." => anyhow!(inner),
+                inner => anyhow!("{key}: {inner}"),
+            }
+        })?;
         config.rebase(base);
         config.check()?;
         Ok(config)
@@ -498,7 +499,11 @@ impl RunConfig {
             "failsafe.action = \"stop_line\" needs a [failsafe.stop_line] output"
         );
         count("bank.capacity_tasks", self.bank.capacity_tasks as u64, 1..=4096)?;
-        count("bank.capacity_task_kib", self.bank.capacity_task_kib as u64, 1..=1 << 20)?;
+        count(
+            "bank.capacity_task_kib",
+            self.bank.capacity_task_kib as u64,
+            1..=1 << 20,
+        )?;
         count("memory.frame_pool_mib", self.memory.frame_pool_mib as u64, 1..=1 << 16)?;
         if let Some(audit) = &self.audit {
             count("audit.max_mib", audit.max_mib, 1..=1 << 24)?;

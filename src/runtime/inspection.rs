@@ -29,7 +29,7 @@ use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::detect::colour::{colour_of, Colour};
 use crate::detect::{image_score, Detector, Routing};
-use crate::update::listener::{DeviceState, Demotion, Installed, UpdateListener, UpdatePolicy};
+use crate::update::listener::{Demotion, DeviceState, Installed, UpdateListener, UpdatePolicy};
 use crate::update::signing::read_public_key;
 use crate::update::store::{BankStore, Origin};
 
@@ -165,7 +165,10 @@ impl Loop<'_> {
                     if let Some(frame) = frame {
                         self.pool.give(frame);
                     }
-                    warn!("frame {}: not judged (the loop is ending): rejected by default", part.sequence);
+                    warn!(
+                        "frame {}: not judged (the loop is ending): rejected by default",
+                        part.sequence
+                    );
                     let record = unjudged(&part, self.travel, &mut self.line.counters);
                     if self.parts.len() < self.parts.capacity() {
                         self.parts.push(record);
@@ -288,7 +291,10 @@ impl Inspector {
                 .name("ucad-capture".into())
                 .spawn_scoped(scope, move || capture.run(source));
             if let Err(e) = spawned {
-                return (Err(anyhow::Error::new(e).context("cannot start the capture thread")), false);
+                return (
+                    Err(anyhow::Error::new(e).context("cannot start the capture thread")),
+                    false,
+                );
             }
             let mut looped = Loop {
                 events: &events,
@@ -511,7 +517,10 @@ impl Inspector {
                 record.rejected = relative > 0.0;
             }
             Some(_) => {
-                error!("frame {}: judged after its deadline: rejected by default", part.sequence);
+                error!(
+                    "frame {}: judged after its deadline: rejected by default",
+                    part.sequence
+                );
                 counters.rejected_by_default += 1;
             }
             None => {}
@@ -570,7 +579,10 @@ impl Inspector {
                 self.probation.proven = true;
                 if verdict.is_none() {
                     counters.unknown_products += 1;
-                    warn!("frame {}: no learned product explains it (unknown product)", frame.sequence);
+                    warn!(
+                        "frame {}: no learned product explains it (unknown product)",
+                        frame.sequence
+                    );
                 }
                 return verdict;
             }
@@ -596,9 +608,16 @@ impl Inspector {
     /// (on disk too, so that a restart does not run it again); with none, every part gets the
     /// fail-safe. Says so in the log and on `/status`.
     fn demote(&mut self, bad: &Arc<Installed>, fault: &str, counters: &mut Counters) {
-        let reason = format!("bank version {} faulted on its first {DEMOTE_AFTER} frames ({fault})", bad.version);
+        let reason = format!(
+            "bank version {} faulted on its first {DEMOTE_AFTER} frames ({fault})",
+            bad.version
+        );
         error!("{reason}: demoting it");
-        let store = BankStore::new(&self.config.bank.path, &self.backbone.file_sha256, self.config.bank.capacity());
+        let store = BankStore::new(
+            &self.config.bank.path,
+            &self.backbone.file_sha256,
+            self.config.bank.capacity(),
+        );
         let fallback = match bad.origin {
             Origin::LastGood => Err(anyhow::anyhow!("it is the last-known-good bank")),
             Origin::Current | Origin::Pushed => store.demote().and_then(|bank| {
@@ -620,9 +639,7 @@ impl Inspector {
             }
         };
         // Unless a push replaced the faulty bank meanwhile.
-        self.state
-            .installed
-            .compare_and_swap(&Some(bad.clone()), replacement);
+        self.state.installed.compare_and_swap(&Some(bad.clone()), replacement);
         *self.state.demoted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Demotion {
             version: bad.version,
             reason,

@@ -301,7 +301,13 @@ mod tests {
     use super::*;
 
     fn rises(record: &Mutex<SimRecord>) -> Vec<(bool, Instant)> {
-        record.lock().unwrap().edges.iter().map(|e| (e.active, e.intended)).collect()
+        record
+            .lock()
+            .unwrap()
+            .edges
+            .iter()
+            .map(|e| (e.active, e.intended))
+            .collect()
     }
 
     #[test]
@@ -320,7 +326,10 @@ mod tests {
         let late = actuator.shutdown();
         assert_eq!(rises(&record), [(true, t0), (false, t0 + ms(20))]);
         for edge in &record.lock().unwrap().edges {
-            assert!(edge.actual >= edge.intended && edge.actual - edge.intended < TOLERANCE, "{edge:?}");
+            assert!(
+                edge.actual >= edge.intended && edge.actual - edge.intended < TOLERANCE,
+                "{edge:?}"
+            );
         }
         assert_eq!(late, Late::default());
     }
@@ -330,7 +339,9 @@ mod tests {
         let (line, record) = SimulatedLine::new(64);
         let actuator = Actuator::start(Box::new(line));
         let start = Instant::now() - Duration::from_millis(5);
-        actuator.schedule(Pulse::at(start, Duration::from_millis(30)), true).unwrap();
+        actuator
+            .schedule(Pulse::at(start, Duration::from_millis(30)), true)
+            .unwrap();
         assert_eq!(actuator.shutdown(), Late { pulses: 1, parts: 1 });
         assert_eq!(record.lock().unwrap().edges.len(), 2);
         assert!(!record.lock().unwrap().active);

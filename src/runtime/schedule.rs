@@ -118,12 +118,9 @@ impl PulseQueue {
                 continue;
             }
             let generation = current >> STATE_BITS;
-            let claimed = slot.word.compare_exchange(
-                current,
-                word(generation, WRITING),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            );
+            let claimed =
+                slot.word
+                    .compare_exchange(current, word(generation, WRITING), Ordering::Acquire, Ordering::Relaxed);
             if claimed.is_err() {
                 continue;
             }
@@ -312,7 +309,10 @@ mod tests {
         assert!(q.push(Pulse::at(t0, MS(1)), true).is_none());
         assert!(q.cancel(tickets[7]));
         let reused = q.push(Pulse::at(t0, MS(1)), true).unwrap();
-        assert!(!q.cancel(tickets[7]), "an old ticket does not cancel the slot's new pulse");
+        assert!(
+            !q.cancel(tickets[7]),
+            "an old ticket does not cancel the slot's new pulse"
+        );
         assert!(q.cancel(reused));
     }
 }
