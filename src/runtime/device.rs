@@ -84,7 +84,7 @@ impl FrameSource for V4l2Source {
             .stream
             .next()
             .with_context(|| format!("{}: no frame (camera gone or stalled)", self.path.display()))?;
-        let captured = capture_instant(&meta);
+        let captured = capture_instant(meta);
         if let Some(last) = self.last_sequence {
             self.dropped += meta.sequence.wrapping_sub(last).saturating_sub(1) as u64;
         }
