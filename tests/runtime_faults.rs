@@ -1,6 +1,8 @@
 //! The loop's fixed memory and its fail-safes, on the tiny backbone (no models needed): steady
-//! frames take nothing from the heap; a stall, a camera error, a damaged JPEG and a deadline miss
-//! each reject (or stop the line), log why, and the loop goes on where it can.
+//! frames take nothing from the heap; a stall, a camera error, a damaged JPEG, a deadline miss
+//! and a panic while judging each reject (or stop the line), log why, and the loop goes on where
+//! it can; a bank that keeps faulting is demoted; a listener that cannot bind stops the line
+//! before the loop.
 
 mod common;
 
@@ -107,6 +109,8 @@ enum Event {
     /// Nothing for this long, then the image.
     After(Duration, RgbImage),
     Fail,
+    /// A driver bug.
+    Panic,
 }
 
 struct Scripted {
@@ -145,6 +149,7 @@ impl FrameSource for Scripted {
                 image
             }
             Event::Fail => anyhow::bail!("camera: VIDIOC_DQBUF failed (device gone)"),
+            Event::Panic => panic!("camera driver bug"),
         };
         frame.image = image;
         frame.jpeg = false;
@@ -257,6 +262,13 @@ fn camera_errors_reject_blind_and_end_the_loop_only_when_they_persist() {
     let mut once = Scripted::new([Event::Fail, Event::Image(good.clone())]);
     let err = s.run(config, &mut once, None).err().expect("stop_line ends the loop");
     assert!(format!("{err:#}").contains("unseen"), "{err:#}");
+
+    let mut buggy = Scripted::new([Event::Image(good.clone()), Event::Panic]);
+    let err = s
+        .run(s.config.clone(), &mut buggy, None)
+        .err()
+        .expect("a panicking source ends the loop");
+    assert!(format!("{err:#}").contains("camera driver bug"), "{err:#}");
 }
 
 #[test]

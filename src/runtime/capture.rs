@@ -3,12 +3,13 @@
 //! comes late (or never) is rejected on time by the edge thread. Judging gets the frame through a
 //! bounded channel; when it is behind, parts are still counted, never lost.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use log::{error, warn};
 
 use super::config::{FailsafeAction, RunConfig};
@@ -79,6 +80,15 @@ impl FramePool {
     }
 }
 
+/// What a panic says, when it says it as text.
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// The capture thread's side of the loop.
 pub struct Capture<'a> {
     pub config: &'a RunConfig,
@@ -97,7 +107,8 @@ impl Capture<'_> {
     /// well before its gate time however busy judging keeps the cores.
     pub fn run(self, source: &mut dyn FrameSource) {
         raise_priority("capture", CAPTURE_PRIORITY);
-        let end = self.take_frames(source);
+        let end = catch_unwind(AssertUnwindSafe(|| self.take_frames(source)))
+            .unwrap_or_else(|panic| Err(anyhow!("the frame source panicked: {}", panic_message(panic.as_ref()))));
         // The loop reads until this last event.
         let _ = self.events.send(Event::End(end));
     }

@@ -19,7 +19,7 @@ use super::alloc::{
     reserve_frame_pool, AllocationCounts,
 };
 use super::audit::Auditor;
-use super::capture::{Capture, CaptureCounts, Event, FramePool, Part};
+use super::capture::{panic_message, Capture, CaptureCounts, Event, FramePool, Part};
 use super::config::{mib, FailsafeAction, RoutingConfig, RoutingMode, RunConfig};
 use super::counters::{Counters, Lap, MemoryReport, Stage, Summary};
 use super::pixels::copy_image;
@@ -809,15 +809,6 @@ fn route(
         since_reroute: 0,
     };
     (routing.task, Some(routing))
-}
-
-/// What a panic says, when it says it as text.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 fn max_timing_error_ms(record: &SimRecord) -> Option<f64> {
