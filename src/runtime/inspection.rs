@@ -271,47 +271,9 @@ impl Inspector {
             }
         };
         let mut parts = Vec::with_capacity(max_frames.unwrap_or(PART_RECORDS).min(1 << 20) as usize);
-        let pool = FramePool::for_config(&self.config);
-        let counts = CaptureCounts::default();
-        let (events_in, events) = sync_channel(QUEUE_CAPACITY);
         let mut steady = None;
-        let capture_config = self.config.clone();
-        let stop_capture = AtomicBool::new(false);
-        let (result, stopped) = std::thread::scope(|scope| {
-            let capture = Capture {
-                config: &capture_config,
-                actuator: &actuator,
-                events: events_in,
-                pool: &pool,
-                counts: &counts,
-                stop: &stop_capture,
-                max_frames,
-            };
-            let spawned = std::thread::Builder::new()
-                .name("ucad-capture".into())
-                .spawn_scoped(scope, move || capture.run(source));
-            if let Err(e) = spawned {
-                return (
-                    Err(anyhow::Error::new(e).context("cannot start the capture thread")),
-                    false,
-                );
-            }
-            let mut looped = Loop {
-                events: &events,
-                actuator: &actuator,
-                pool: &pool,
-                counts: &counts,
-                line: &mut line,
-                parts: &mut parts,
-                steady: &mut steady,
-                ended: false,
-                travel: self.config.reject.travel_delay,
-            };
-            let outcome = self.judge_parts(&mut looped);
-            stop_capture.store(true, Ordering::Release);
-            looped.drain();
-            outcome
-        });
+        let (result, stopped) =
+            self.capture_and_judge(source, max_frames, &actuator, &mut line, &mut parts, &mut steady);
         // The stop line first: parts keep coming while the rest shuts down.
         if let Err(e) = &result {
             error!("{e:#}: applying the fail-safe");
@@ -347,6 +309,58 @@ impl Inspector {
             parts,
             sim,
             stopped,
+        })
+    }
+
+    /// Takes frames on a capture thread and judges them here until capture ends, a fail-safe
+    /// ends the loop or the stop flag is set (then `true`); the parts captured meanwhile are
+    /// counted.
+    fn capture_and_judge(
+        &mut self,
+        source: &mut dyn FrameSource,
+        max_frames: Option<u64>,
+        actuator: &Actuator,
+        line: &mut Line,
+        parts: &mut Vec<PartRecord>,
+        steady: &mut Option<(AllocationCounts, u64)>,
+    ) -> (Result<()>, bool) {
+        let pool = FramePool::for_config(&self.config);
+        let counts = CaptureCounts::default();
+        let (events_in, events) = sync_channel(QUEUE_CAPACITY);
+        let capture_config = self.config.clone();
+        let stop_capture = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let capture = Capture {
+                config: &capture_config,
+                actuator,
+                events: events_in,
+                pool: &pool,
+                counts: &counts,
+                stop: &stop_capture,
+                max_frames,
+            };
+            let spawned = std::thread::Builder::new()
+                .name("ucad-capture".into())
+                .spawn_scoped(scope, move || capture.run(source));
+            if let Err(e) = spawned {
+                let failed = anyhow::Error::new(e).context("cannot start the capture thread");
+                return (Err(failed), false);
+            }
+            let mut judging = Loop {
+                events: &events,
+                actuator,
+                pool: &pool,
+                counts: &counts,
+                line,
+                parts,
+                steady,
+                ended: false,
+                travel: self.config.reject.travel_delay,
+            };
+            let outcome = self.judge_parts(&mut judging);
+            stop_capture.store(true, Ordering::Release);
+            judging.drain();
+            outcome
         })
     }
 
