@@ -1,6 +1,8 @@
 //! The `ucad` command line: parses and dispatches to the library.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -21,10 +23,12 @@ use ucad::detect::map::anomaly_map;
 use ucad::detect::Detector;
 use ucad::eval::learner::PlainLearner;
 use ucad::eval::protocol::{self, EvalOptions};
-use ucad::runtime::config::{RunConfig, SourceConfig};
+use ucad::runtime::config::{FailsafeAction, RunConfig, SourceConfig};
 use ucad::runtime::counters::StageMeans;
 use ucad::runtime::inspection::Inspector;
 use ucad::runtime::learn::learn_conveyor;
+use ucad::runtime::reject::assert_stop_line;
+use ucad::runtime::source::FrameSource;
 use ucad::update::{client, signing};
 
 #[global_allocator]
@@ -779,27 +783,33 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summar
 }
 
 fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()> {
-    let backbone = Backbone::load(&cache.resolve(&config.backbone)?)?;
-    if args.learn {
-        if let Some(dir) = config.bank.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (backbone, mut source) = open_run(cache, &config, args).inspect_err(|e| {
+        log::error!("{e:#}: cannot start inspecting");
+        if config.failsafe.action == FailsafeAction::StopLine {
+            assert_stop_line(config.failsafe.stop_line.as_ref());
         }
-        learn_conveyor(&backbone, &config.source, &config.bank.path, &FitParams::default())?;
-    }
-    let stall = std::time::Duration::from_secs_f64(config.failsafe.stall_ms / 1e3);
-    let mut source = ucad::runtime::source::open(&config.source, stall)?;
+    })?;
     let mut inspector = Inspector::new(backbone, config);
+    inspector.stop_when(stop_on_signals()?);
     let outcome = inspector.run(source.as_mut(), args.frames)?;
+    if outcome.stopped {
+        println!("stopped by a signal");
+    }
     let s = &outcome.summary;
     let show = |v: Option<u64>| v.map_or("—".to_string(), |v| v.to_string());
     println!(
-        "parts {} rejected {} (per task {:?}) escapes {} false rejects {} fail-safe {}",
+        "parts {} rejected {} (per task {:?}) escapes {} false rejects {} fail-safe {} (rejected by default {}, \
+         judging panics {}, bank demotions {}); late reject pulses {}",
         s.parts,
         s.rejects,
         s.rejects_per_task,
         show(s.escapes),
         show(s.false_rejects),
-        s.failsafe_rejects
+        s.failsafe_rejects,
+        s.rejected_by_default,
+        s.judging_panics,
+        s.bank_demotions,
+        s.late_pulses
     );
     println!(
         "latency p50 {:.1} ms p99 {:.1} ms; reject timing error max {} ms; dropped frames {}; audit not saved {}",
@@ -843,6 +853,32 @@ fn check_bank(cache: &ModelCache, origin: &Path, bytes: &[u8], backbone: &BankBa
     };
     bank.check_backbone(&Backbone::read_spec(&path)?, &name)?;
     Ok(())
+}
+
+/// The backbone (after learning the conveyor's products, with `--learn`) and the frame source.
+fn open_run(cache: &ModelCache, config: &RunConfig, args: &RunArgs) -> Result<(Backbone, Box<dyn FrameSource>)> {
+    let backbone = Backbone::load(&cache.resolve(&config.backbone)?)?;
+    if args.learn {
+        if let Some(dir) = config.bank.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        learn_conveyor(&backbone, &config.source, &config.bank.path, &FitParams::default())?;
+    }
+    let source = ucad::runtime::source::open(&config.source, config.failsafe.stall)?;
+    Ok((backbone, source))
+}
+
+/// A flag SIGTERM and SIGINT set, to end the loop between frames; a second one ends the process
+/// at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .context("cannot handle SIGTERM/SIGINT")?;
+    }
+    Ok(flag)
 }
 
 /// A bank file, checked, signed with a secret key file for a line.

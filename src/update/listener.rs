@@ -40,6 +40,14 @@ pub struct DeviceState {
     pub installed: ArcSwapOption<Installed>,
     /// The loop's counters, published after every frame.
     pub totals: Mutex<Totals>,
+    /// The last bank the loop sent back to the last-known-good one, and why.
+    pub demoted: Mutex<Option<Demotion>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Demotion {
+    pub version: u64,
+    pub reason: String,
 }
 
 /// What an update must satisfy on this device, and how long a request may take.
@@ -365,5 +373,6 @@ fn status(state: &DeviceState) -> serde_json::Value {
             "tasks": i.detector.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         })
     });
-    json!({"bank": bank, "totals": totals})
+    let demoted = state.demoted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    json!({"bank": bank, "totals": totals, "demoted": demoted})
 }

@@ -89,6 +89,16 @@ impl BankStore {
         Ok(bank)
     }
 
+    /// Puts the last-known-good bank back in place of the current one (which faulted in use),
+    /// so that a restart does not run the faulty bank again, and returns it.
+    pub fn demote(&self) -> Result<Bank> {
+        let bytes = std::fs::read(&self.last_good)
+            .with_context(|| format!("cannot read the bank {}", self.last_good.display()))?;
+        let bank = self.usable(&bytes, &self.last_good)?;
+        write_atomic(&self.current, &bytes)?;
+        Ok(bank)
+    }
+
     /// The highest bank version ever installed here: the version mark, or — where there is
     /// none (a fresh device, or a store from before the mark) — the highest version among the
     /// bank files. A damaged or unreadable mark is an error, never a reset: updates stop until
@@ -241,5 +251,17 @@ mod tests {
             assert!(err.contains("bank.ucad.version") && err.contains("damaged"), "{err}");
         }
         assert_eq!(store.load().unwrap().0.version, 8, "nothing was installed");
+    }
+
+    #[test]
+    fn a_demoted_bank_gives_way_to_the_last_good_one_on_disk_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BankStore::new(&dir.path().join("bank.ucad"), spec("ab"), ROOM);
+        assert!(store.demote().is_err(), "nothing to go back to");
+        store.install(&bank(1).to_bytes(), 1).unwrap();
+        store.install(&bank(2).to_bytes(), 2).unwrap();
+        assert_eq!(store.demote().unwrap().version, 1);
+        let (loaded, origin) = store.load().unwrap();
+        assert_eq!((loaded.version, origin), (1, Origin::Current));
     }
 }

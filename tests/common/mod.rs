@@ -141,3 +141,10 @@ pub fn random_bank(spec: &ucad::bank::BackboneSpec) -> ucad::bank::Bank {
     bank.append(calibrated(compact)).expect("a valid task");
     bank
 }
+
+/// Host steal time of all CPUs so far (/proc/stat), in clock ticks: edge timing is evidence
+/// about our scheduling only while the hypervisor did not take the CPU away.
+pub fn host_steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
+}
