@@ -524,6 +524,14 @@ fn run(cli: Cli) -> Result<()> {
             out,
             backbone,
         } => {
+            for input in [&bank, &key] {
+                anyhow::ensure!(
+                    !same_file(&out, input),
+                    "--out {} is the input {}: write the update to a file of its own",
+                    out.display(),
+                    input.display()
+                );
+            }
             ucad::fsutil::write_atomic(&out, &signed_update(&cache, &bank, &key, &line, &backbone)?)?;
             println!("wrote {}", out.display());
         }
@@ -879,6 +887,11 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>> {
             .context("cannot handle SIGTERM/SIGINT")?;
     }
     Ok(flag)
+}
+
+/// Whether two paths name one existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 /// A bank file, checked, signed with a secret key file for a line.

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -212,8 +213,12 @@ impl Bank {
         );
         check_task(&task, self.feature_dim as usize)
             .map_err(|p| anyhow::anyhow!("cannot add the task: {} {}", p.field, p.problem))?;
+        self.version = self
+            .version
+            .checked_add(1)
+            .filter(|v| *v <= super::validate::MAX_VERSION)
+            .context("the bank's version is at its highest: no newer version can be made")?;
         self.tasks.push(task);
-        self.version += 1;
         Ok(())
     }
 
@@ -277,11 +282,7 @@ impl Bank {
     }
 
     pub fn load(path: &Path) -> Result<Bank, BankError> {
-        let bytes = std::fs::read(path).map_err(|source| BankError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Bank::from_bytes(&bytes, &path.display().to_string())
+        Bank::from_bytes(&read_bank_file(path)?, &path.display().to_string())
     }
 
     /// Writes the bank, which must pass the check every load makes: nothing writes a bank that
@@ -336,4 +337,24 @@ pub fn load_for_backbone(path: &Path, backbone: &BackboneSpec) -> Result<Bank, B
     let bank = Bank::load(path)?;
     bank.check_backbone(backbone, &path.display().to_string())?;
     Ok(bank)
+}
+
+/// The largest bank file read: far beyond any device's capacity, and a bound on what a FIFO or a
+/// device file named as a bank can make us read.
+const MAX_FILE_BYTES: u64 = 1 << 32;
+
+/// A bank file's bytes: a regular file of at most [`MAX_FILE_BYTES`].
+pub fn read_bank_file(path: &Path) -> Result<Vec<u8>, BankError> {
+    let io = |source| BankError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file of at most {MAX_FILE_BYTES} bytes"),
+        )));
+    }
+    std::fs::read(path).map_err(io)
 }

@@ -14,6 +14,15 @@ use crate::detect::colour::{ColourStats, SPREAD_FLOOR};
 /// squared distance the detector computes stays finite in f32 whatever the feature dim.
 pub const VALUE_LIMIT: f32 = 4_294_967_296.0; // 2^32
 
+/// Highest bank version a bank may carry: room for a new version every second for 285 million
+/// years, and far from u64::MAX, where a signed bank would leave no newer version to install
+/// (every device that took it would refuse all updates after it).
+pub const MAX_VERSION: u64 = 1 << 53;
+
+/// Projection components are orthonormal rows: no value beyond 1 (with room for rounding in f16
+/// and int8 storage).
+const COMPONENT_LIMIT: f32 = 1.01;
+
 /// Colour quartiles and chroma differences lie in −255..=255.
 const COLOUR_RANGE: f32 = 255.0;
 
@@ -74,6 +83,12 @@ impl Bank {
     fn check(&self) -> Result<(), Problem> {
         if self.backbone_sha256.len() != 64 || !self.backbone_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(problem("backbone_sha256", "is not 64 hex digits"));
+        }
+        if self.version > MAX_VERSION {
+            return Err(problem(
+                "version",
+                format!("is {}, beyond the highest version {MAX_VERSION}", self.version),
+            ));
         }
         at_least("feature_dim", self.feature_dim as f32, 1.0)?;
         at_least("patches", self.patches as f32, 1.0)?;
@@ -153,6 +168,12 @@ pub fn check_task(task: &Task, feature_dim: usize) -> Result<(), Problem> {
             ));
         }
         check_rows(&field("projection"), &p.components, feature_dim)?;
+        if let Some(found) = p.components.out_of_range(COMPONENT_LIMIT) {
+            return Err(problem(
+                field("projection"),
+                format!("{found}: components are orthonormal rows, within ±{COMPONENT_LIMIT}"),
+            ));
+        }
         if p.out_dim() > feature_dim {
             return Err(problem(
                 field("projection"),

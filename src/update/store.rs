@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use log::warn;
 use sha2::{Digest, Sha256};
 
+use crate::bank::format::read_bank_file;
 use crate::bank::{BackboneSpec, Bank, Capacity};
 use crate::fsutil::write_atomic;
 
@@ -75,7 +76,7 @@ impl BankStore {
     }
 
     fn load_usable(&self, path: &Path) -> Result<Bank> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read the bank {}", path.display()))?;
+        let bytes = read_bank_file(path)?;
         self.usable(&bytes, path)
     }
 
@@ -92,8 +93,7 @@ impl BankStore {
     /// Puts the last-known-good bank back in place of the current one (which faulted in use),
     /// so that a restart does not run the faulty bank again, and returns it.
     pub fn demote(&self) -> Result<Bank> {
-        let bytes = std::fs::read(&self.last_good)
-            .with_context(|| format!("cannot read the bank {}", self.last_good.display()))?;
+        let bytes = read_bank_file(&self.last_good)?;
         let bank = self.usable(&bytes, &self.last_good)?;
         write_atomic(&self.current, &bytes)?;
         Ok(bank)
@@ -113,12 +113,21 @@ impl BankStore {
                     mark.display()
                 )
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok([&self.current, &self.last_good]
-                .into_iter()
-                .filter_map(|path| Bank::load(path).ok())
-                .map(|bank| bank.version)
-                .max()
-                .unwrap_or(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let highest = [&self.current, &self.last_good]
+                    .into_iter()
+                    .filter_map(|path| Bank::load(path).ok())
+                    .map(|bank| bank.version)
+                    .max();
+                if let Some(version) = highest {
+                    warn!(
+                        "{}: no version mark beside the bank files (a store from before the mark, or the \
+                         mark was deleted): refusing updates up to version {version}, the highest among them",
+                        mark.display()
+                    );
+                }
+                Ok(highest.unwrap_or(0))
+            }
             Err(e) => Err(e).with_context(|| format!("cannot read the version mark {}", mark.display())),
         }
     }
@@ -131,7 +140,7 @@ impl BankStore {
         write_atomic(&incoming, bytes)?;
         // Only a bank that loads may become the fallback; a damaged current file is replaced
         // without touching the last good one.
-        if let Ok(current) = std::fs::read(&self.current) {
+        if let Ok(current) = read_bank_file(&self.current) {
             if self.usable(&current, &self.current).is_ok() {
                 write_atomic(&self.last_good, &current)?;
             }
