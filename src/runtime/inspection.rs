@@ -118,6 +118,10 @@ pub struct Inspector {
     config: RunConfig,
     sticky: Sticky,
     probation: Probation,
+    /// How long judging a frame takes lately (a moving average): a frame with less time left
+    /// before its deadline is not started, so that an overloaded loop spends its time on frames
+    /// it can still decide.
+    judging_time: Duration,
     /// Set to end the loop between frames (a signal handler's flag).
     stop: Arc<AtomicBool>,
 }
@@ -238,6 +242,7 @@ impl Inspector {
             roi_view: RgbImage::new(0, 0),
             sticky: Sticky::default(),
             probation: Probation::default(),
+            judging_time: Duration::ZERO,
             stop: Arc::new(AtomicBool::new(false)),
             config,
         }
@@ -515,12 +520,19 @@ impl Inspector {
         let deadline = self.config.failsafe.deadline;
         let mut record = PartRecord::new(part);
         let counters = &mut line.counters;
-        let judged = if part.captured.elapsed() > deadline {
-            error!("frame {}: past its deadline before judging", part.sequence);
+        let age = part.captured.elapsed();
+        let judged = if age + self.judging_time > deadline {
+            error!(
+                "frame {}: {age:.0?} old, too late to judge by its deadline (judging takes {:.0?})",
+                part.sequence, self.judging_time
+            );
             counters.rejected_by_default += 1;
             None
         } else {
-            self.judge_guarded(frame, counters)
+            let judged = self.judge_guarded(frame, counters);
+            // An average over about the last 8 frames.
+            self.judging_time = (self.judging_time * 7 + (part.captured.elapsed() - age)) / 8;
+            judged
         };
         let in_time = part.captured.elapsed() <= deadline;
         match judged {
