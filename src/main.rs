@@ -796,7 +796,7 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
         println!("summary written to {}", path.display());
     }
-    Ok(())
+    outcome.fault.map_or(Ok(()), Err)
 }
 
 /// The backbone (after learning the conveyor's products, with `--learn`) and the frame source.

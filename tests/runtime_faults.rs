@@ -252,7 +252,8 @@ fn camera_errors_reject_blind_and_end_the_loop_only_when_they_persist() {
     let mut failing = Scripted::new(std::iter::repeat_with(|| Event::Fail).take(retries + 2));
     let err = s
         .run(s.config.clone(), &mut failing, None)
-        .err()
+        .unwrap()
+        .fault
         .expect("the loop ends");
     assert!(format!("{err:#}").contains("failed"), "{err:#}");
 
@@ -260,13 +261,18 @@ fn camera_errors_reject_blind_and_end_the_loop_only_when_they_persist() {
     config.failsafe.action = FailsafeAction::StopLine;
     config.failsafe.stop_line = Some(ucad::runtime::config::LineConfig::Simulated);
     let mut once = Scripted::new([Event::Fail, Event::Image(good.clone())]);
-    let err = s.run(config, &mut once, None).err().expect("stop_line ends the loop");
+    let err = s
+        .run(config, &mut once, None)
+        .unwrap()
+        .fault
+        .expect("stop_line ends the loop");
     assert!(format!("{err:#}").contains("unseen"), "{err:#}");
 
     let mut buggy = Scripted::new([Event::Image(good.clone()), Event::Panic]);
     let err = s
         .run(s.config.clone(), &mut buggy, None)
-        .err()
+        .unwrap()
+        .fault
         .expect("a panicking source ends the loop");
     assert!(format!("{err:#}").contains("camera driver bug"), "{err:#}");
 }

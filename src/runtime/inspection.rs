@@ -87,6 +87,9 @@ pub struct Outcome {
     pub sim: Option<Arc<Mutex<SimRecord>>>,
     /// The loop ended on the stop flag (SIGTERM, SIGINT).
     pub stopped: bool,
+    /// What ended the loop early, the fail-safe applied: a camera failing for good, or a part
+    /// not judged in time with the `stop_line` action.
+    pub fault: Option<anyhow::Error>,
 }
 
 /// Route state of sticky routing.
@@ -258,7 +261,8 @@ impl Inspector {
         &self.state
     }
 
-    /// Runs until the source ends, `max_frames` frames were taken or the stop flag is set.
+    /// Runs until the source ends, `max_frames` frames were taken, the stop flag is set or a
+    /// fault ends the loop (in the outcome, with the summary). An error when it cannot start.
     pub fn run(&mut self, source: &mut dyn FrameSource, max_frames: Option<u64>) -> Result<Outcome> {
         let Started {
             actuator,
@@ -309,11 +313,12 @@ impl Inspector {
             .and_then(|s| max_timing_error_ms(&s.lock().unwrap_or_else(|e| e.into_inner())));
         let summary = line.counters.summary(timing_error, memory, late);
         info!("{}", line.counters.line());
-        result.map(|()| Outcome {
+        Ok(Outcome {
             summary,
             parts,
             sim,
             stopped,
+            fault: result.err(),
         })
     }
 
