@@ -841,7 +841,7 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
         println!("summary written to {}", path.display());
     }
-    Ok(())
+    outcome.fault.map_or(Ok(()), Err)
 }
 
 /// Checks a bank file's bytes (`origin`'s, or the bank inside its signed update) as a device

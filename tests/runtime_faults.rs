@@ -252,7 +252,8 @@ fn camera_errors_reject_blind_and_end_the_loop_only_when_they_persist() {
     let mut failing = Scripted::new(std::iter::repeat_with(|| Event::Fail).take(retries + 2));
     let err = s
         .run(s.config.clone(), &mut failing, None)
-        .err()
+        .unwrap()
+        .fault
         .expect("the loop ends");
     assert!(format!("{err:#}").contains("failed"), "{err:#}");
 
@@ -260,13 +261,18 @@ fn camera_errors_reject_blind_and_end_the_loop_only_when_they_persist() {
     config.failsafe.action = FailsafeAction::StopLine;
     config.failsafe.stop_line = Some(ucad::runtime::config::LineConfig::Simulated);
     let mut once = Scripted::new([Event::Fail, Event::Image(good.clone())]);
-    let err = s.run(config, &mut once, None).err().expect("stop_line ends the loop");
+    let err = s
+        .run(config, &mut once, None)
+        .unwrap()
+        .fault
+        .expect("stop_line ends the loop");
     assert!(format!("{err:#}").contains("unseen"), "{err:#}");
 
     let mut buggy = Scripted::new([Event::Image(good.clone()), Event::Panic]);
     let err = s
         .run(s.config.clone(), &mut buggy, None)
-        .err()
+        .unwrap()
+        .fault
         .expect("a panicking source ends the loop");
     assert!(format!("{err:#}").contains("camera driver bug"), "{err:#}");
 }
@@ -288,7 +294,7 @@ fn a_damaged_jpeg_and_a_deadline_miss_are_rejected_and_logged() {
     assert_eq!(failsafe, [false, true, true, false]);
     assert!(outcome.parts.iter().filter(|p| p.failsafe).all(|p| p.rejected));
     assert!(logged("frame 1: ") && logged("JPEG"), "{:?}", LOGGED.lock().unwrap());
-    assert!(logged("frame 2: past its deadline"));
+    assert!(logged("frame 2: ") && logged("too late to judge by its deadline"));
     assert_eq!(outcome.summary.failsafe_rejects, 2);
 }
 

@@ -511,6 +511,7 @@ impl RunConfig {
             1..=1 << 20,
         )?;
         count("memory.frame_pool_mib", self.memory.frame_pool_mib as u64, 1..=1 << 16)?;
+        self.memory.frame_pool_bytes().context("memory.frame_pool_mib")?;
         if let Some(audit) = &self.audit {
             count("audit.max_mib", audit.max_mib, 1..=1 << 24)?;
             count("audit.queue", audit.queue as u64, 1..=64)?;

@@ -87,6 +87,9 @@ pub struct Outcome {
     pub sim: Option<Arc<Mutex<SimRecord>>>,
     /// The loop ended on the stop flag (SIGTERM, SIGINT).
     pub stopped: bool,
+    /// What ended the loop early, the fail-safe applied: a camera failing for good, or a part
+    /// not judged in time with the `stop_line` action.
+    pub fault: Option<anyhow::Error>,
 }
 
 /// Route state of sticky routing.
@@ -118,6 +121,10 @@ pub struct Inspector {
     config: RunConfig,
     sticky: Sticky,
     probation: Probation,
+    /// How long judging a frame takes lately (a moving average): a frame with less time left
+    /// before its deadline is not started, so that an overloaded loop spends its time on frames
+    /// it can still decide.
+    judging_time: Duration,
     /// Set to end the loop between frames (a signal handler's flag).
     stop: Arc<AtomicBool>,
 }
@@ -235,6 +242,7 @@ impl Inspector {
             roi_view: RgbImage::new(0, 0),
             sticky: Sticky::default(),
             probation: Probation::default(),
+            judging_time: Duration::ZERO,
             stop: Arc::new(AtomicBool::new(false)),
             config,
         }
@@ -250,7 +258,8 @@ impl Inspector {
         &self.state
     }
 
-    /// Runs until the source ends, `max_frames` frames were taken or the stop flag is set.
+    /// Runs until the source ends, `max_frames` frames were taken, the stop flag is set or a
+    /// fault ends the loop (in the outcome, with the summary). An error when it cannot start.
     pub fn run(&mut self, source: &mut dyn FrameSource, max_frames: Option<u64>) -> Result<Outcome> {
         let Started {
             actuator,
@@ -301,11 +310,12 @@ impl Inspector {
             .and_then(|s| max_timing_error_ms(&s.lock().unwrap_or_else(|e| e.into_inner())));
         let summary = line.counters.summary(timing_error, memory, late);
         info!("{}", line.counters.line());
-        result.map(|()| Outcome {
+        Ok(Outcome {
             summary,
             parts,
             sim,
             stopped,
+            fault: result.err(),
         })
     }
 
@@ -514,12 +524,19 @@ impl Inspector {
         let deadline = self.config.failsafe.deadline;
         let mut record = PartRecord::new(part);
         let counters = &mut line.counters;
-        let judged = if part.captured.elapsed() > deadline {
-            error!("frame {}: past its deadline before judging", part.sequence);
+        let age = part.captured.elapsed();
+        let judged = if age + self.judging_time > deadline {
+            error!(
+                "frame {}: {age:.0?} old, too late to judge by its deadline (judging takes {:.0?})",
+                part.sequence, self.judging_time
+            );
             counters.rejected_by_default += 1;
             None
         } else {
-            self.judge_guarded(frame, counters)
+            let judged = self.judge_guarded(frame, counters);
+            // An average over about the last 8 frames.
+            self.judging_time = (self.judging_time * 7 + (part.captured.elapsed() - age)) / 8;
+            judged
         };
         let in_time = part.captured.elapsed() <= deadline;
         match judged {
