@@ -7,7 +7,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -473,7 +474,11 @@ struct SlowClient {
 
 impl SlowClient {
     fn connect(address: &str, head: &[u8], trickle: &[u8], every: Duration) -> SlowClient {
-        let stream = TcpStream::connect(address).unwrap();
+        SlowClient::on(TcpStream::connect(address).unwrap(), head, trickle, every)
+    }
+
+    /// The same on a connection of the caller's.
+    fn on(stream: TcpStream, head: &[u8], trickle: &[u8], every: Duration) -> SlowClient {
         let connected = Instant::now();
         let mut writer = stream.try_clone().unwrap();
         let (head, trickle) = (head.to_vec(), trickle.to_vec());
@@ -546,7 +551,10 @@ fn three_slow_clients_delay_neither_status_nor_stop() {
     let address = listener.address().to_string();
     let every = Duration::from_secs(2);
     let slow: Vec<SlowClient> = (0..3)
-        .map(|_| SlowClient::connect(&address, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 100], every))
+        .map(|_| {
+            let stream = connect_from(Ipv4Addr::new(127, 0, 0, 2), &address);
+            SlowClient::on(stream, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 100], every)
+        })
         .collect();
     let (longest, ()) = status_latency_during(&address, || std::thread::sleep(Duration::from_secs(3)));
     assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
@@ -562,31 +570,139 @@ fn three_slow_clients_delay_neither_status_nor_stop() {
     assert!(client::status(&address).is_err(), "nothing listens after stop");
 }
 
+/// A connection to `address` from `source`, another loopback address, as a client elsewhere
+/// on the network would have.
+fn connect_from(source: Ipv4Addr, address: &str) -> TcpStream {
+    let sockaddr = |address: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: address.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*address.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let to = sockaddr(address.parse().unwrap());
+    let from = sockaddr(SocketAddrV4::new(source, 0));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, owned by the stream from here on; the addresses outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let bound = libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(bound, 0, "bind {source}: {}", std::io::Error::last_os_error());
+        let connected = libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(connected, 0, "connect {address}: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// A connection that sends the start of a request, then nothing.
+fn silent(source: Ipv4Addr, address: &str) -> TcpStream {
+    let mut stream = connect_from(source, address);
+    stream.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    stream
+}
+
+/// The answer on a connection, within `limit`.
+fn answer_on(mut stream: &TcpStream, limit: Duration) -> String {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[test]
-fn a_connection_beyond_the_bound_is_turned_away_at_once() {
+fn one_address_gets_three_connections_and_the_next_is_turned_away_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let listener = bare_listener(dir.path(), DEADLINE);
     let address = listener.address().to_string();
-    let held: Vec<TcpStream> = (0..8)
-        .map(|_| {
-            let mut stream = TcpStream::connect(&address).unwrap();
-            stream.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
-            stream
-        })
-        .collect();
+    let peer = Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..3).map(|_| silent(peer, &address)).collect();
     let asked = Instant::now();
-    let answer = client::status(&address).unwrap();
-    assert_eq!(answer.status, 503, "{}", answer.body);
-    assert!(asked.elapsed() < Duration::from_secs(1));
+    let fourth = silent(peer, &address);
+    let answer = answer_on(&fourth, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "refused after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        client::status(&address).unwrap().status,
+        200,
+        "another address is served"
+    );
     drop(held);
     let freed = Instant::now();
-    while client::status(&address).unwrap().status != 200 {
+    while answer_on(&silent(peer, &address), Duration::from_millis(300)).starts_with("HTTP/1.1 503") {
         assert!(
             freed.elapsed() < Duration::from_secs(5),
-            "the slots were not given back"
+            "the places were not given back"
         );
-        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn eight_silent_clients_keep_no_one_out_and_the_oldest_is_cut_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    // Eight at a time from four addresses, opened again as they are cut, for 3 s.
+    let peers: Vec<Ipv4Addr> = (2..6).map(|last| Ipv4Addr::new(127, 0, 0, last)).collect();
+    let mut held: Vec<TcpStream> = (0..8).map(|i| silent(peers[i % 4], &address)).collect();
+    let first = held.remove(0);
+    let (longest, cut) = status_latency_during(&address, || {
+        let mut cut = Vec::new();
+        for round in 0..30 {
+            held.retain(|stream| {
+                let answer = answer_on(stream, Duration::from_millis(1));
+                cut.extend(answer.starts_with("HTTP/1.1 503").then_some(()));
+                answer.is_empty()
+            });
+            while held.len() < 8 {
+                held.push(silent(peers[(round + held.len()) % 4], &address));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cut.len()
+    });
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+    assert!(cut > 0, "no silent client was cut to make room");
+    let answer = answer_on(&first, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 503"), "the oldest was not cut: {answer:?}");
+}
+
+/// Sends a `POST /bank` head with a body of `length` bytes, and `sent` of them.
+fn post_start(source: Ipv4Addr, address: &str, length: usize, sent: usize) -> TcpStream {
+    let mut stream = connect_from(source, address);
+    write!(stream, "POST /bank HTTP/1.1\r\nContent-Length: {length}\r\n\r\n").unwrap();
+    stream.write_all(&vec![b'x'; sent]).unwrap();
+    stream
+}
+
+#[test]
+fn a_second_body_is_not_read_until_the_first_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    let length = 100 << 10;
+    let mut first = post_start(Ipv4Addr::new(127, 0, 0, 2), &address, length, 10);
+    std::thread::sleep(Duration::from_millis(200));
+    let second = post_start(Ipv4Addr::new(127, 0, 0, 3), &address, length, length);
+    assert_eq!(
+        answer_on(&second, Duration::from_secs(1)),
+        "",
+        "the second body was read while the first was being received"
+    );
+    first.write_all(&vec![b'x'; length - 10]).unwrap();
+    let answer = answer_on(&first, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    let answer = answer_on(&second, Duration::from_secs(5));
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "the second is read after the first: {answer:?}"
+    );
 }
 
 #[test]

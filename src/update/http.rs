@@ -91,11 +91,24 @@ struct Head {
     content_length: u64,
 }
 
+/// A request whose head is read and whose body is still to come.
+pub struct Incoming<'a, S> {
+    input: Timed<'a, S>,
+    head: Head,
+    /// Bytes after the head that came with it.
+    early: Vec<u8>,
+}
+
 /// Reads one request. A body over `max_body` is refused (413) after discarding it, up to twice
 /// `max_body` bytes, so that an honest client still reads the answer while a hostile length
 /// costs nothing; a body within it is grown as its bytes arrive. Never panics, whatever the
 /// bytes.
 pub fn read_request<S: Source>(source: &mut S, max_body: usize, deadline: Instant) -> Result<HttpRequest, Refusal> {
+    read_head(source, deadline)?.read_body(max_body)
+}
+
+/// Reads a request's head (what `read_request` does before the body).
+pub fn read_head<S: Source>(source: &mut S, deadline: Instant) -> Result<Incoming<'_, S>, Refusal> {
     let mut input = Timed { source, deadline };
     let mut buffer = vec![0u8; MAX_HEAD];
     let mut filled = 0;
@@ -122,35 +135,54 @@ pub fn read_request<S: Source>(source: &mut S, max_body: usize, deadline: Instan
             Err(e) => return Err(bad(400, &format!("malformed request: {e}"))),
         }
     };
-    let early = &buffer[head_len..filled];
-    if head.content_length > max_body as u64 {
-        let limit = head.content_length.min(max_body.saturating_mul(2) as u64);
-        discard(&mut input, limit.saturating_sub(early.len() as u64));
-        return Err(bad(
-            413,
-            &format!("{} bytes, at most {max_body} accepted", head.content_length),
-        ));
-    }
-    let length = head.content_length as usize;
-    let mut body = Vec::new();
-    body.extend_from_slice(&early[..early.len().min(length)]);
-    while body.len() < length {
-        let start = body.len();
-        let want = (length - start).min(CHUNK);
-        body.try_reserve(want)
-            .map_err(|_| bad(503, "no memory for the body now"))?;
-        body.resize(start + want, 0);
-        let read = input.read(&mut body[start..])?;
-        if read == 0 {
-            return Err(bad(400, "the request ended inside its body"));
-        }
-        body.truncate(start + read);
-    }
-    Ok(HttpRequest {
-        method: head.method,
-        path: head.path,
-        body,
+    buffer.truncate(filled);
+    buffer.drain(..head_len);
+    Ok(Incoming {
+        input,
+        head,
+        early: buffer,
     })
+}
+
+impl<S: Source> Incoming<'_, S> {
+    /// Whether reading the body will hold it in memory: it has one, within `max_body`.
+    pub fn holds_a_body(&self, max_body: usize) -> bool {
+        (1..=max_body as u64).contains(&self.head.content_length)
+    }
+
+    /// Reads the body (see `read_request`).
+    pub fn read_body(mut self, max_body: usize) -> Result<HttpRequest, Refusal> {
+        let head = self.head;
+        let early = &self.early[..];
+        if head.content_length > max_body as u64 {
+            let limit = head.content_length.min(max_body.saturating_mul(2) as u64);
+            discard(&mut self.input, limit.saturating_sub(early.len() as u64));
+            return Err(bad(
+                413,
+                &format!("{} bytes, at most {max_body} accepted", head.content_length),
+            ));
+        }
+        let length = head.content_length as usize;
+        let mut body = Vec::new();
+        body.extend_from_slice(&early[..early.len().min(length)]);
+        while body.len() < length {
+            let start = body.len();
+            let want = (length - start).min(CHUNK);
+            body.try_reserve(want)
+                .map_err(|_| bad(503, "no memory for the body now"))?;
+            body.resize(start + want, 0);
+            let read = self.input.read(&mut body[start..])?;
+            if read == 0 {
+                return Err(bad(400, "the request ended inside its body"));
+            }
+            body.truncate(start + read);
+        }
+        Ok(HttpRequest {
+            method: head.method,
+            path: head.path,
+            body,
+        })
+    }
 }
 
 fn parse_head(request: &httparse::Request) -> Result<Head, Refusal> {

@@ -5,11 +5,22 @@
 //! frames; `GET /status` reports the installed bank and the loop's counters.
 //!
 //! Up to `MAX_CONNECTIONS` requests are served at once, each on its own thread and within the
-//! request deadline, so that slow clients delay nobody; one more is answered 503 at once.
-//! Stopping cuts the connections being served and never waits on a client.
+//! request deadline, so that slow clients delay nobody. One remote address gets at most
+//! `MAX_PER_PEER` of them; one more from it is answered 503 at once. When all are taken, a new
+//! connection takes the place of the oldest one still sending its request, which is cut and
+//! answered 503: holding a place for the whole deadline with a request that does not come
+//! would otherwise keep every client out for as long as it is repeated, while a cut request
+//! is only delayed (the pusher retries), and a request already received is never cut, so an
+//! install is never half answered. The price: a push slower than `MAX_CONNECTIONS` newer
+//! connections from at least three addresses is cut.
+//!
+//! One request body at a time is held in memory, from its first byte until its answer (the
+//! others wait within their deadline, then get 503), so that concurrent pushes cost one
+//! `max_bytes` body, not one per connection. Stopping cuts the connections being served and
+//! never waits on a client.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -127,6 +138,8 @@ pub fn validate<'a>(
 
 /// Requests served at once.
 const MAX_CONNECTIONS: usize = 8;
+/// Requests served at once for one remote address.
+const MAX_PER_PEER: usize = 3;
 /// An answer (a few hundred bytes) must be taken within this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -143,42 +156,113 @@ struct Shared {
     store: Mutex<BankStore>,
     state: Arc<DeviceState>,
     connections: Mutex<Connections>,
+    /// Signalled when the body turn is given back, a connection is cut or the listener stops.
+    turn_freed: Condvar,
 }
 
-/// The connections being served, each in a slot, so that stopping can cut them.
+/// The connections being served, so that stopping (or a newer connection) can cut them.
 struct Connections {
     stopping: bool,
-    slots: Vec<Option<TcpStream>>,
+    next_id: u64,
+    served: Vec<Connection>,
+    /// The connection whose body is in memory, from its first byte until it is answered.
+    body_turn: Option<u64>,
+}
+
+struct Connection {
+    id: u64,
+    peer: IpAddr,
+    since: Instant,
+    /// Still receiving its request: it may be cut to make room.
+    receiving: bool,
+    stream: TcpStream,
 }
 
 enum Admission {
-    Slot(usize),
-    Busy,
+    Served(u64),
+    Refused(String),
     Stopping,
 }
 
+impl Connections {
+    /// The oldest connection still receiving its request: it has had its chance.
+    fn oldest_receiving(&self) -> Option<usize> {
+        (self.served.iter().enumerate())
+            .filter(|(_, c)| c.receiving)
+            .min_by_key(|(_, c)| c.since)
+            .map(|(i, _)| i)
+    }
+
+    fn is_served(&self, id: u64) -> bool {
+        self.served.iter().any(|c| c.id == id)
+    }
+}
+
 impl Shared {
-    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+    fn connections(&self) -> MutexGuard<'_, Connections> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn admit(&self, stream: &TcpStream) -> Admission {
+    fn admit(&self, stream: &TcpStream, peer: IpAddr) -> Admission {
         let mut connections = self.connections();
         if connections.stopping {
             return Admission::Stopping;
         }
-        let Some(slot) = connections.slots.iter().position(Option::is_none) else {
-            return Admission::Busy;
-        };
+        if connections.served.iter().filter(|c| c.peer == peer).count() >= MAX_PER_PEER {
+            return Admission::Refused(format!("busy: {MAX_PER_PEER} requests from {peer} are being served"));
+        }
+        if connections.served.len() >= MAX_CONNECTIONS {
+            let Some(oldest) = connections.oldest_receiving() else {
+                return Admission::Refused(format!("busy: {MAX_CONNECTIONS} requests are being answered"));
+            };
+            let cut = connections.served.swap_remove(oldest);
+            // Its reads end at once; its thread answers 503 (the write side stays open).
+            let _ = cut.stream.shutdown(Shutdown::Read);
+            self.turn_freed.notify_all();
+        }
         match stream.try_clone() {
             Ok(handle) => {
-                connections.slots[slot] = Some(handle);
-                Admission::Slot(slot)
+                let id = connections.next_id;
+                connections.next_id += 1;
+                connections.served.push(Connection {
+                    id,
+                    peer,
+                    since: Instant::now(),
+                    receiving: true,
+                    stream: handle,
+                });
+                Admission::Served(id)
             }
-            Err(e) => {
-                warn!("update listener: {e}");
-                Admission::Busy
+            Err(e) => Admission::Refused(format!("cannot serve the connection: {e}")),
+        }
+    }
+
+    /// Whether a connection whose request is read may be answered (it was not cut to make
+    /// room meanwhile); from then on it is not cut.
+    fn answering(&self, id: u64) -> bool {
+        let mut connections = self.connections();
+        let connection = connections.served.iter_mut().find(|c| c.id == id);
+        connection.map(|c| c.receiving = false).is_some()
+    }
+
+    /// Waits (until `deadline`) for the one turn to hold a request body in memory.
+    fn body_turn(self: &Arc<Self>, id: u64, deadline: Instant) -> Result<BodyTurn, Refusal> {
+        let mut connections = self.connections();
+        loop {
+            if connections.stopping || !connections.is_served(id) {
+                return Err(cut());
             }
+            if connections.body_turn.is_none() {
+                connections.body_turn = Some(id);
+                return Ok(BodyTurn { shared: self.clone() });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(refuse(503, "busy: another update is being received; try again"));
+            }
+            connections = (self.turn_freed.wait_timeout(connections, left))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -186,21 +270,38 @@ impl Shared {
     fn close_all(&self) {
         let mut connections = self.connections();
         connections.stopping = true;
-        for stream in connections.slots.iter().flatten() {
-            let _ = stream.shutdown(Shutdown::Both);
+        for connection in &connections.served {
+            let _ = connection.stream.shutdown(Shutdown::Both);
         }
+        self.turn_freed.notify_all();
     }
 }
 
-/// A connection's slot, given back when its thread ends, however it ends.
-struct SlotGuard {
-    shared: Arc<Shared>,
-    slot: usize,
+fn cut() -> Refusal {
+    refuse(503, "cut to make room for newer connections; try again")
 }
 
-impl Drop for SlotGuard {
+/// A connection's place among those served, given back when its thread ends, however it ends.
+struct Served {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Served {
     fn drop(&mut self) {
-        self.shared.connections().slots[self.slot] = None;
+        self.shared.connections().served.retain(|c| c.id != self.id);
+    }
+}
+
+/// The turn to hold a request body in memory, given back when the request is answered.
+struct BodyTurn {
+    shared: Arc<Shared>,
+}
+
+impl Drop for BodyTurn {
+    fn drop(&mut self) {
+        self.shared.connections().body_turn = None;
+        self.shared.turn_freed.notify_all();
     }
 }
 
@@ -219,8 +320,11 @@ impl UpdateListener {
             state,
             connections: Mutex::new(Connections {
                 stopping: false,
-                slots: (0..MAX_CONNECTIONS).map(|_| None).collect(),
+                next_id: 0,
+                served: Vec::with_capacity(MAX_CONNECTIONS),
+                body_turn: None,
             }),
+            turn_freed: Condvar::new(),
         });
         let accepting = shared.clone();
         let thread = std::thread::Builder::new()
@@ -269,8 +373,8 @@ impl Drop for UpdateListener {
 
 fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
     for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
+        let (stream, peer) = match stream.and_then(|s| s.peer_addr().map(|peer| (s, peer))) {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: try again shortly, without spinning.
                 warn!("update listener: {e}");
@@ -278,20 +382,17 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        match shared.admit(&stream) {
+        match shared.admit(&stream, peer.ip().to_canonical()) {
             Admission::Stopping => break,
-            Admission::Busy => {
-                let message = format!("busy: {MAX_CONNECTIONS} requests are being served; try again");
-                respond(&stream, refused(refuse(503, message)));
-            }
-            Admission::Slot(slot) => {
-                let guard = SlotGuard {
+            Admission::Refused(message) => respond(&stream, refused(refuse(503, message))),
+            Admission::Served(id) => {
+                let served = Served {
                     shared: shared.clone(),
-                    slot,
+                    id,
                 };
                 let spawned = std::thread::Builder::new()
                     .name("ucad-update-request".into())
-                    .spawn(move || serve(&stream, &guard.shared));
+                    .spawn(move || serve(&stream, &served));
                 if let Err(e) = spawned {
                     warn!("update listener: cannot serve a connection: {e}");
                 }
@@ -300,13 +401,35 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-fn serve(stream: &TcpStream, shared: &Shared) {
-    let deadline = Instant::now() + shared.policy.request_deadline;
-    let answer = match http::read_request(&mut &*stream, shared.policy.max_bytes, deadline) {
-        Ok(request) => answer(&request, shared),
-        Err(refusal) => refused(refusal),
-    };
+fn serve(stream: &TcpStream, served: &Served) {
+    let answer = receive(stream, served).unwrap_or_else(refused);
     respond(stream, answer);
+}
+
+/// Answers the request unless the connection was cut to make room before it was read.
+fn receive(stream: &TcpStream, served: &Served) -> Result<(u16, serde_json::Value), Refusal> {
+    let shared = &served.shared;
+    let read = read(stream, served);
+    if !shared.answering(served.id) {
+        return Err(cut());
+    }
+    let (request, _turn) = read?;
+    Ok(answer(&request, shared))
+}
+
+/// Reads a request, holding its body (if any) in memory only with the body turn, which comes
+/// back with it.
+fn read(stream: &TcpStream, served: &Served) -> Result<(http::HttpRequest, Option<BodyTurn>), Refusal> {
+    let shared = &served.shared;
+    let deadline = Instant::now() + shared.policy.request_deadline;
+    let max_bytes = shared.policy.max_bytes;
+    let mut source = stream;
+    let incoming = http::read_head(&mut source, deadline)?;
+    let turn = match incoming.holds_a_body(max_bytes) {
+        true => Some(shared.body_turn(served.id, deadline)?),
+        false => None,
+    };
+    Ok((incoming.read_body(max_bytes)?, turn))
 }
 
 fn respond(stream: &TcpStream, (status, body): (u16, serde_json::Value)) {
