@@ -112,7 +112,13 @@ fn run_once(config: &RunConfig, backbone: &std::path::Path, travel: Duration) ->
     assert_eq!(record.edges.len(), 2 * defective, "every pulse rises and falls once");
     assert!(!record.active, "the line is idle after shutdown");
     let summary = &outcome.summary;
-    assert_eq!((summary.escapes, summary.false_rejects), (Some(0), Some(0)));
+    // A late pulse makes its part an escape; the decisions themselves were right (asserted
+    // above), so the escapes beyond the late pulses must be none.
+    let escapes = summary.escapes.map(|e| e.saturating_sub(summary.late_pulses));
+    assert_eq!((escapes, summary.false_rejects), (Some(0), Some(0)));
+    if summary.late_pulses > 0 {
+        late.push(format!("{} late pulses", summary.late_pulses));
+    }
     let worst = summary.reject_timing_error_ms_max.unwrap();
     if worst > 1.0 {
         late.push(format!("an edge was {worst:.3} ms off its schedule"));
