@@ -130,6 +130,12 @@ fn odd_config_values_are_refused_naming_the_file_and_the_key() {
         // 200 fps × 1.54 s from camera to the end of a pulse: more parts in flight than the
         // reject queue holds.
         ("fps = 2.0", "fps = 200.0", "source.fps"),
+        // A pulse as long as the time between parts (500 ms at 2 fps) rejects the next part too.
+        (
+            "pulse_width_ms = 40.0",
+            "pulse_width_ms = 500.0",
+            "reject.pulse_width_ms",
+        ),
     ] {
         cases.push((from, to.to_string(), key));
     }

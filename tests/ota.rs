@@ -7,10 +7,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,139 +24,15 @@ use ucad::detect::Detector;
 use ucad::update::client;
 use ucad::update::http::DEADLINE;
 use ucad::update::listener::{DeviceState, UpdateListener, UpdatePolicy};
-use ucad::update::signing::{sign, write_key_pair, Line};
+use ucad::update::signing::sign;
 use ucad::update::store::{BankStore, Origin};
+
+use common::device::{device_config, line, wait_for_listener, Device, SlowClient, LINE};
 
 const ROOM: Capacity = Capacity {
     tasks: 32,
     bytes_per_task: 2 << 20,
 };
-
-/// The line the test devices are on.
-const LINE: &str = "line-a";
-
-fn line(name: &str) -> Line {
-    Line::new(name).unwrap()
-}
-
-/// A device's files: backbone, bank, frames, trusted key, config.
-struct Device {
-    dir: tempfile::TempDir,
-    product: common::TinyProduct,
-    key: SigningKey,
-    config: PathBuf,
-    address: String,
-}
-
-impl Device {
-    fn new() -> Device {
-        let dir = tempfile::tempdir().unwrap();
-        let product = common::TinyProduct::new(dir.path());
-        product.bank(0.1, 1).save(&dir.path().join("bank.ucad")).unwrap();
-        let frames = dir.path().join("frames");
-        std::fs::create_dir(&frames).unwrap();
-        for (i, item) in product.data.test.iter().enumerate() {
-            std::fs::copy(&item.image, frames.join(format!("{i:02}.png"))).unwrap();
-        }
-        let key = SigningKey::from_bytes(&[7; 32]);
-        write_key_pair(&dir.path().join("line.key"), &key).unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("device.toml");
-        std::fs::write(&config, device_config(&product.backbone, &address)).unwrap();
-        Device {
-            dir,
-            product,
-            key,
-            config,
-            address,
-        }
-    }
-
-    fn bank_path(&self) -> PathBuf {
-        self.dir.path().join("bank.ucad")
-    }
-
-    fn signed(&self, bank: &Bank) -> Vec<u8> {
-        sign(&bank.to_bytes(), &line(LINE), &self.key)
-    }
-
-    /// `ucad run` on this device's config, answering status requests.
-    fn start(&self) -> Child {
-        self.start_with(&[])
-    }
-
-    fn start_with(&self, args: &[&str]) -> Child {
-        let child = Command::new(env!("CARGO_BIN_EXE_ucad"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_listener(&self.address);
-        child
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let answer = client::status(&self.address).unwrap();
-        assert_eq!(answer.status, 200);
-        serde_json::from_str(&answer.body).unwrap()
-    }
-
-    fn installed_version(&self) -> u64 {
-        self.status()["bank"]["version"].as_u64().unwrap()
-    }
-}
-
-fn device_config(backbone: &Path, address: &str) -> String {
-    format!(
-        r#"backbone = "{}"
-log_every_s = 1e9
-[bank]
-path = "bank.ucad"
-[source]
-kind = "folder"
-path = "frames"
-fps = 20.0
-repeat = true
-[reject]
-travel_delay_ms = 1500.0
-pulse_width_ms = 40.0
-[reject.line]
-kind = "simulated"
-[failsafe]
-action = "reject"
-deadline_ms = 1500.0
-stall_ms = 5000.0
-[memory]
-frame_pool_mib = 16
-[update]
-listen = "{address}"
-trusted_keys = ["line.key.pub"]
-line = "{LINE}"
-max_mib = 1
-"#,
-        backbone.display()
-    )
-}
-
-fn wait_for_listener(address: &str) {
-    let start = Instant::now();
-    while client::status(address).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(60), "{address} does not answer");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn sha(path: &Path) -> String {
     ucad::fsutil::sha256_file(path).unwrap()
@@ -463,52 +338,6 @@ fn status_latency_during<T>(address: &str, busy: impl FnOnce() -> T) -> (Duratio
     let result = busy();
     done.store(true, Ordering::Release);
     (poller.join().unwrap(), result)
-}
-
-/// A client that sends `head` at once, then `trickle` one byte every `every`.
-struct SlowClient {
-    stream: TcpStream,
-    connected: Instant,
-    sender: std::thread::JoinHandle<()>,
-}
-
-impl SlowClient {
-    fn connect(address: &str, head: &[u8], trickle: &[u8], every: Duration) -> SlowClient {
-        SlowClient::on(TcpStream::connect(address).unwrap(), head, trickle, every)
-    }
-
-    /// The same on a connection of the caller's.
-    fn on(stream: TcpStream, head: &[u8], trickle: &[u8], every: Duration) -> SlowClient {
-        let connected = Instant::now();
-        let mut writer = stream.try_clone().unwrap();
-        let (head, trickle) = (head.to_vec(), trickle.to_vec());
-        let sender = std::thread::spawn(move || {
-            let _ = writer.write_all(&head);
-            for byte in trickle {
-                std::thread::sleep(every);
-                if writer.write_all(&[byte]).is_err() {
-                    break;
-                }
-            }
-        });
-        SlowClient {
-            stream,
-            connected,
-            sender,
-        }
-    }
-
-    /// Waits (at most `limit`) for the listener to end the connection: when, after connecting,
-    /// and what it answered.
-    fn ended(self, limit: Duration) -> (Duration, String) {
-        let mut answer = Vec::new();
-        self.stream.set_read_timeout(Some(limit)).unwrap();
-        let _ = (&self.stream).read_to_end(&mut answer);
-        let ended = self.connected.elapsed();
-        let _ = self.stream.shutdown(Shutdown::Both);
-        self.sender.join().unwrap();
-        (ended, String::from_utf8_lossy(&answer).into_owned())
-    }
 }
 
 /// A request line, then a header line, that never end: one byte every 1.5 s.

@@ -1,5 +1,5 @@
-//! `ucad run` as a process: SIGTERM (what systemd sends) ends it between frames, with its
-//! summary written, on the tiny backbone.
+//! `ucad run` as a process on the tiny backbone: SIGTERM (what systemd sends) ends it between
+//! frames, and a panic injected into judging gives the fail-safe; the summary is written.
 
 mod common;
 
@@ -7,48 +7,16 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::device::Device;
+
 #[test]
 fn sigterm_ends_a_run_between_frames_with_its_summary() {
-    let dir = tempfile::tempdir().unwrap();
-    let product = common::TinyProduct::new(dir.path());
-    product.bank(0.1, 1).save(&dir.path().join("bank.ucad")).unwrap();
-    let frames = dir.path().join("frames");
-    std::fs::create_dir(&frames).unwrap();
-    for (i, item) in product.data.test.iter().enumerate() {
-        std::fs::copy(&item.image, frames.join(format!("{i:02}.png"))).unwrap();
-    }
-    let config = dir.path().join("board.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"backbone = "{}"
-[bank]
-path = "bank.ucad"
-[source]
-kind = "folder"
-path = "frames"
-fps = 20.0
-repeat = true
-[reject]
-travel_delay_ms = 500.0
-pulse_width_ms = 20.0
-[reject.line]
-kind = "simulated"
-[failsafe]
-action = "reject"
-deadline_ms = 400.0
-stall_ms = 2000.0
-[memory]
-frame_pool_mib = 16
-"#,
-            product.backbone.display()
-        ),
-    )
-    .unwrap();
-    let summary = dir.path().join("summary.json");
+    let device = Device::new();
+
+    let summary = device.dir.path().join("summary.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ucad"))
         .args(["run", "--config"])
-        .arg(&config)
+        .arg(&device.config)
         .arg("--summary-json")
         .arg(&summary)
         .stdout(Stdio::piped())
@@ -87,4 +55,37 @@ frame_pool_mib = 16
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert!(written["frames"].as_u64().unwrap() >= 10, "{written}");
     assert_eq!(written["late_pulses"], 0, "{written}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs --features fault-injection (the README's test command)"
+)]
+fn a_panic_injected_into_judging_gives_the_fail_safe_and_the_summary() {
+    let device = Device::new();
+
+    let summary = device.dir.path().join("summary.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_ucad"))
+        .args(["run", "--frames", "12", "--config"])
+        .arg(&device.config)
+        .arg("--summary-json")
+        .arg(&summary)
+        .env("UCAD_PANIC_AT_FRAMES", "4,9")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {log}", output.status);
+    for frame in [4, 9] {
+        let line = format!("frame {frame}: judging panicked: injected panic while judging frame {frame}");
+        assert!(log.contains(&line), "{log}");
+    }
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(written["frames"], 12, "{written}");
+    assert_eq!(written["judging_panics"], 2, "{written}");
+    assert!(written["failsafe_rejects"].as_u64().unwrap() >= 2, "{written}");
+    assert_eq!(
+        written["bank_demotions"], 0,
+        "a bank that judged frames before is not demoted: {written}"
+    );
 }

@@ -29,6 +29,7 @@ static POOL_IN_USE: AtomicUsize = AtomicUsize::new(0);
 static POOL_PEAK: AtomicUsize = AtomicUsize::new(0);
 static POOL_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static HEAP_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static HEAP_IN_USE: AtomicUsize = AtomicUsize::new(0);
 /// Set by the first allocation through [`CountingAllocator`]: it is the global allocator.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -82,13 +83,17 @@ fn heap_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
     HEAP_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     INSTALLED.store(true, Ordering::Relaxed);
     // SAFETY: GlobalAlloc's contract (non-zero size) is passed through from our caller.
-    unsafe {
+    let ptr = unsafe {
         if zeroed {
             System.alloc_zeroed(layout)
         } else {
             System.alloc(layout)
         }
+    };
+    if !ptr.is_null() {
+        HEAP_IN_USE.fetch_add(layout.size(), Ordering::Relaxed);
     }
+    ptr
 }
 
 unsafe impl GlobalAlloc for CountingAllocator {
@@ -115,6 +120,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
             // SAFETY: only the pool hands out addresses inside its range.
             unsafe { pool_dealloc(ptr, layout) }
         } else {
+            HEAP_IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
             // SAFETY: not a pool address, so the system allocator gave it out.
             unsafe { System.dealloc(ptr, layout) }
         }
@@ -139,7 +145,12 @@ unsafe impl GlobalAlloc for CountingAllocator {
                 return move_block(self, ptr, layout, new_layout);
             }
             HEAP_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-            System.realloc(ptr, layout, new_size)
+            let moved = System.realloc(ptr, layout, new_size);
+            if !moved.is_null() {
+                HEAP_IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+                HEAP_IN_USE.fetch_add(new_size, Ordering::Relaxed);
+            }
+            moved
         }
     }
 }
@@ -231,6 +242,8 @@ pub struct AllocationCounts {
     pub heap: u64,
     /// Served by the frame pool.
     pub pool: u64,
+    /// Bytes taken from the system heap and not given back.
+    pub heap_bytes_in_use: usize,
 }
 
 /// The counts so far; `None` when the counting allocator is not the global allocator.
@@ -238,6 +251,7 @@ pub fn allocation_counts() -> Option<AllocationCounts> {
     INSTALLED.load(Ordering::Relaxed).then(|| AllocationCounts {
         heap: HEAP_ALLOCATIONS.load(Ordering::Relaxed),
         pool: POOL_ALLOCATIONS.load(Ordering::Relaxed),
+        heap_bytes_in_use: HEAP_IN_USE.load(Ordering::Relaxed),
     })
 }
 

@@ -532,6 +532,15 @@ impl RunConfig {
         if let Some(roi) = self.roi {
             roi.check(self.source.frame_size())?;
         }
+        // A longer pulse would reject the next part too, and pulses that always overlap keep
+        // the line active for good.
+        let period = 1.0 / self.source.fps();
+        ensure!(
+            r.pulse_width.as_secs_f64() < period,
+            "reject.pulse_width_ms {:?} is not shorter than the time between parts at source.fps ({:.3} ms)",
+            r.pulse_width.as_secs_f64() * 1e3,
+            period * 1e3
+        );
         let in_flight = parts_in_flight(self.source.fps(), r.travel_delay, r.pulse_width);
         ensure!(
             in_flight + BLIND_PULSES <= QUEUE_CAPACITY as u64,

@@ -601,6 +601,8 @@ impl Inspector {
             in_frame_pool(|| {
                 let tensor = self.prepare(frame, counters)?;
                 bank_stage = true;
+                #[cfg(feature = "fault-injection")]
+                super::fault_injection::panic_if_chosen(frame.sequence);
                 self.judge(&installed.detector, &tensor, counters)
             })
         });

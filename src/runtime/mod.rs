@@ -7,6 +7,8 @@ pub mod config;
 pub mod counters;
 #[cfg(feature = "device")]
 pub mod device;
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection;
 pub mod inspection;
 pub mod learn;
 pub mod pixels;
