@@ -61,6 +61,17 @@ impl Fixture {
             .unwrap()
     }
 
+    /// `ucad VERB` (sign or push) of `bank` with the fixture's key, for line-1.
+    fn bank_args<'a>(&'a self, verb: &'a str, bank: &'a Path) -> [&'a str; 7] {
+        let key = arg(&self.key_file);
+        [verb, "--bank", arg(bank), "--key", key, "--line", "line-1"]
+    }
+
+    /// `ucad sign` of `bank` into `out`.
+    fn sign_args<'a>(&'a self, bank: &'a Path, out: &'a Path) -> Vec<&'a str> {
+        [&self.bank_args("sign", bank)[..], &["--out", arg(out)]].concat()
+    }
+
     fn policy(&self) -> UpdatePolicy {
         UpdatePolicy {
             trusted: vec![self.key.verifying_key()],
@@ -142,17 +153,7 @@ fn a_valid_bank_passes_every_check_and_its_backbone_is_found_in_the_cache() {
     assert!(validate(&envelope, &f.policy(), 0).is_ok());
     // No --backbone: the cache (the fixture's folder) holds the bank's backbone.
     let out = f.path("valid.signed");
-    let signed = f.ucad(&[
-        "sign",
-        "--bank",
-        arg(&path),
-        "--key",
-        arg(&f.key_file),
-        "--line",
-        "line-1",
-        "--out",
-        arg(&out),
-    ]);
+    let signed = f.ucad(&f.sign_args(&path, &out));
     assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), envelope);
     let scored = f.ucad(&[
@@ -166,17 +167,7 @@ fn a_valid_bank_passes_every_check_and_its_backbone_is_found_in_the_cache() {
     assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
     // A backbone the cache does not hold: the error says to name it.
     std::fs::remove_file(&f.backbone).unwrap();
-    let unknown = f.ucad(&[
-        "sign",
-        "--bank",
-        arg(&path),
-        "--key",
-        arg(&f.key_file),
-        "--line",
-        "line-1",
-        "--out",
-        arg(&out),
-    ]);
+    let unknown = f.ucad(&f.sign_args(&path, &out));
     assert_refused(&unknown, &["valid.ucad", "--backbone"], "backbone not in the cache");
 }
 
@@ -195,39 +186,12 @@ fn a_bank_that_cannot_work_is_refused_by_load_sign_push_the_listener_and_score()
 
         let out = f.path("out.signed");
         let backbone = ["--backbone", arg(&f.backbone)];
-        let signing = [
-            &[
-                "sign",
-                "--bank",
-                arg(&path),
-                "--key",
-                arg(&f.key_file),
-                "--line",
-                "line-1",
-                "--out",
-                arg(&out),
-            ][..],
-            &backbone,
-        ]
-        .concat();
+        let signing = [&f.sign_args(&path, &out)[..], &backbone].concat();
         assert_refused(&f.ucad(&signing), &[&name, field], &format!("sign {what}"));
         assert!(!out.exists(), "{what}: signed");
 
         let device = ["--device", "127.0.0.1:9"];
-        let pushing = [
-            &[
-                "push",
-                "--bank",
-                arg(&path),
-                "--key",
-                arg(&f.key_file),
-                "--line",
-                "line-1",
-            ][..],
-            &device,
-            &backbone,
-        ]
-        .concat();
+        let pushing = [&f.bank_args("push", &path)[..], &device, &backbone].concat();
         assert_refused(&f.ucad(&pushing), &[&name, field], &format!("push {what}"));
         let envelope = sign(&bank.to_bytes(), &line(), &f.key);
         let signed = f.path(&format!("{name}.signed"));

@@ -18,7 +18,8 @@ use ucad::runtime::source::conveyor;
 static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
 
 const FRAMES: u64 = 18;
-/// Runs of the loop allowed when the host steals CPU time during them (see below).
+/// Runs of the loop allowed when the host steals CPU time during them
+/// (`common::timing_holds_unless_the_host_steals`).
 const ATTEMPTS: usize = 5;
 
 #[test]
@@ -56,24 +57,7 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
     learn_conveyor(&backbone, &config.source, &config.bank.path, &params).unwrap();
 
     let travel = config.reject.travel_delay;
-    // Edge timing is only evidence about our scheduler when the hypervisor did not take the
-    // CPU away during the run: an attempt whose late edges coincide with measured host steal
-    // time is repeated (at most ATTEMPTS); without steal, late edges fail at once.
-    for attempt in 1..=ATTEMPTS {
-        let steal_before = common::host_steal_ticks();
-        let late = run_once(&config, &path, travel);
-        let stolen = common::host_steal_ticks()
-            .zip(steal_before)
-            .map_or(0, |(after, before)| after - before);
-        if late.is_empty() {
-            return;
-        }
-        assert!(
-            stolen > 0 && attempt < ATTEMPTS,
-            "late edges ({stolen} ticks of host steal): {late:?}"
-        );
-        eprintln!("attempt {attempt}: {late:?} while the host stole {stolen} ticks; repeating");
-    }
+    common::timing_holds_unless_the_host_steals(ATTEMPTS, || run_once(&config, &path, travel));
 }
 
 /// One run of the loop; asserts the decisions and returns the timing violations found.

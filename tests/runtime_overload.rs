@@ -18,7 +18,8 @@ use ucad::runtime::source::{Frame, FrameSource, Truth};
 
 const FRAMES: u64 = 160;
 const FPS: f64 = 20.0;
-/// Runs allowed when the host steals CPU time during them (see below).
+/// Runs allowed when the host steals CPU time during them
+/// (`common::timing_holds_unless_the_host_steals`).
 const ATTEMPTS: usize = 5;
 
 /// Good and defective parts in turn at FPS, with their truth.
@@ -105,24 +106,7 @@ fn with_every_core_busy_no_part_escapes_and_every_edge_is_on_time() {
         .iter()
         .map(|t| (load_rgb(&t.image).unwrap(), t.mask.is_some()))
         .collect();
-    // Edge timing is only evidence about the edge thread when the hypervisor did not take the
-    // CPU away meanwhile: an attempt whose late edges coincide with host steal time is
-    // repeated (at most ATTEMPTS); late edges without steal fail at once.
-    for attempt in 1..=ATTEMPTS {
-        let steal_before = common::host_steal_ticks();
-        let late = run_once(&config, &product.backbone, &parts);
-        let stolen = common::host_steal_ticks()
-            .zip(steal_before)
-            .map_or(0, |(after, before)| after - before);
-        if late.is_empty() {
-            return;
-        }
-        assert!(
-            stolen > 0 && attempt < ATTEMPTS,
-            "late edges ({stolen} ticks of host steal): {late:?}"
-        );
-        eprintln!("attempt {attempt}: {late:?} while the host stole {stolen} ticks; repeating");
-    }
+    common::timing_holds_unless_the_host_steals(ATTEMPTS, || run_once(&config, &product.backbone, &parts));
 }
 
 /// One run under load; asserts the decisions and returns the timing violations found.
