@@ -26,6 +26,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_parent(path)
 }
 
+/// A regular file's bytes, at most `max_bytes` of them: a FIFO, a device (`/dev/zero`) or a
+/// folder named where a file is expected is an error, not a hang or unbounded memory.
+pub fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() || meta.len() > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("not a regular file of at most {max_bytes} bytes"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    File::open(path)?.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("grew past {max_bytes} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Makes renames and links in `path`'s folder durable.
 pub fn sync_parent(path: &Path) -> Result<()> {
     let dir = match path.parent() {

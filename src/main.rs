@@ -791,6 +791,9 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summar
 }
 
 fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()> {
+    // From the start: a signal during start-up (learning, loading the backbone) ends the run
+    // before its first frame, with its summary, once start-up is done; a second one at once.
+    let stop = stop_on_signals()?;
     let (backbone, mut source) = open_run(cache, &config, args).inspect_err(|e| {
         log::error!("{e:#}: cannot start inspecting");
         if config.failsafe.action == FailsafeAction::StopLine {
@@ -798,7 +801,7 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         }
     })?;
     let mut inspector = Inspector::new(backbone, config);
-    inspector.stop_when(stop_on_signals()?);
+    inspector.stop_when(stop);
     let outcome = inspector.run(source.as_mut(), args.frames)?;
     if outcome.stopped {
         println!("stopped by a signal");
@@ -902,7 +905,7 @@ fn signed_update(
     line: &signing::Line,
     backbone: &BankBackboneArg,
 ) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
+    let bytes = ucad::bank::format::read_bank_file(bank)?;
     check_bank(cache, bank, &bytes, backbone)?;
     Ok(signing::sign(&bytes, line, &signing::read_secret_key(key)?))
 }
@@ -918,7 +921,7 @@ fn push(
     let update = match signer {
         Some((key, line)) => signed_update(cache, bank, key, line, backbone)?,
         None => {
-            let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
+            let bytes = ucad::bank::format::read_bank_file(bank)?;
             let signed = signing::SignedUpdate::parse(&bytes).with_context(|| {
                 format!(
                     "{}: not signed (sign it with `ucad sign`, or pass --key)",

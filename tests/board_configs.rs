@@ -1,6 +1,11 @@
 //! Every shipped board config parses and passes its checks; bad configs name the problem.
 
-use ucad::runtime::config::{LineConfig, RunConfig, SourceConfig};
+use std::path::Path;
+
+use ucad::backbone::Backbone;
+use ucad::runtime::config::{FailsafeAction, LineConfig, RunConfig, SourceConfig};
+use ucad::runtime::inspection::Inspector;
+use ucad::runtime::source::Replay;
 
 #[test]
 fn every_board_config_loads() {
@@ -41,41 +46,76 @@ fn a_deadline_past_the_reject_gate_is_refused() {
     assert!(err.contains("late.toml"), "{err}");
 }
 
-#[test]
-fn a_missing_bank_makes_every_part_a_failsafe_reject() {
-    // The loop without a bank must never pass a part: checked on a folder replay with the tiny
-    // backbone, so that it runs without the default models.
-    let dir = tempfile::tempdir().unwrap();
+/// The tiny backbone, three frames in a folder, and sim.toml replaying them with no bank: a
+/// loop that runs without the default models.
+fn folder_run(dir: &Path) -> (Backbone, RunConfig, Replay) {
     let backbone = {
         use ucad::backbone::{export_to_file, Arch, ExportOptions, VitWeights};
-        let path = dir.path().join("tiny.onnx");
+        let path = dir.join("tiny.onnx");
         let options = ExportOptions {
             input_size: 64,
             ..ExportOptions::defaults(Arch::VitTinyTest)
         };
         export_to_file(&VitWeights::random(Arch::VitTinyTest, 1), &options, &path).unwrap();
-        ucad::backbone::Backbone::load(&path).unwrap()
+        Backbone::load(&path).unwrap()
     };
-    let frames = dir.path().join("frames");
+    let frames = dir.join("frames");
     std::fs::create_dir(&frames).unwrap();
     for i in 0..3 {
         ucad::data::synthetic::textured_image(64, 64, i)
             .save(frames.join(format!("{i}.png")))
             .unwrap();
     }
-    let mut config: RunConfig = toml::from_str(include_str!("../board/sim.toml")).unwrap();
-    config.bank.path = dir.path().join("missing.ucad");
+    let mut config: RunConfig = toml::from_str(SIM).unwrap();
+    config.bank.path = dir.join("missing.ucad");
     config.source = SourceConfig::Folder {
         path: frames.clone(),
         fps: 50.0,
         repeat: false,
     };
-    let mut source = ucad::runtime::source::folder(&frames, 50.0, false).unwrap();
-    let mut inspector = ucad::runtime::inspection::Inspector::new(backbone, config);
-    let outcome = inspector.run(&mut source, None).unwrap();
+    let source = ucad::runtime::source::folder(&frames, 50.0, false).unwrap();
+    (backbone, config, source)
+}
+
+#[test]
+fn a_missing_bank_makes_every_part_a_failsafe_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backbone, config, mut source) = folder_run(dir.path());
+    let outcome = Inspector::new(backbone, config).run(&mut source, None).unwrap();
     assert_eq!(outcome.summary.frames, 3);
     assert_eq!(outcome.summary.failsafe_rejects, 3);
     assert!(outcome.parts.is_empty() || outcome.parts.iter().all(|p| p.rejected && p.failsafe));
+}
+
+#[test]
+fn a_stop_line_that_cannot_be_opened_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backbone, mut config, mut source) = folder_run(dir.path());
+    config.failsafe.action = FailsafeAction::StopLine;
+    config.failsafe.stop_line = Some(LineConfig::Gpiocdev {
+        chip: dir.path().join("no-such-gpiochip"),
+        line: 3,
+        active_high: true,
+    });
+    let Err(err) = Inspector::new(backbone, config).run(&mut source, None) else {
+        panic!("the loop started without its stop line");
+    };
+    assert!(format!("{err:#}").contains("failsafe.stop_line"), "{err:#}");
+}
+
+#[test]
+fn a_fifo_or_a_device_named_as_a_config_or_key_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a plain syscall on a path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+        let err = format!("{:#}", RunConfig::load(path).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+        let err = format!("{:#}", ucad::update::signing::read_public_key(path).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+    }
 }
 
 const SIM: &str = include_str!("../board/sim.toml");
@@ -97,7 +137,7 @@ fn odd_config_values_are_refused_naming_the_file_and_the_key() {
     let durations = [
         ("travel_delay_ms = 1500.0", "reject.travel_delay_ms"),
         ("pulse_width_ms = 40.0", "reject.pulse_width_ms"),
-        ("stall_ms = 5000.0", "failsafe.stall_ms"),
+        ("stall_ms = 900.0", "failsafe.stall_ms"),
         ("deadline_ms = 1200.0", "failsafe.deadline_ms"),
     ];
     let mut cases: Vec<(&str, String, &str)> = Vec::new();
@@ -136,6 +176,10 @@ fn odd_config_values_are_refused_naming_the_file_and_the_key() {
             "pulse_width_ms = 500.0",
             "reject.pulse_width_ms",
         ),
+        // A stall known only after 1100 ms (+ one 500 ms frame) is covered after its parts
+        // reached the gate (1500 ms); one shorter than a frame would be every frame.
+        ("stall_ms = 900.0", "stall_ms = 1100.0", "failsafe.stall_ms"),
+        ("stall_ms = 900.0", "stall_ms = 400.0", "failsafe.stall_ms"),
     ] {
         cases.push((from, to.to_string(), key));
     }

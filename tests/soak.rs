@@ -35,6 +35,7 @@ fn twenty_thousand_frames_with_pushes_damaged_pushes_and_a_slow_client() {
         .replace("fps = 20.0", &format!("fps = {FPS:?}"))
         .replace("travel_delay_ms = 1500.0", "travel_delay_ms = 500.0")
         .replace("deadline_ms = 1500.0", "deadline_ms = 400.0")
+        .replace("stall_ms = 1000.0", "stall_ms = 400.0")
         .replace("pulse_width_ms = 40.0", "pulse_width_ms = 4.0");
     assert_ne!(fast, text);
     std::fs::write(&device.config, fast).unwrap();

@@ -349,12 +349,5 @@ pub fn read_bank_file(path: &Path) -> Result<Vec<u8>, BankError> {
         path: path.display().to_string(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("not a regular file of at most {MAX_FILE_BYTES} bytes"),
-        )));
-    }
-    std::fs::read(path).map_err(io)
+    crate::fsutil::read_regular(path, MAX_FILE_BYTES).map_err(io)
 }

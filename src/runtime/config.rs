@@ -406,6 +406,9 @@ impl SourceConfig {
     }
 }
 
+/// A board config is a page of text.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// The time between two frames at `fps` (refused outside [`FPS`]).
 pub fn frame_period(fps: f64) -> Result<Duration> {
     ensure!(
@@ -444,7 +447,10 @@ fn positive(key: &str, value: Duration, max: Duration) -> Result<()> {
 impl RunConfig {
     /// Reads a config; relative paths in it are taken from the config file's folder.
     pub fn load(path: &Path) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = crate::fsutil::read_regular(path, MAX_CONFIG_BYTES)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| String::from_utf8(bytes).context("not UTF-8 text"))
+            .with_context(|| format!("cannot read config {}", path.display()))?;
         RunConfig::parse(&text, path.parent().unwrap_or(Path::new(".")))
             .with_context(|| format!("{}: invalid config", path.display()))
     }
@@ -532,14 +538,23 @@ impl RunConfig {
         if let Some(roi) = self.roi {
             roi.check(self.source.frame_size())?;
         }
+        let period = frame_period(self.source.fps()).context("source.fps")?;
         // A longer pulse would reject the next part too, and pulses that always overlap keep
         // the line active for good.
-        let period = 1.0 / self.source.fps();
         ensure!(
-            r.pulse_width.as_secs_f64() < period,
-            "reject.pulse_width_ms {:?} is not shorter than the time between parts at source.fps ({:.3} ms)",
-            r.pulse_width.as_secs_f64() * 1e3,
-            period * 1e3
+            r.pulse_width < period,
+            "reject.pulse_width_ms ({:?}) must be shorter than the time between parts at source.fps ({period:?})",
+            r.pulse_width
+        );
+        // A stall is known only once it has lasted `stall`: by then the parts unseen since its
+        // start must not have reached the gate, or its cover comes too late.
+        ensure!(
+            f.stall > period && f.stall + period < r.travel_delay,
+            "failsafe.stall_ms ({:?}) must be longer than the time between frames ({period:?}) and, with one \
+             more frame, shorter than reject.travel_delay_ms ({:?}): parts unseen during a stall must be \
+             covered before they reach the gate",
+            f.stall,
+            r.travel_delay
         );
         let in_flight = parts_in_flight(self.source.fps(), r.travel_delay, r.pulse_width);
         ensure!(

@@ -23,7 +23,7 @@ use super::capture::{panic_message, Capture, CaptureCounts, Event, FramePool, Pa
 use super::config::{mib, FailsafeAction, RoutingConfig, RoutingMode, RunConfig};
 use super::counters::{Counters, Lap, MemoryReport, Stage, Summary};
 use super::pixels::copy_image;
-use super::reject::{assert_stop_line, open_line, Actuator, SimRecord};
+use super::reject::{assert_stop_line, open_line, open_stop_line, Actuator, SimRecord};
 use super::schedule::QUEUE_CAPACITY;
 use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
@@ -375,6 +375,7 @@ impl Inspector {
     fn start(&mut self) -> Result<Started> {
         reserve_frame_pool(self.config.memory.frame_pool_bytes()?)?;
         report_panics_from_the_heap();
+        open_stop_line(self.config.failsafe.stop_line.as_ref())?;
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
         let auditor = match &self.config.audit {
             Some(audit) => Some(Auditor::start(audit, &self.backbone.meta)?),

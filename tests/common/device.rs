@@ -110,7 +110,7 @@ kind = "simulated"
 [failsafe]
 action = "reject"
 deadline_ms = 1500.0
-stall_ms = 5000.0
+stall_ms = 1000.0
 [memory]
 frame_pool_mib = 16
 [update]
