@@ -17,7 +17,7 @@ use ucad::runtime::reject::TOLERANCE;
 use ucad::runtime::source::{Frame, FrameSource, Truth};
 
 const FRAMES: u64 = 160;
-const FPS: f64 = 20.0;
+const FPS: f64 = 100.0;
 /// Runs allowed when the host steals CPU time during them
 /// (`common::timing_holds_unless_the_host_steals`).
 const ATTEMPTS: usize = 5;
@@ -92,8 +92,10 @@ fn with_every_core_busy_no_part_escapes_and_every_edge_is_on_time() {
     // decisions come after the part reached the gate, and it must be rejected on time all the
     // same.
     config.reject.travel_delay = Duration::from_millis(30);
-    config.reject.pulse_width = Duration::from_millis(15);
+    config.reject.pulse_width = Duration::from_millis(5);
     config.failsafe.deadline = Duration::from_millis(20);
+    // Known after 15 ms, a stall is still covered at the gate (the source never stalls).
+    config.failsafe.stall = Duration::from_millis(15);
     config.source = ucad::runtime::config::SourceConfig::Folder {
         path: dir.path().into(),
         fps: FPS,
