@@ -354,6 +354,27 @@ fn the_audit_folder_stays_within_its_budget() {
     assert!(heatmaps > 0);
 }
 
+#[test]
+fn parts_the_audit_cannot_save_are_counted() {
+    let _serial = serial();
+    let s = setup();
+    let mut config = s.config.clone();
+    // A folder no file can be written into, root or not.
+    config.audit = Some(AuditConfig {
+        dir: "/proc/self".into(),
+        max_mib: 1,
+        queue: 4,
+    });
+    let mut source = Scripted::new(s.defective.iter().cycle().take(6).map(|d| Event::Image(d.clone())));
+    let outcome = s.run(config, &mut source, None).unwrap();
+    assert!(outcome.summary.rejects >= 3, "{:?}", outcome.summary);
+    assert_eq!(
+        outcome.summary.audit_not_saved, outcome.summary.rejects,
+        "{:?}",
+        outcome.summary
+    );
+}
+
 /// The setup's bank with a prompt of the right shape but too few values: on the tiny backbone,
 /// judging a frame with it panics (an out-of-range copy) before any check catches it.
 fn faulty_bank(s: &Setup, version: u64) -> ucad::bank::Bank {

@@ -7,7 +7,9 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
@@ -39,7 +41,10 @@ pub struct Auditor {
     free: Receiver<Box<AuditSlot>>,
     work: Option<SyncSender<Box<AuditSlot>>>,
     writer: Option<JoinHandle<()>>,
-    pub not_saved: u64,
+    /// Parts offered while every slot was in use.
+    dropped: u64,
+    /// Parts the writer could not save (a full or read-only disk).
+    failed: Arc<AtomicU64>,
 }
 
 impl Auditor {
@@ -68,6 +73,8 @@ impl Auditor {
             free_tx.send(Box::new(slot)).expect("the receiver is alive");
         }
         let meta = meta.clone();
+        let failed = Arc::new(AtomicU64::new(0));
+        let failures = failed.clone();
         let writer = std::thread::Builder::new()
             .name("ucad-audit".into())
             .spawn(move || {
@@ -78,6 +85,7 @@ impl Auditor {
                     for mut slot in work_rx {
                         if let Err(e) = write_part(&mut slot, &run, &pre, &meta, &mut budget) {
                             error!("audit of frame {}: {e:#}", slot.sequence);
+                            failures.fetch_add(1, Ordering::Relaxed);
                         }
                         if free_tx.send(slot).is_err() {
                             break;
@@ -90,30 +98,32 @@ impl Auditor {
             free,
             work: Some(work),
             writer: Some(writer),
-            not_saved: 0,
+            dropped: 0,
+            failed,
         })
     }
 
     /// Hands a rejected part to the writer; `fill` writes it into a free slot.
     pub fn offer(&mut self, fill: impl FnOnce(&mut AuditSlot)) {
         let (Ok(mut slot), Some(work)) = (self.free.try_recv(), &self.work) else {
-            self.not_saved += 1;
+            self.dropped += 1;
             return;
         };
         fill(&mut slot);
         if work.try_send(slot).is_err() {
-            self.not_saved += 1;
+            self.dropped += 1;
         }
     }
 
-    /// Lets the writer finish what it holds.
-    pub fn finish(mut self) {
+    /// Lets the writer finish what it holds; returns how many offered parts were not saved.
+    pub fn finish(mut self) -> u64 {
         self.work = None;
         if let Some(writer) = self.writer.take() {
             if writer.join().is_err() {
                 error!("the audit writer panicked");
             }
         }
+        self.dropped + self.failed.load(Ordering::Relaxed)
     }
 }
 

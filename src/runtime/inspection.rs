@@ -302,8 +302,7 @@ impl Inspector {
             );
         }
         if let Some(auditor) = line.auditor {
-            line.counters.audit_not_saved = auditor.not_saved;
-            auditor.finish();
+            line.counters.audit_not_saved = auditor.finish();
         }
         let timing_error = sim
             .as_ref()
