@@ -6,9 +6,11 @@
 //!
 //! Up to `MAX_CONNECTIONS` requests are served at once, each on its own thread and within the
 //! request deadline, so that slow clients delay nobody. One remote address gets at most
-//! `MAX_PER_PEER` of them; one more from it is answered 503 at once. When all are taken, a new
-//! connection takes the place of the oldest one still sending its request, which is cut and
-//! answered 503: holding a place for the whole deadline with a request that does not come
+//! `MAX_PER_PEER` of them: one more from it takes the place of its oldest connection still
+//! sending its request (or is answered 503 at once when all of them are being answered). When
+//! all places are taken, a new connection takes the place of the oldest one still sending its
+//! request, which is cut and answered 503: holding a place for the whole deadline with a
+//! request that does not come
 //! would otherwise keep every client out for as long as it is repeated, while a cut request
 //! is only delayed (the pusher retries), and a request already received is never cut, so an
 //! install is never half answered. The price: a push slower than `MAX_CONNECTIONS` newer
@@ -185,12 +187,19 @@ enum Admission {
 }
 
 impl Connections {
-    /// The oldest connection still receiving its request: it has had its chance.
-    fn oldest_receiving(&self) -> Option<usize> {
+    /// The oldest connection (of `peer`, or of anyone) still receiving its request: it has had
+    /// its chance.
+    fn oldest_receiving(&self, peer: Option<IpAddr>) -> Option<usize> {
         (self.served.iter().enumerate())
-            .filter(|(_, c)| c.receiving)
+            .filter(|(_, c)| c.receiving && peer.is_none_or(|p| c.peer == p))
             .min_by_key(|(_, c)| c.since)
             .map(|(i, _)| i)
+    }
+
+    /// Ends a connection's reads at once; its thread answers 503 (the write side stays open).
+    fn cut(&mut self, index: usize) {
+        let cut = self.served.swap_remove(index);
+        let _ = cut.stream.shutdown(Shutdown::Read);
     }
 
     fn is_served(&self, id: u64) -> bool {
@@ -208,17 +217,26 @@ impl Shared {
         if connections.stopping {
             return Admission::Stopping;
         }
-        if connections.served.iter().filter(|c| c.peer == peer).count() >= MAX_PER_PEER {
-            return Admission::Refused(format!("busy: {MAX_PER_PEER} requests from {peer} are being served"));
-        }
-        if connections.served.len() >= MAX_CONNECTIONS {
-            let Some(oldest) = connections.oldest_receiving() else {
-                return Admission::Refused(format!("busy: {MAX_CONNECTIONS} requests are being answered"));
-            };
-            let cut = connections.served.swap_remove(oldest);
-            // Its reads end at once; its thread answers 503 (the write side stays open).
-            let _ = cut.stream.shutdown(Shutdown::Read);
-            self.turn_freed.notify_all();
+        let place = if connections.served.iter().filter(|c| c.peer == peer).count() >= MAX_PER_PEER {
+            connections
+                .oldest_receiving(Some(peer))
+                .ok_or_else(|| format!("busy: {MAX_PER_PEER} requests from {peer} are being answered"))
+                .map(Some)
+        } else if connections.served.len() >= MAX_CONNECTIONS {
+            connections
+                .oldest_receiving(None)
+                .ok_or_else(|| format!("busy: {MAX_CONNECTIONS} requests are being answered"))
+                .map(Some)
+        } else {
+            Ok(None)
+        };
+        match place {
+            Err(busy) => return Admission::Refused(busy),
+            Ok(Some(oldest)) => {
+                connections.cut(oldest);
+                self.turn_freed.notify_all();
+            }
+            Ok(None) => {}
         }
         match stream.try_clone() {
             Ok(handle) => {
