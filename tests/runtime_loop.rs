@@ -36,8 +36,13 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut config: RunConfig = toml::from_str(include_str!("../board/sim.toml")).unwrap();
     config.bank.path = dir.path().join("bank.ucad");
+    // A second between parts and three to the gate: this test is about the loop and the line,
+    // so judging (a few hundred ms a frame on two cores, more on a busy machine) is given room.
+    config.reject.travel_delay = Duration::from_secs(3);
+    config.failsafe.deadline = Duration::from_millis(2500);
+    config.failsafe.stall = Duration::from_millis(1500);
     config.source = SourceConfig::Conveyor {
-        fps: 2.0,
+        fps: 1.0,
         products: 2,
         seed: 3,
         run_length: 3,
