@@ -48,6 +48,12 @@ pub fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A regular file of at most `max_bytes` as UTF-8 text (see [`read_regular`]).
+pub fn read_text(path: &Path, max_bytes: u64) -> Result<String> {
+    let bytes = read_regular(path, max_bytes)?;
+    String::from_utf8(bytes).context("not UTF-8 text")
+}
+
 /// Makes renames and links in `path`'s folder durable.
 pub fn sync_parent(path: &Path) -> Result<()> {
     let dir = match path.parent() {

@@ -447,9 +447,7 @@ fn positive(key: &str, value: Duration, max: Duration) -> Result<()> {
 impl RunConfig {
     /// Reads a config; relative paths in it are taken from the config file's folder.
     pub fn load(path: &Path) -> Result<RunConfig> {
-        let text = crate::fsutil::read_regular(path, MAX_CONFIG_BYTES)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| String::from_utf8(bytes).context("not UTF-8 text"))
+        let text = crate::fsutil::read_text(path, MAX_CONFIG_BYTES)
             .with_context(|| format!("cannot read config {}", path.display()))?;
         RunConfig::parse(&text, path.parent().unwrap_or(Path::new(".")))
             .with_context(|| format!("{}: invalid config", path.display()))

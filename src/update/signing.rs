@@ -186,10 +186,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn read_key_line(path: &Path, tag: &str) -> Result<[u8; 32]> {
     // A key file is one line of hex.
-    let text = crate::fsutil::read_regular(path, 4096)
-        .map_err(anyhow::Error::from)
-        .and_then(|bytes| String::from_utf8(bytes).context("not UTF-8 text"))
-        .with_context(|| format!("cannot read key {}", path.display()))?;
+    let text = crate::fsutil::read_text(path, 4096).with_context(|| format!("cannot read key {}", path.display()))?;
     let hex_key = text
         .trim()
         .strip_prefix(tag)
