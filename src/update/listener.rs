@@ -10,10 +10,9 @@
 //! sending its request (or is answered 503 at once when all of them are being answered). When
 //! all places are taken, a new connection takes the place of the oldest one still sending its
 //! request, which is cut and answered 503: holding a place for the whole deadline with a
-//! request that does not come
-//! would otherwise keep every client out for as long as it is repeated, while a cut request
-//! is only delayed (the pusher retries), and a request already received is never cut, so an
-//! install is never half answered. The price: a push slower than `MAX_CONNECTIONS` newer
+//! request that does not come would otherwise keep every client out for as long as it is
+//! repeated, while a cut request is only delayed (the pusher retries), and a request already
+//! received is never cut, so an install is never half answered. The price: a push slower than `MAX_CONNECTIONS` newer
 //! connections from at least three addresses is cut.
 //!
 //! One request body at a time is held in memory, from its first byte until its answer (the
@@ -217,26 +216,19 @@ impl Shared {
         if connections.stopping {
             return Admission::Stopping;
         }
-        let place = if connections.served.iter().filter(|c| c.peer == peer).count() >= MAX_PER_PEER {
-            connections
-                .oldest_receiving(Some(peer))
-                .ok_or_else(|| format!("busy: {MAX_PER_PEER} requests from {peer} are being answered"))
-                .map(Some)
-        } else if connections.served.len() >= MAX_CONNECTIONS {
-            connections
-                .oldest_receiving(None)
-                .ok_or_else(|| format!("busy: {MAX_CONNECTIONS} requests are being answered"))
-                .map(Some)
+        // Whose oldest still-receiving connection gives up its place, when there is none free.
+        let full = if connections.served.iter().filter(|c| c.peer == peer).count() >= MAX_PER_PEER {
+            Some((Some(peer), MAX_PER_PEER))
         } else {
-            Ok(None)
+            (connections.served.len() >= MAX_CONNECTIONS).then_some((None, MAX_CONNECTIONS))
         };
-        match place {
-            Err(busy) => return Admission::Refused(busy),
-            Ok(Some(oldest)) => {
-                connections.cut(oldest);
-                self.turn_freed.notify_all();
-            }
-            Ok(None) => {}
+        if let Some((of, places)) = full {
+            let Some(oldest) = connections.oldest_receiving(of) else {
+                let from = of.map_or(String::new(), |p| format!(" from {p}"));
+                return Admission::Refused(format!("busy: {places} requests{from} are being answered"));
+            };
+            connections.cut(oldest);
+            self.turn_freed.notify_all();
         }
         match stream.try_clone() {
             Ok(handle) => {
