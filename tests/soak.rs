@@ -1,7 +1,7 @@
 //! A soak of the loop on the tiny backbone: 20,000 frames with a signed update pushed every 500
 //! frames, a damaged one every 1,000 and a slow client always connected. No frame is dropped,
-//! every decision is finite, and the resident memory stays flat (printed at each push).
-//! Its own test binary, so that the memory measured is the loop's alone.
+//! every decision is finite, and the heap's bytes in use stay flat (resident memory is printed
+//! at each push). Its own test binary, so that the memory measured is the loop's alone.
 
 mod common;
 
@@ -50,7 +50,7 @@ fn twenty_thousand_frames_with_pushes_damaged_pushes_and_a_slow_client() {
     });
     wait_for_listener(&device.address);
     let done = Arc::new(AtomicBool::new(false));
-    let slow = slow_clients(&device.address, done.clone());
+    let slow = slow_client(&device.address, done.clone());
 
     let mut memory = Vec::new();
     let (mut installed, mut refused) = (0u64, 0u64);
@@ -139,7 +139,7 @@ fn twenty_thousand_frames_with_pushes_damaged_pushes_and_a_slow_client() {
 
 /// Keeps one slow client connected (trickling a header line until the deadline cuts it, then
 /// again) until `done` or the listener is gone.
-fn slow_clients(address: &str, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn slow_client(address: &str, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let address = address.to_string();
     std::thread::spawn(move || {
         while !done.load(Ordering::Relaxed) {

@@ -1,8 +1,7 @@
 //! A device on the tiny backbone (its files, config, `ucad run`, status) and the clients that
 //! talk to it, for the tests that run the update listener.
 
-use std::io::Read;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
