@@ -11,7 +11,7 @@ use log::info;
 use ucad::backbone::bench::{bench_backbones, print_table};
 use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
-use ucad::backbone::parity::check_parity;
+use ucad::backbone::parity::{check_parity, token_cosines};
 use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor, Quant, Resize, VitWeights};
 use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Precision};
@@ -180,6 +180,9 @@ enum Command {
         /// A file, `default`, or an arch name (add `.int8` for the int8 export).
         #[arg(long, default_value = "default")]
         backbone: String,
+        /// Also run this backbone and print the per-token cosine of the two (min, mean).
+        #[arg(long)]
+        against: Option<String>,
         /// Images to read; none means one generated image.
         images: Vec<PathBuf>,
     },
@@ -553,7 +556,11 @@ fn run(cli: Cli) -> Result<()> {
             let body: serde_json::Value = serde_json::from_str(&answer.body).context("the status is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
-        Command::Features { backbone, images } => features(&cache, &backbone, &images)?,
+        Command::Features {
+            backbone,
+            against,
+            images,
+        } => features(&cache, &backbone, against.as_deref(), &images)?,
         Command::CheckParity { arch, blocks } => {
             let report = check_parity(&cache, arch, &blocks)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -569,18 +576,33 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()> {
-    let path = cache.resolve(backbone)?;
-    let backbone = Backbone::load(&path)?;
+fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &[PathBuf]) -> Result<()> {
+    let load = |spec: &str| -> Result<Backbone> {
+        let path = cache.resolve(spec)?;
+        let backbone = Backbone::load(&path)?;
+        let meta = &backbone.meta;
+        info!(
+            "{}: {} blocks {:?}, {} ({})",
+            path.display(),
+            meta.arch,
+            meta.feature_blocks,
+            meta.quant.name(),
+            &backbone.file_sha256[..12]
+        );
+        Ok(backbone)
+    };
+    let backbone = load(backbone)?;
+    let other = against.map(load).transpose()?;
+    if let Some(other) = &other {
+        anyhow::ensure!(
+            other.meta.input_size == backbone.meta.input_size
+                && other.meta.feature_dim() == backbone.meta.feature_dim(),
+            "{} and {} do not compute features of one shape",
+            backbone.path.display(),
+            other.path.display()
+        );
+    }
     let meta = &backbone.meta;
-    info!(
-        "{}: {} blocks {:?}, {} ({})",
-        path.display(),
-        meta.arch,
-        meta.feature_blocks,
-        meta.quant.name(),
-        &backbone.file_sha256[..12]
-    );
     let mut pre = Preprocessor::new(meta);
     let inputs: Vec<(String, image::RgbImage)> = if images.is_empty() {
         vec![("generated image (seed 0)".into(), textured_image(256, 256, 0))]
@@ -590,16 +612,42 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()
             .map(|p| Ok((p.display().to_string(), load_rgb(p)?)))
             .collect::<Result<_>>()?
     };
-    for (name, img) in inputs {
+    let mut worst = (f32::INFINITY, 0f32, 0f64);
+    for (name, img) in &inputs {
         let start = Instant::now();
-        let f = backbone.features(pre.tensor(&img)?, None)?;
+        let f = backbone.features(pre.tensor(img)?, None)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let mean = f.iter().sum::<f32>() / f.len() as f32;
         let rms = (f.iter().map(|v| v * v).sum::<f32>() / f.len() as f32).sqrt();
-        println!(
+        let mut line = format!(
             "{name}: features [{}, {}] mean {mean:.4} rms {rms:.4} in {ms:.1} ms",
             meta.patches(),
             meta.feature_dim()
+        );
+        if let Some(other) = &other {
+            let g = other.features(pre.tensor(img)?, None)?;
+            let c = token_cosines(&f, &g, meta.feature_dim());
+            line += &format!(
+                "; against it: token cosine min {:.6} mean {:.6}, max |diff| {:.3e}",
+                c.min_cosine, c.mean_cosine, c.max_abs_diff
+            );
+            worst = (
+                worst.0.min(c.min_cosine),
+                worst.1.max(c.max_abs_diff),
+                worst.2 + c.mean_cosine as f64,
+            );
+        }
+        println!("{line}");
+    }
+    if let Some(other) = &other {
+        println!(
+            "{} vs {} over {} image(s): min token cosine {:.6}, mean {:.6}, max |diff| {:.3e}",
+            backbone.path.display(),
+            other.path.display(),
+            inputs.len(),
+            worst.0,
+            worst.2 / inputs.len() as f64,
+            worst.1
         );
     }
     Ok(())

