@@ -43,6 +43,16 @@ static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Cores a backbone pass spreads over, and batch work too; 0 = all. `run` takes
+    /// `[runtime] threads` from its config unless this is given.
+    #[arg(long, global = true, value_parser = threads_arg)]
+    threads: Option<usize>,
+}
+
+fn threads_arg(value: &str) -> Result<usize, String> {
+    let threads: usize = value.parse().map_err(|e| format!("{e}"))?;
+    ucad::parallel::resolve(threads).map_err(|e| e.to_string())?;
+    Ok(threads)
 }
 
 #[derive(Subcommand)]
@@ -58,13 +68,14 @@ enum Command {
         frames: u64,
     },
     /// The demo's loop, timed per stage: decode, preprocess, backbone passes, routing, kNN,
-    /// decision, the frame/backbone time ratio, allocations and peak RSS.
+    /// decision, the frame/backbone time ratio, allocations and peak RSS; once on 1 thread, once
+    /// on all (or --threads).
     BenchRuntime {
         #[arg(long, default_value = "default")]
         backbone: String,
         #[arg(long, default_value_t = 60)]
         frames: u64,
-        /// Also write the run's summary here.
+        /// Also write the summary of the run on all threads here.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -453,13 +464,20 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let cache = ModelCache::locate();
+    let threads = cli.threads.unwrap_or(0);
+    if !matches!(cli.command, Command::Run(_)) {
+        ucad::parallel::use_threads(threads)?;
+    }
     match cli.command {
         Command::Demo {
             backbone,
             products,
             frames,
-        } => demo(&cache, &backbone, products, frames, None)?,
-        Command::BenchRuntime { backbone, frames, json } => demo(&cache, &backbone, 3, frames, json)?,
+        } => {
+            let (config, args) = demo_run(&cache, &backbone, products, frames, None, threads)?;
+            run_loop(&cache, config, &args)?;
+        }
+        Command::BenchRuntime { backbone, frames, json } => bench_runtime(&cache, &backbone, frames, json, threads)?,
         Command::Models {
             action: ModelsAction::Fetch,
         } => {
@@ -500,7 +518,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
         }
         Command::Fit(args) => fit(&cache, args)?,
-        Command::Run(args) => run_loop(&cache, RunConfig::load(&args.config)?, &args)?,
+        Command::Run(args) => {
+            let mut config = RunConfig::load(&args.config)?;
+            config.runtime.threads = cli.threads.unwrap_or(config.runtime.threads);
+            run_loop(&cache, config, &args)?;
+        }
         Command::Eval(args) => eval(&cache, args)?,
         Command::BenchBank(args) => bench_bank(&cache, args)?,
         Command::BenchRouting(args) => bench_routing(&cache, args)?,
@@ -815,8 +837,16 @@ impl BenchCommonArgs {
 /// The embedded dry-run board: generated products, a simulated reject line.
 const SIM_CONFIG: &str = include_str!("../board/sim.toml");
 
-/// Learns the simulated board's products into a fresh bank and runs its loop.
-fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summary: Option<PathBuf>) -> Result<()> {
+/// The simulated board's config and run (learning its products into a fresh bank first), with
+/// the backbone on `threads` threads.
+fn demo_run(
+    cache: &ModelCache,
+    backbone: &str,
+    products: usize,
+    frames: u64,
+    summary: Option<PathBuf>,
+    threads: usize,
+) -> Result<(RunConfig, RunArgs)> {
     cache.fetch_all()?;
     let mut config: RunConfig = toml::from_str(SIM_CONFIG).context("the embedded board/sim.toml")?;
     let dir = std::env::temp_dir().join(format!("ucad-demo-{}", std::process::id()));
@@ -825,6 +855,7 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summar
         audit.dir = dir.join("audit");
     }
     config.backbone = backbone.to_string();
+    config.runtime.threads = threads;
     if let SourceConfig::Conveyor { products: count, .. } = &mut config.source {
         *count = products;
     }
@@ -835,10 +866,34 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summar
         summary_json: Some(summary.unwrap_or_else(|| dir.join("summary.json"))),
         learn: true,
     };
-    run_loop(cache, config, &args)
+    Ok((config, args))
 }
 
-fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()> {
+/// The demo's loop on one thread, then (same bank) on `threads` (0: all cores).
+fn bench_runtime(cache: &ModelCache, backbone: &str, frames: u64, json: Option<PathBuf>, threads: usize) -> Result<()> {
+    let all = ucad::parallel::resolve(threads)?;
+    let (mut config, mut args) = demo_run(cache, backbone, 3, frames, json, 1)?;
+    let mut times = Vec::new();
+    for threads in [1, all] {
+        println!("== backbone on {threads} thread(s)");
+        config.runtime.threads = threads;
+        let stages = run_loop(cache, config.clone(), &args)?.stages_ms;
+        times.push((threads, stages.total(), stages.backbone()));
+        args.learn = false;
+        if all == 1 {
+            break;
+        }
+    }
+    for (threads, frame, backbone) in &times {
+        println!(
+            "frame time on {threads} thread(s): {frame:.1} ms (backbone {backbone:.1} ms, {:.2}× the 1-thread frame time)",
+            frame / times[0].1
+        );
+    }
+    Ok(())
+}
+
+fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<ucad::runtime::counters::Summary> {
     let (backbone, mut source) = open_run(cache, &config, args).inspect_err(|e| {
         log::error!("{e:#}: cannot start inspecting");
         if config.failsafe.action == FailsafeAction::StopLine {
@@ -889,7 +944,7 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
         println!("summary written to {}", path.display());
     }
-    outcome.fault.map_or(Ok(()), Err)
+    outcome.fault.map_or(Ok(outcome.summary), Err)
 }
 
 /// Checks a bank file's bytes (`origin`'s, or the bank inside its signed update) as a device

@@ -73,9 +73,14 @@ fn fold(node: &NodeProto, inputs: &[&TensorProto]) -> Result<TensorProto> {
     );
     let x = inputs[0];
     let codes = int8_values(x).with_context(|| format!("codes are not int8 (ONNX type {})", x.data_type))?;
-    let dims: Vec<usize> = x.dims.iter().map(|d| usize::try_from(*d)).collect::<Result<_, _>>()?;
+    let dims: Vec<usize> = x
+        .dims
+        .iter()
+        .map(|d| usize::try_from(*d))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("a negative dimension in the shape {:?}", x.dims))?;
     ensure!(
-        codes.len() == dims.iter().product::<usize>(),
+        dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d)) == Some(codes.len()),
         "{} codes for shape {dims:?}",
         codes.len()
     );
@@ -121,4 +126,113 @@ fn fold(node: &NodeProto, inputs: &[&TensorProto]) -> Result<TensorProto> {
             .collect(),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::onnx_graph::attr_int;
+
+    fn init(name: &str, dtype: DataType, dims: &[i64], raw_data: Vec<u8>) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: dtype as i32,
+            raw_data,
+            ..Default::default()
+        }
+    }
+
+    /// `DequantizeLinear(codes [2, 3], scales, axis)` read by a MatMul, plus an unrelated int8 constant.
+    fn graph(scales: &[f32], axis: i64) -> GraphProto {
+        let codes: Vec<u8> = [1i8, -2, 3, -127, 0, 127].iter().map(|c| *c as u8).collect();
+        let scales = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        GraphProto {
+            initializer: vec![
+                init("codes", DataType::Int8, &[2, 3], codes),
+                init("scales", DataType::Float, &[], scales),
+                init("other", DataType::Int8, &[1], vec![5]),
+            ],
+            node: vec![
+                NodeProto {
+                    name: "dq".into(),
+                    op_type: "DequantizeLinear".into(),
+                    input: vec!["codes".into(), "scales".into()],
+                    output: vec!["w".into()],
+                    attribute: vec![attr_int("axis", axis)],
+                    ..Default::default()
+                },
+                NodeProto {
+                    name: "mm".into(),
+                    op_type: "MatMul".into(),
+                    input: vec!["x".into(), "w".into(), "other".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn values(graph: &GraphProto, name: &str) -> Vec<f32> {
+        float_values(graph.initializer.iter().find(|t| t.name == name).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn per_channel_codes_become_f32_and_the_codes_go() {
+        let mut g = graph(&[0.5, 2.0, 4.0], 1);
+        assert_eq!(fold_constant_dequantize(&mut g, "m.onnx").unwrap(), 1);
+        assert_eq!(values(&g, "w"), [0.5, -4.0, 12.0, -63.5, 0.0, 508.0]);
+        let names: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["other", "w"], "the codes and scales are dropped, the rest kept");
+        assert_eq!(g.node.len(), 1);
+
+        let mut g = graph(&[0.5, 2.0], 0);
+        fold_constant_dequantize(&mut g, "m.onnx").unwrap();
+        assert_eq!(values(&g, "w"), [0.5, -1.0, 1.5, -254.0, 0.0, 254.0]);
+        let mut g = graph(&[0.5], 1);
+        fold_constant_dequantize(&mut g, "m.onnx").unwrap();
+        assert_eq!(values(&g, "w"), [0.5, -1.0, 1.5, -63.5, 0.0, 63.5]);
+    }
+
+    #[test]
+    fn malformed_codes_and_scales_are_refused_naming_the_file_and_the_weight() {
+        let cases: Vec<(GraphProto, &str)> = vec![
+            (graph(&[0.5, f32::NAN, 4.0], 1), "scale 1 is NaN"),
+            (graph(&[0.5, 0.0, 4.0], 1), "scale 1 is 0"),
+            (graph(&[0.5, 2.0], 1), "2 scales for 3 channels"),
+            (graph(&[0.5, 2.0, 4.0], 2), "axis 2 outside"),
+            (
+                {
+                    let mut g = graph(&[0.5, 2.0, 4.0], 1);
+                    g.initializer[0].raw_data.pop();
+                    g
+                },
+                "5 codes for shape [2, 3]",
+            ),
+            (
+                {
+                    let mut g = graph(&[0.5, 2.0, 4.0], 1);
+                    g.initializer[0].data_type = DataType::Uint8 as i32;
+                    g
+                },
+                "codes are not int8",
+            ),
+            (
+                {
+                    let mut g = graph(&[0.5, 2.0, 4.0], 1);
+                    g.initializer[0].dims = vec![2, -3];
+                    g
+                },
+                "a negative dimension",
+            ),
+        ];
+        for (mut g, want) in cases {
+            let err = format!("{:#}", fold_constant_dequantize(&mut g, "m.onnx").unwrap_err());
+            assert!(
+                err.contains("m.onnx") && err.contains("int8 weight codes") && err.contains(want),
+                "{err}"
+            );
+        }
+    }
 }

@@ -139,6 +139,12 @@ impl VitWeights {
                 p.shape
             ));
         }
+        if let Some(o) = q.scales.iter().position(|s| !s.is_finite() || *s <= 0.0) {
+            return Some(format!(
+                "{name}: int8 scale {o} is {}, not a finite positive number",
+                q.scales[o]
+            ));
+        }
         let values = crate::backbone::dequant::dequantize(&q.codes, &q.scales, p.shape[1]);
         let differs = values.iter().zip(&p.data).position(|(a, b)| a.to_bits() != b.to_bits());
         differs.map(|i| format!("{name}: int8 codes and scales do not reproduce its f32 value at index {i}"))
