@@ -11,7 +11,7 @@ use log::info;
 use ucad::backbone::bench::{bench_backbones, print_table};
 use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
-use ucad::backbone::parity::{check_parity, token_cosines};
+use ucad::backbone::parity::{check_parity, token_cosines, CosineStats};
 use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor, Quant, Resize, VitWeights};
 use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Precision};
@@ -634,7 +634,7 @@ fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &
             .map(|p| Ok((p.display().to_string(), load_rgb(p)?)))
             .collect::<Result<_>>()?
     };
-    let mut worst = (f32::INFINITY, 0f32, 0f64);
+    let mut compared = Vec::new();
     for (name, img) in &inputs {
         let start = Instant::now();
         let f = backbone.features(pre.tensor(img)?, None)?;
@@ -653,23 +653,20 @@ fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &
                 "; against it: token cosine min {:.6} mean {:.6}, max |diff| {:.3e}",
                 c.min_cosine, c.mean_cosine, c.max_abs_diff
             );
-            worst = (
-                worst.0.min(c.min_cosine),
-                worst.1.max(c.max_abs_diff),
-                worst.2 + c.mean_cosine as f64,
-            );
+            compared.push(c);
         }
         println!("{line}");
     }
     if let Some(other) = &other {
+        let c = CosineStats::over(&compared);
         println!(
             "{} vs {} over {} image(s): min token cosine {:.6}, mean {:.6}, max |diff| {:.3e}",
             backbone.path.display(),
             other.path.display(),
             inputs.len(),
-            worst.0,
-            worst.2 / inputs.len() as f64,
-            worst.1
+            c.min_cosine,
+            c.mean_cosine,
+            c.max_abs_diff
         );
     }
     Ok(())

@@ -27,6 +27,17 @@ pub struct CosineStats {
     pub max_abs_diff: f32,
 }
 
+impl CosineStats {
+    /// Over several images: the lowest minimum, the mean of the means, the largest difference.
+    pub fn over(all: &[CosineStats]) -> CosineStats {
+        CosineStats {
+            min_cosine: all.iter().map(|c| c.min_cosine).fold(f32::INFINITY, f32::min),
+            mean_cosine: all.iter().map(|c| c.mean_cosine).sum::<f32>() / all.len().max(1) as f32,
+            max_abs_diff: all.iter().map(|c| c.max_abs_diff).fold(0.0, f32::max),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct BlockParity {
     pub block: usize,
