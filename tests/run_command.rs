@@ -88,3 +88,15 @@ frame_pool_mib = 16
     assert!(written["frames"].as_u64().unwrap() >= 10, "{written}");
     assert_eq!(written["late_pulses"], 0, "{written}");
 }
+
+#[test]
+fn a_thread_count_beyond_the_bound_is_refused_naming_the_flag() {
+    for value in ["257", "-1", "all"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ucad"))
+            .args(["features", "--backbone", "absent.onnx", &format!("--threads={value}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("--threads"), "{value}: {err}");
+    }
+}
