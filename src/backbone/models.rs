@@ -10,7 +10,7 @@ use log::info;
 use super::arch::Arch;
 use super::export::{export_to_file, ExportOptions};
 use super::import::import_weights;
-use super::meta::Quant;
+use super::meta::{BackboneMeta, Quant};
 use super::weights::VitWeights;
 use crate::fsutil::sha256_file;
 
@@ -141,24 +141,23 @@ impl ModelCache {
         }
         verify_sha256(&original, source.sha256)?;
         let weights_path = self.weights(source.arch);
-        let mut weights = weights_path
+        let cached = weights_path
             .is_file()
             .then(|| VitWeights::load_for(&weights_path, source.arch))
             .transpose()?;
         // Weights imported before their int8 codes were kept are imported again.
-        if weights
-            .as_ref()
-            .is_none_or(|w| source.int8_weights && w.int8.is_empty())
-        {
-            info!("importing {} weights from {}", source.arch, original.display());
-            let imported = import_weights(source.arch, &original)?;
-            imported.save(source.arch, &weights_path)?;
-            weights = Some(imported);
-        }
-        let weights = weights.expect("loaded or imported");
+        let weights = match cached {
+            Some(w) if !(source.int8_weights && w.int8.is_empty()) => w,
+            _ => {
+                info!("importing {} weights from {}", source.arch, original.display());
+                import_weights(source.arch, &original)?.save(source.arch, &weights_path)?;
+                // Exports name the weights file they came from (its sha256), not the original.
+                VitWeights::load_for(&weights_path, source.arch)?
+            }
+        };
         for quant in [Quant::F32, Quant::Int8] {
             let out = self.backbone(source.arch, quant);
-            if !out.is_file() || computes_int8(&out)? {
+            if !out.is_file() || !up_to_date(&out, &weights)? {
                 info!("exporting {}", out.display());
                 export_to_file(
                     &weights,
@@ -220,16 +219,19 @@ impl ModelCache {
     }
 }
 
-/// Whether an export quantises activations (`MatMulInteger`): the int8 files of earlier versions,
-/// exported again as int8 weights.
-fn computes_int8(path: &Path) -> Result<bool> {
+/// Whether a cached export was made from `weights` by this version: not from weights imported
+/// before their int8 codes were kept, and not an int8 file of earlier versions, which quantised
+/// activations (`MatMulInteger`).
+fn up_to_date(path: &Path, weights: &VitWeights) -> Result<bool> {
     use prost::Message;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
         .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
-    Ok(model
+    let meta = BackboneMeta::from_props(&model.metadata_props, &path.display().to_string())?;
+    let int8_arithmetic = model
         .graph
-        .is_some_and(|g| g.node.iter().any(|n| n.op_type == "MatMulInteger")))
+        .is_some_and(|g| g.node.iter().any(|n| n.op_type == "MatMulInteger"));
+    Ok(meta.weights_sha256 == weights.sha256 && !int8_arithmetic)
 }
 
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
@@ -241,4 +243,30 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_of_other_weights_or_with_int8_arithmetic_are_out_of_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let arch = Arch::VitTinyTest;
+        let (weights, other) = (VitWeights::random(arch, 1), VitWeights::random(arch, 2));
+        let export = |quant: Quant| {
+            let path = dir.path().join(format!("{}.onnx", quant.name()));
+            let opts = ExportOptions {
+                quant,
+                ..ExportOptions::defaults(arch)
+            };
+            export_to_file(&weights, &opts, &path).unwrap();
+            path
+        };
+        let (f32_file, int8_file, dynamic_file) = (export(Quant::F32), export(Quant::Int8), export(Quant::Int8Dynamic));
+        assert!(up_to_date(&f32_file, &weights).unwrap());
+        assert!(up_to_date(&int8_file, &weights).unwrap());
+        assert!(!up_to_date(&f32_file, &other).unwrap(), "made from other weights");
+        assert!(!up_to_date(&dynamic_file, &weights).unwrap(), "int8 arithmetic");
+    }
 }
