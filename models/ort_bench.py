@@ -1,6 +1,6 @@
 """onnxruntime peer for `ucad bench-backbone`: ms per plain pass of an exported ucad backbone.
 
-usage: python -c "$(cat ort_bench.py)" FILE RUNS   (prints JSON)
+usage: python -c "$(cat ort_bench.py)" FILE RUNS THREADS...   (prints JSON: {"THREADS": ms, ...})
 """
 import json
 import statistics
@@ -34,4 +34,4 @@ def median_ms(path, runs, threads):
 
 
 path, runs = sys.argv[1], int(sys.argv[2])
-print(json.dumps({"ms_1_thread": median_ms(path, runs, 1), "ms_all_threads": median_ms(path, runs, 0)}))
+print(json.dumps({threads: median_ms(path, runs, int(threads)) for threads in sys.argv[3:]}))

@@ -11,7 +11,7 @@ use log::info;
 use ucad::backbone::bench::{bench_backbones, print_table};
 use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
-use ucad::backbone::parity::check_parity;
+use ucad::backbone::parity::{check_parity, token_cosines, CosineStats};
 use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor, Quant, Resize, VitWeights};
 use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Precision};
@@ -43,6 +43,16 @@ static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Cores a backbone pass spreads over, and batch work too; 0 = all. `run` takes
+    /// `[runtime] threads` from its config unless this is given.
+    #[arg(long, global = true, value_parser = threads_arg)]
+    threads: Option<usize>,
+}
+
+fn threads_arg(value: &str) -> Result<usize, String> {
+    let threads: usize = value.parse().map_err(|e| format!("{e}"))?;
+    ucad::parallel::resolve(threads).map_err(|e| e.to_string())?;
+    Ok(threads)
 }
 
 #[derive(Subcommand)]
@@ -58,13 +68,14 @@ enum Command {
         frames: u64,
     },
     /// The demo's loop, timed per stage: decode, preprocess, backbone passes, routing, kNN,
-    /// decision, the frame/backbone time ratio, allocations and peak RSS.
+    /// decision, the frame/backbone time ratio, allocations and peak RSS; once on 1 thread, once
+    /// on all (or --threads).
     BenchRuntime {
         #[arg(long, default_value = "default")]
         backbone: String,
         #[arg(long, default_value_t = 60)]
         frames: u64,
-        /// Also write the run's summary here.
+        /// Also write the summary of the run on all threads here.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -180,6 +191,9 @@ enum Command {
         /// A file, `default`, or an arch name (add `.int8` for the int8 export).
         #[arg(long, default_value = "default")]
         backbone: String,
+        /// Also run this backbone and print the per-token cosine of the two (min, mean).
+        #[arg(long)]
+        against: Option<String>,
         /// Images to read; none means one generated image.
         images: Vec<PathBuf>,
     },
@@ -450,13 +464,20 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let cache = ModelCache::locate();
+    let threads = cli.threads.unwrap_or(0);
+    if !matches!(cli.command, Command::Run(_)) {
+        ucad::parallel::use_threads(threads)?;
+    }
     match cli.command {
         Command::Demo {
             backbone,
             products,
             frames,
-        } => demo(&cache, &backbone, products, frames, None)?,
-        Command::BenchRuntime { backbone, frames, json } => demo(&cache, &backbone, 3, frames, json)?,
+        } => {
+            let (config, args) = demo_run(&cache, &backbone, products, frames, None, threads)?;
+            run_loop(&cache, config, &args)?;
+        }
+        Command::BenchRuntime { backbone, frames, json } => bench_runtime(&cache, &backbone, frames, json, threads)?,
         Command::Models {
             action: ModelsAction::Fetch,
         } => {
@@ -497,7 +518,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
         }
         Command::Fit(args) => fit(&cache, args)?,
-        Command::Run(args) => run_loop(&cache, RunConfig::load(&args.config)?, &args)?,
+        Command::Run(args) => {
+            let mut config = RunConfig::load(&args.config)?;
+            config.runtime.threads = cli.threads.unwrap_or(config.runtime.threads);
+            run_loop(&cache, config, &args)?;
+        }
         Command::Eval(args) => eval(&cache, args)?,
         Command::BenchBank(args) => bench_bank(&cache, args)?,
         Command::BenchRouting(args) => bench_routing(&cache, args)?,
@@ -553,7 +578,11 @@ fn run(cli: Cli) -> Result<()> {
             let body: serde_json::Value = serde_json::from_str(&answer.body).context("the status is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
-        Command::Features { backbone, images } => features(&cache, &backbone, &images)?,
+        Command::Features {
+            backbone,
+            against,
+            images,
+        } => features(&cache, &backbone, against.as_deref(), &images)?,
         Command::CheckParity { arch, blocks } => {
             let report = check_parity(&cache, arch, &blocks)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -569,18 +598,33 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()> {
-    let path = cache.resolve(backbone)?;
-    let backbone = Backbone::load(&path)?;
+fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &[PathBuf]) -> Result<()> {
+    let load = |spec: &str| -> Result<Backbone> {
+        let path = cache.resolve(spec)?;
+        let backbone = Backbone::load(&path)?;
+        let meta = &backbone.meta;
+        info!(
+            "{}: {} blocks {:?}, {} ({})",
+            path.display(),
+            meta.arch,
+            meta.feature_blocks,
+            meta.quant.name(),
+            &backbone.file_sha256[..12]
+        );
+        Ok(backbone)
+    };
+    let backbone = load(backbone)?;
+    let other = against.map(load).transpose()?;
+    if let Some(other) = &other {
+        anyhow::ensure!(
+            other.meta.input_size == backbone.meta.input_size
+                && other.meta.feature_dim() == backbone.meta.feature_dim(),
+            "{} and {} do not compute features of one shape",
+            backbone.path.display(),
+            other.path.display()
+        );
+    }
     let meta = &backbone.meta;
-    info!(
-        "{}: {} blocks {:?}, {} ({})",
-        path.display(),
-        meta.arch,
-        meta.feature_blocks,
-        meta.quant.name(),
-        &backbone.file_sha256[..12]
-    );
     let mut pre = Preprocessor::new(meta);
     let inputs: Vec<(String, image::RgbImage)> = if images.is_empty() {
         vec![("generated image (seed 0)".into(), textured_image(256, 256, 0))]
@@ -590,16 +634,39 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()
             .map(|p| Ok((p.display().to_string(), load_rgb(p)?)))
             .collect::<Result<_>>()?
     };
-    for (name, img) in inputs {
+    let mut compared = Vec::new();
+    for (name, img) in &inputs {
         let start = Instant::now();
-        let f = backbone.features(pre.tensor(&img)?, None)?;
+        let f = backbone.features(pre.tensor(img)?, None)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let mean = f.iter().sum::<f32>() / f.len() as f32;
         let rms = (f.iter().map(|v| v * v).sum::<f32>() / f.len() as f32).sqrt();
-        println!(
+        let mut line = format!(
             "{name}: features [{}, {}] mean {mean:.4} rms {rms:.4} in {ms:.1} ms",
             meta.patches(),
             meta.feature_dim()
+        );
+        if let Some(other) = &other {
+            let g = other.features(pre.tensor(img)?, None)?;
+            let c = token_cosines(&f, &g, meta.feature_dim());
+            line += &format!(
+                "; against it: token cosine min {:.6} mean {:.6}, max |diff| {:.3e}",
+                c.min_cosine, c.mean_cosine, c.max_abs_diff
+            );
+            compared.push(c);
+        }
+        println!("{line}");
+    }
+    if let Some(other) = &other {
+        let c = CosineStats::over(&compared);
+        println!(
+            "{} vs {} over {} image(s): min token cosine {:.6}, mean {:.6}, max |diff| {:.3e}",
+            backbone.path.display(),
+            other.path.display(),
+            inputs.len(),
+            c.min_cosine,
+            c.mean_cosine,
+            c.max_abs_diff
         );
     }
     Ok(())
@@ -767,8 +834,16 @@ impl BenchCommonArgs {
 /// The embedded dry-run board: generated products, a simulated reject line.
 const SIM_CONFIG: &str = include_str!("../board/sim.toml");
 
-/// Learns the simulated board's products into a fresh bank and runs its loop.
-fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summary: Option<PathBuf>) -> Result<()> {
+/// The simulated board's config and run (learning its products into a fresh bank first), with
+/// the backbone on `threads` threads.
+fn demo_run(
+    cache: &ModelCache,
+    backbone: &str,
+    products: usize,
+    frames: u64,
+    summary: Option<PathBuf>,
+    threads: usize,
+) -> Result<(RunConfig, RunArgs)> {
     cache.fetch_all()?;
     let mut config: RunConfig = toml::from_str(SIM_CONFIG).context("the embedded board/sim.toml")?;
     let dir = std::env::temp_dir().join(format!("ucad-demo-{}", std::process::id()));
@@ -777,6 +852,7 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summar
         audit.dir = dir.join("audit");
     }
     config.backbone = backbone.to_string();
+    config.runtime.threads = threads;
     if let SourceConfig::Conveyor { products: count, .. } = &mut config.source {
         *count = products;
     }
@@ -787,10 +863,34 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summar
         summary_json: Some(summary.unwrap_or_else(|| dir.join("summary.json"))),
         learn: true,
     };
-    run_loop(cache, config, &args)
+    Ok((config, args))
 }
 
-fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()> {
+/// The demo's loop on one thread, then (same bank) on `threads` (0: all cores).
+fn bench_runtime(cache: &ModelCache, backbone: &str, frames: u64, json: Option<PathBuf>, threads: usize) -> Result<()> {
+    let all = ucad::parallel::resolve(threads)?;
+    let (mut config, mut args) = demo_run(cache, backbone, 3, frames, json, 1)?;
+    let mut times = Vec::new();
+    for threads in [1, all] {
+        println!("== backbone on {threads} thread(s)");
+        config.runtime.threads = threads;
+        let stages = run_loop(cache, config.clone(), &args)?.stages_ms;
+        times.push((threads, stages.total(), stages.backbone()));
+        args.learn = false;
+        if all == 1 {
+            break;
+        }
+    }
+    for (threads, frame, backbone) in &times {
+        println!(
+            "frame time on {threads} thread(s): {frame:.1} ms (backbone {backbone:.1} ms, {:.2}× the 1-thread frame time)",
+            frame / times[0].1
+        );
+    }
+    Ok(())
+}
+
+fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<ucad::runtime::counters::Summary> {
     // From the start: a signal during start-up (learning, loading the backbone) ends the run
     // before its first frame, with its summary, once start-up is done; a second one at once.
     let stop = stop_on_signals()?;
@@ -844,7 +944,7 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
         println!("summary written to {}", path.display());
     }
-    outcome.fault.map_or(Ok(()), Err)
+    outcome.fault.map_or(Ok(outcome.summary), Err)
 }
 
 /// Checks a bank file's bytes (`origin`'s, or the bank inside its signed update) as a device

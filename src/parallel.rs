@@ -1,16 +1,79 @@
-//! Work spread over the cores with scoped threads: one contiguous chunk of items per core,
-//! each worker with its own state (a preprocessor, a buffer), results in item order.
+//! The cores ucad works on (`[runtime] threads`, `--threads`): one backbone pass spreads its
+//! matrix products over them (tract's multithread executor), and batch work spreads items over
+//! them, one contiguous chunk per core, each worker with its own state, results in item order.
 
-use anyhow::Result;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
+use anyhow::{ensure, Context, Result};
+use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, Executor};
+
+/// The most threads a config or flag may ask for: more is a typo.
+pub const MAX_THREADS: usize = 256;
+
+/// The threads in use; 0 until [`use_threads`] is called (all cores, passes on one thread).
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+/// Serialises [`use_threads`], so that the executor and the count always agree.
+static SETTING: Mutex<()> = Mutex::new(());
+
+/// The cores this machine offers.
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `requested` threads, 0 meaning all cores; more than [`MAX_THREADS`] is refused.
+pub fn resolve(requested: usize) -> Result<usize> {
+    ensure!(
+        requested <= MAX_THREADS,
+        "{requested} threads asked for: at most {MAX_THREADS} (0 = all cores)"
+    );
+    Ok(if requested == 0 { all_cores() } else { requested })
+}
+
+/// Backbone passes from now on spread over `requested` threads (0 = all cores), and so does
+/// batch work. The pool's threads take their allocations from the frame pool (when one is
+/// reserved), as the judging thread does, so a frame judged on several cores still takes nothing
+/// from the heap.
+pub fn use_threads(requested: usize) -> Result<usize> {
+    let threads = resolve(requested)?;
+    let _setting = SETTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if THREADS.load(Ordering::Acquire) != threads {
+        set_default_executor(executor(threads)?);
+        THREADS.store(threads, Ordering::Release);
+    }
+    Ok(threads)
+}
+
+/// An executor of `threads` threads (one: the calling thread alone).
+pub fn executor(threads: usize) -> Result<Executor> {
+    if threads <= 1 {
+        return Ok(Executor::SingleThread);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("ucad-tract-{i}"))
+        .start_handler(|_| crate::runtime::alloc::serve_this_thread_from_frame_pool())
+        .build()
+        .with_context(|| format!("cannot start {threads} threads for the backbone"))?;
+    Ok(Executor::MultiThread(std::sync::Arc::new(pool)))
+}
+
+/// The threads batch work uses: those of [`use_threads`], else all cores.
+pub fn threads() -> usize {
+    match THREADS.load(Ordering::Acquire) {
+        0 => all_cores(),
+        n => n,
+    }
+}
+
+/// `work` on every item, spread over [`threads`] workers; each worker's backbone passes run on
+/// its own thread (the workers already fill the cores).
 pub fn map<T: Sync, S, R: Send>(
     items: &[T],
     state: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, &T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len().max(1));
+    let workers = threads().min(items.len().max(1));
     let chunk = items.len().div_ceil(workers).max(1);
     let parts = std::thread::scope(|scope| {
         let handles: Vec<_> = items
@@ -18,8 +81,10 @@ pub fn map<T: Sync, S, R: Send>(
             .map(|part| {
                 let (state, work) = (&state, &work);
                 scope.spawn(move || -> Result<Vec<R>> {
-                    let mut own = state();
-                    part.iter().map(|item| work(&mut own, item)).collect()
+                    multithread_tract_scope(Executor::SingleThread, || {
+                        let mut own = state();
+                        part.iter().map(|item| work(&mut own, item)).collect()
+                    })
                 })
             })
             .collect();

@@ -89,6 +89,44 @@ fn truncated_corrupt_or_foreign_onnx_is_refused() {
 }
 
 #[test]
+fn an_int8_backbone_with_malformed_codes_or_scales_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ExportOptions {
+        quant: ucad::backbone::Quant::Int8,
+        ..ExportOptions::defaults(Arch::VitTinyTest)
+    };
+    let model = export_model(&VitWeights::random(Arch::VitTinyTest, 1), &opts).unwrap();
+    let path = dir.path().join("bad.onnx");
+    let spoil = |name: &str, how: &dyn Fn(&mut Vec<u8>)| {
+        let mut model = model.clone();
+        let graph = model.graph.as_mut().unwrap();
+        how(&mut graph.initializer.iter_mut().find(|t| t.name == name).unwrap().raw_data);
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        error_of(Backbone::load(&path))
+    };
+    let nan = |raw: &mut Vec<u8>| raw[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    let negative = |raw: &mut Vec<u8>| raw[..4].copy_from_slice(&(-0.5f32).to_le_bytes());
+    let short = |raw: &mut Vec<u8>| raw.truncate(raw.len() - 3);
+    for (name, how, problem) in [
+        (
+            "blocks.1.mlp.fc1.weight_scale",
+            &nan as &dyn Fn(&mut Vec<u8>),
+            "scale 1 is NaN",
+        ),
+        ("blocks.0.attn.q.weight_scale", &negative, "scale 0 is -0.5"),
+        ("blocks.0.attn.q.weight_scale", &short, "scales for"),
+        ("blocks.2.attn.proj.weight_q", &short, "codes for shape"),
+    ] {
+        let msg = spoil(name, how);
+        let weight = name.replace("_scale", "_q");
+        assert!(
+            msg.contains("bad.onnx") && msg.contains(&weight) && msg.contains(problem),
+            "{name}: {msg}"
+        );
+    }
+}
+
+#[test]
 fn a_wrong_sha256_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.onnx");

@@ -164,6 +164,21 @@ fn odd_config_values_are_refused_naming_the_file_and_the_key() {
             "capacity_tasks = 1000000000000",
             "bank.capacity_tasks",
         ),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 64\n[runtime]\nthreads = 257",
+            "runtime.threads",
+        ),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 64\n[runtime]\nthreads = -1",
+            "runtime.threads",
+        ),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 64\n[runtime]\nthreads = \"all\"",
+            "runtime.threads",
+        ),
         ("log_every_s = 5.0", "log_every_s = nan", "log_every_s"),
         ("log_every_s = 5.0", "log_every_s = -1.0", "log_every_s"),
         ("log_every_s = 5.0", "log_every_s = 1e300", "log_every_s"),
@@ -187,6 +202,27 @@ fn odd_config_values_are_refused_naming_the_file_and_the_key() {
         let err = refusal(from, to);
         assert!(err.contains("odd.toml") && err.contains(key), "{to:?}: {err}");
     }
+}
+
+#[test]
+fn runtime_threads_default_to_all_cores_and_take_any_count_up_to_the_bound() {
+    let base = std::path::Path::new(".");
+    assert_eq!(
+        RunConfig::parse(SIM, base).unwrap().runtime.threads,
+        0,
+        "absent: all cores"
+    );
+    for threads in [0, 1, 3, 256] {
+        let text = SIM.replacen(
+            "frame_pool_mib = 64",
+            &format!("frame_pool_mib = 64\n[runtime]\nthreads = {threads}"),
+            1,
+        );
+        assert_eq!(RunConfig::parse(&text, base).unwrap().runtime.threads, threads);
+    }
+    let all = ucad::parallel::resolve(0).unwrap();
+    assert_eq!(all, std::thread::available_parallelism().unwrap().get());
+    assert_eq!(ucad::parallel::resolve(3).unwrap(), 3);
 }
 
 #[test]

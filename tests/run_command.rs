@@ -89,3 +89,15 @@ fn a_panic_injected_into_judging_gives_the_fail_safe_and_the_summary() {
         "a bank that judged frames before is not demoted: {written}"
     );
 }
+
+#[test]
+fn a_thread_count_beyond_the_bound_is_refused_naming_the_flag() {
+    for value in ["257", "-1", "all"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ucad"))
+            .args(["features", "--backbone", "absent.onnx", &format!("--threads={value}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("--threads"), "{value}: {err}");
+    }
+}

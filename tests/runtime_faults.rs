@@ -189,6 +189,11 @@ fn steady_state_frames_take_nothing_from_the_heap() {
         width: 60,
         height: 64,
     });
+    // The backbone on two threads, with every product threaded (the tiny ViT's are far below
+    // tract's thresholds): the pool's threads allocate from the frame pool too.
+    config.runtime.threads = 2;
+    tract_linalg::multithread::set_threading_panel_threshold(0);
+    tract_linalg::multithread::set_threading_element_threshold(0);
     config.audit = Some(AuditConfig {
         dir: s.dir.path().join("audit"),
         max_mib: 1,

@@ -115,7 +115,8 @@ pub fn export_to_file(weights: &VitWeights, opts: &ExportOptions, out: &Path) ->
     crate::fsutil::write_atomic(out, &model.encode_to_vec())
 }
 
-/// A linear layer's input, quantised once when several layers read it (q, k and v).
+/// A linear layer's input: as it is, or quantised at run time once for all the layers that read
+/// it (q, k and v) in the [`Quant::Int8Dynamic`] reference.
 enum LinearInput {
     F32(String),
     Int8 {
@@ -238,18 +239,16 @@ impl VitGraph<'_> {
     }
 
     fn linear_input(&mut self, scope: &str, x: &str) -> LinearInput {
-        match self.meta.quant {
-            Quant::F32 => LinearInput::F32(x.to_string()),
-            Quant::Int8 => {
-                let mut out = self.g.op_n(scope, "DynamicQuantizeLinear", &[x], vec![], 3);
-                let zero_point = out.pop().expect("3 outputs");
-                let scale = out.pop().expect("3 outputs");
-                LinearInput::Int8 {
-                    q: out.pop().expect("3 outputs"),
-                    scale,
-                    zero_point,
-                }
-            }
+        if self.meta.quant != Quant::Int8Dynamic {
+            return LinearInput::F32(x.to_string());
+        }
+        let mut out = self.g.op_n(scope, "DynamicQuantizeLinear", &[x], vec![], 3);
+        let zero_point = out.pop().expect("3 outputs");
+        let scale = out.pop().expect("3 outputs");
+        LinearInput::Int8 {
+            q: out.pop().expect("3 outputs"),
+            scale,
+            zero_point,
         }
     }
 
@@ -263,34 +262,58 @@ impl VitGraph<'_> {
         rows: std::ops::Range<usize>,
     ) -> Result<String> {
         let w = self.w.get(weight)?;
-        let cols = w.shape[1];
-        let out_dim = rows.len();
-        let mut wt = vec![0f32; cols * out_dim];
-        for (o, r) in rows.clone().enumerate() {
-            for c in 0..cols {
-                wt[c * out_dim + o] = w.data[r * cols + c];
-            }
-        }
-        let b = self
-            .g
-            .f32_init(&format!("{scope}.bias"), &[out_dim], &self.w.get(bias)?.data[rows]);
-        let y = match input {
-            LinearInput::F32(x) => {
-                let wt = self.g.f32_init(&format!("{scope}.weight_t"), &[cols, out_dim], &wt);
+        let (cols, out_dim) = (w.shape[1], rows.len());
+        let b = self.g.f32_init(
+            &format!("{scope}.bias"),
+            &[out_dim],
+            &self.w.get(bias)?.data[rows.clone()],
+        );
+        let weight_t = format!("{scope}.weight_t");
+        let y = match (input, self.meta.quant) {
+            (LinearInput::F32(x), Quant::F32) => {
+                let wt = transposed(&w.data[rows.start * cols..rows.end * cols], cols);
+                let wt = self.g.f32_init(&weight_t, &[cols, out_dim], &wt);
                 self.g.op(scope, "MatMul", &[x, &wt], vec![])
             }
-            LinearInput::Int8 { q, scale, zero_point } => {
-                let (wq, wscale) = quantize_columns(&wt, cols, out_dim);
-                let wq = self.g.i8_init(&format!("{scope}.weight_q"), &[cols, out_dim], &wq);
-                let wzp = self.g.i8_init(&format!("{scope}.weight_zp"), &[], &[0]);
-                let wscale = self.g.f32_init(&format!("{scope}.weight_scale"), &[out_dim], &wscale);
-                let acc = self.g.op(scope, "MatMulInteger", &[q, &wq, zero_point, &wzp], vec![]);
+            (LinearInput::F32(x), _) => {
+                let (codes, scales) = self.int8_weight(scope, weight, rows)?;
+                let attrs = vec![attr_int("axis", 1)];
+                self.g.op_to(&weight_t, "DequantizeLinear", &[&codes, &scales], attrs);
+                self.g.op(scope, "MatMul", &[x, &weight_t], vec![])
+            }
+            (LinearInput::Int8 { q, scale, zero_point }, _) => {
+                let (codes, scales) = self.int8_weight(scope, weight, rows)?;
+                let codes_zp = self.g.i8_init(&format!("{scope}.weight_zp"), &[], &[0]);
+                let acc = self
+                    .g
+                    .op(scope, "MatMulInteger", &[q, &codes, zero_point, &codes_zp], vec![]);
                 let acc = self.g.op(scope, "Cast", &[&acc], vec![attr_int("to", 1)]);
-                let scales = self.g.op(scope, "Mul", &[scale, &wscale], vec![]);
+                let scales = self.g.op(scope, "Mul", &[scale, &scales], vec![]);
                 self.g.op(scope, "Mul", &[&acc, &scales], vec![])
             }
         };
         Ok(self.g.op(scope, "Add", &[&y, &b], vec![]))
+    }
+
+    /// The int8 codes [in, out] and scales [out] initializers of weight[rows]: the weights' own
+    /// int8 form when they have one (the pretrained graph's), else quantised here.
+    fn int8_weight(&mut self, scope: &str, weight: &str, rows: std::ops::Range<usize>) -> Result<(String, String)> {
+        let w = self.w.get(weight)?;
+        let cols = w.shape[1];
+        let (codes, scales) = match self.w.int8.get(weight) {
+            Some(q) => (
+                transposed(&q.codes[rows.start * cols..rows.end * cols], cols),
+                q.scales[rows.clone()].to_vec(),
+            ),
+            None => quantize_rows(&w.data[rows.start * cols..rows.end * cols], cols),
+        };
+        let codes = self
+            .g
+            .i8_init(&format!("{scope}.weight_q"), &[cols, rows.len()], &codes);
+        let scales = self
+            .g
+            .f32_init(&format!("{scope}.weight_scale"), &[rows.len()], &scales);
+        Ok((codes, scales))
     }
 
     /// [B,T,D] → [B,H,T,hd] (or [B,H,hd,T] when `keys_t`).
@@ -305,11 +328,11 @@ impl VitGraph<'_> {
     fn attention(&mut self, b: usize, x: &str, prompt: &str, gate_bias: &str) -> Result<String> {
         let (d, t, l) = (self.spec.embed_dim, 1 + self.meta.patches(), self.meta.prompt_len);
         let s = format!("blocks.{b}.attn");
-        let input = self.linear_input(&s, x);
         let (qkv_w, qkv_b) = (
             format!("blocks.{b}.attn.qkv.weight"),
             format!("blocks.{b}.attn.qkv.bias"),
         );
+        let input = self.linear_input(&s, x);
         let q = self.linear(&format!("{s}.q"), &input, &qkv_w, &qkv_b, 0..d)?;
         let k = self.linear(&format!("{s}.k"), &input, &qkv_w, &qkv_b, d..2 * d)?;
         let v = self.linear(&format!("{s}.v"), &input, &qkv_w, &qkv_b, 2 * d..3 * d)?;
@@ -437,11 +460,25 @@ pub fn position_embedding(w: &VitWeights, spec: &ArchSpec, grid: usize) -> Resul
     Ok(out)
 }
 
-/// Symmetric int8 per output column of a row-major [rows, cols] matrix: (q, scale per column).
-pub fn quantize_columns(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let scales: Vec<f32> = (0..cols)
-        .map(|c| {
-            let max = (0..rows).map(|r| w[r * cols + c].abs()).fold(0f32, f32::max);
+/// A row-major [rows, cols] matrix as [cols, rows].
+fn transposed<T: Copy + Default>(m: &[T], cols: usize) -> Vec<T> {
+    let rows = m.len() / cols;
+    let mut out = vec![T::default(); m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = m[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Symmetric int8 codes of a row-major [out, in] weight, one scale per output row (max |w| / 127;
+/// 1 for an all-zero row), returned as ONNX's MatMul wants them: codes [in, out], scales [out].
+pub fn quantize_rows(w: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let scales: Vec<f32> = w
+        .chunks(cols)
+        .map(|row| {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
             if max > 0.0 {
                 max / 127.0
             } else {
@@ -449,10 +486,10 @@ pub fn quantize_columns(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f3
             }
         })
         .collect();
-    let q = w
+    let codes: Vec<i8> = w
         .iter()
         .enumerate()
-        .map(|(i, v)| (v / scales[i % cols]).round().clamp(-127.0, 127.0) as i8)
+        .map(|(i, v)| (v / scales[i / cols]).round().clamp(-127.0, 127.0) as i8)
         .collect();
-    (q, scales)
+    (transposed(&codes, cols), scales)
 }

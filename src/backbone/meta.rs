@@ -13,12 +13,18 @@ use super::arch::Arch;
 pub const GRAPH_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Quant {
     /// f32 weights and activations.
     F32,
-    /// int8 per-output-channel weights, activations quantised per tensor at run time.
+    /// int8 weights, one scale per output channel (`DequantizeLinear`), turned into f32 when the
+    /// file is loaded: a quarter of the file size, f32 arithmetic.
     Int8,
+    /// The pretrained CLIP graph's own scheme, for `check-parity` only: int8 weights, activations
+    /// quantised per tensor at run time (`DynamicQuantizeLinear` + `MatMulInteger`). tract runs it
+    /// 50–120× slower than f32, so no backbone is exported with it.
+    #[value(skip)]
+    Int8Dynamic,
 }
 
 impl Quant {
@@ -26,6 +32,7 @@ impl Quant {
         match self {
             Quant::F32 => "f32",
             Quant::Int8 => "int8",
+            Quant::Int8Dynamic => "int8-dynamic",
         }
     }
 }

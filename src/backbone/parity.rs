@@ -13,7 +13,7 @@ use tract_onnx::prelude::{Framework, InferenceFact, InferenceModelExt};
 use super::arch::Arch;
 use super::export::{export_model, ExportOptions};
 use super::meta::Quant;
-use super::models::ModelCache;
+use super::models::{source_for, ModelCache};
 use super::preprocess::Preprocessor;
 use super::runner::Backbone;
 use super::weights::VitWeights;
@@ -27,18 +27,32 @@ pub struct CosineStats {
     pub max_abs_diff: f32,
 }
 
+impl CosineStats {
+    /// Over several images: the lowest minimum, the mean of the means, the largest difference.
+    pub fn over(all: &[CosineStats]) -> CosineStats {
+        CosineStats {
+            min_cosine: all.iter().map(|c| c.min_cosine).fold(f32::INFINITY, f32::min),
+            mean_cosine: all.iter().map(|c| c.mean_cosine).sum::<f32>() / all.len().max(1) as f32,
+            max_abs_diff: all.iter().map(|c| c.max_abs_diff).fold(0.0, f32::max),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct BlockParity {
     pub block: usize,
     pub f32: CosineStats,
+    /// The int8-weight export (what `ucad models fetch` writes as `NAME.int8`).
     pub int8: CosineStats,
+    /// The original's own arithmetic (int8 activations too), for an original that has int8 weights.
+    pub int8_dynamic: Option<CosineStats>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ParityReport {
     pub arch: Arch,
     pub original: String,
-    /// The export whose arithmetic matches the original graph's (int8 for the int8 CLIP file).
+    /// The export whose arithmetic matches the original graph's (int8-dynamic for CLIP's).
     pub matching_quant: Quant,
     /// Minimum per-token cosine of the matching export over all checked blocks.
     pub min_cosine: f32,
@@ -57,8 +71,8 @@ fn hidden_state_name(arch: Arch, b: usize) -> Result<String> {
 pub fn check_parity(cache: &ModelCache, arch: Arch, blocks: &[usize]) -> Result<ParityReport> {
     let original = cache.original_onnx(arch)?;
     let weights = VitWeights::load_for(&cache.weights(arch), arch)?;
-    let matching_quant = if original.to_string_lossy().contains("int8") {
-        Quant::Int8
+    let matching_quant = if source_for(arch)?.int8_weights {
+        Quant::Int8Dynamic
     } else {
         Quant::F32
     };
@@ -82,21 +96,20 @@ pub fn check_parity(cache: &ModelCache, arch: Arch, blocks: &[usize]) -> Result<
             let got = exported(quant, *block)?.features(image.clone(), None)?;
             Ok(token_cosines(&got, want, first.meta.embed_dim))
         };
+        let int8_dynamic = match matching_quant {
+            Quant::Int8Dynamic => Some(stats(Quant::Int8Dynamic)?),
+            _ => None,
+        };
         report_blocks.push(BlockParity {
             block: *block,
             f32: stats(Quant::F32)?,
             int8: stats(Quant::Int8)?,
+            int8_dynamic,
         });
     }
     let min_cosine = report_blocks
         .iter()
-        .map(|b| {
-            if matching_quant == Quant::Int8 {
-                b.int8.min_cosine
-            } else {
-                b.f32.min_cosine
-            }
-        })
+        .map(|b| b.int8_dynamic.as_ref().unwrap_or(&b.f32).min_cosine)
         .fold(f32::INFINITY, f32::min);
     Ok(ParityReport {
         arch,
@@ -131,7 +144,8 @@ fn run_original(path: &Path, arch: Arch, image: &Tensor, blocks: &[usize]) -> Re
         .collect()
 }
 
-fn token_cosines(a: &[f32], b: &[f32], dim: usize) -> CosineStats {
+/// Per-token cosines of two [N, dim] feature sets.
+pub fn token_cosines(a: &[f32], b: &[f32], dim: usize) -> CosineStats {
     let cosines: Vec<f32> = a.chunks(dim).zip(b.chunks(dim)).map(|(x, y)| cosine(x, y)).collect();
     CosineStats {
         min_cosine: cosines.iter().copied().fold(f32::INFINITY, f32::min),

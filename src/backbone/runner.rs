@@ -65,8 +65,11 @@ impl Backbone {
     /// the weights is dropped as soon as the next one exists, which bounds peak memory at load.
     pub fn from_bytes(bytes: Vec<u8>, path: &Path, batch: usize) -> Result<Backbone> {
         ensure!(batch >= 1, "batch must be at least 1");
-        let (file_sha256, proto, meta) = decode(&bytes, path)?;
+        let (file_sha256, mut proto, meta) = decode(&bytes, path)?;
         drop(bytes);
+        if let Some(graph) = proto.graph.as_mut() {
+            super::dequant::fold_constant_dequantize(graph, &path.display().to_string())?;
+        }
         let plan =
             optimise(proto, &meta, batch).with_context(|| format!("{}: tract cannot load it", path.display()))?;
         Ok(Backbone {

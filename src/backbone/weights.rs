@@ -1,5 +1,7 @@
 //! ViT weights in timm's layout: one named f32 tensor per parameter, read from and written to
-//! safetensors, checked against an [`ArchSpec`] before anything uses them.
+//! safetensors, checked against an [`ArchSpec`] before anything uses them. Linear weights that
+//! came from an int8 graph keep their original int8 codes and scales beside them, so that an
+//! int8 export reproduces them exactly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -26,10 +28,24 @@ impl Param {
     }
 }
 
+/// A Linear weight [out, in] as int8 codes with one scale per output channel (symmetric):
+/// W[o, i] = codes[o, i] · scales[o].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Weight {
+    pub codes: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+/// Suffixes of an [`Int8Weight`]'s two tensors in a safetensors file, after the weight's name.
+const CODES_SUFFIX: &str = ".int8";
+const SCALES_SUFFIX: &str = ".int8_scale";
+
 /// The parameters of one ViT, keyed by their timm names.
 #[derive(Debug, Clone, Default)]
 pub struct VitWeights {
     pub params: BTreeMap<String, Param>,
+    /// The original int8 form of Linear weights (same names as in `params`), where there was one.
+    pub int8: BTreeMap<String, Int8Weight>,
     /// Hex sha256 of the file they came from (or of their bytes when generated).
     pub sha256: String,
 }
@@ -96,6 +112,7 @@ impl VitWeights {
                 Some(p) if p.shape != shape => Some(format!("{name} has shape {:?}, expected {shape:?}", p.shape)),
                 Some(_) => None,
             })
+            .chain(self.int8.iter().filter_map(|(name, q)| self.int8_problem(name, q)))
             .collect();
         if problems.is_empty() {
             Ok(())
@@ -106,6 +123,31 @@ impl VitWeights {
                 problems,
             })
         }
+    }
+
+    /// What is wrong with `name`'s int8 form: it must have the f32 weight's shape and reproduce
+    /// its values exactly, or an int8 export would not compute what the f32 one does.
+    fn int8_problem(&self, name: &str, q: &Int8Weight) -> Option<String> {
+        let Some(p) = self.params.get(name) else {
+            return Some(format!("{name}{CODES_SUFFIX} has no f32 weight {name}"));
+        };
+        if p.shape.len() != 2 || q.codes.len() != p.data.len() || q.scales.len() != p.shape[0] {
+            return Some(format!(
+                "{name}: {} int8 codes and {} scales do not fit its shape {:?}",
+                q.codes.len(),
+                q.scales.len(),
+                p.shape
+            ));
+        }
+        if let Some(o) = q.scales.iter().position(|s| !s.is_finite() || *s <= 0.0) {
+            return Some(format!(
+                "{name}: int8 scale {o} is {}, not a finite positive number",
+                q.scales[o]
+            ));
+        }
+        let values = crate::backbone::dequant::dequantize(&q.codes, &q.scales, p.shape[1]);
+        let differs = values.iter().zip(&p.data).position(|(a, b)| a.to_bits() != b.to_bits());
+        differs.map(|i| format!("{name}: int8 codes and scales do not reproduce its f32 value at index {i}"))
     }
 
     pub fn get(&self, name: &str) -> Result<&Param> {
@@ -136,7 +178,7 @@ impl VitWeights {
         }
         let mut weights = VitWeights {
             params,
-            sha256: String::new(),
+            ..VitWeights::default()
         };
         weights.sha256 = hex::encode(Sha256::digest(weights.to_safetensors_bytes(arch).unwrap_or_default()));
         weights
@@ -147,9 +189,37 @@ impl VitWeights {
         let parsed = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
         let mut params = BTreeMap::new();
+        let mut codes = BTreeMap::new();
         for (name, view) in parsed.tensors() {
+            if let Some(weight) = name.strip_suffix(CODES_SUFFIX) {
+                if view.dtype() != Dtype::I8 {
+                    bail!(
+                        "{}: {name} is {:?}, int8 codes must be I8",
+                        path.display(),
+                        view.dtype()
+                    );
+                }
+                codes.insert(
+                    weight.to_string(),
+                    view.data().iter().map(|b| *b as i8).collect::<Vec<i8>>(),
+                );
+                continue;
+            }
             let data = to_f32(&view).with_context(|| format!("{}: tensor {name}", path.display()))?;
             params.insert(name, Param::new(view.shape().to_vec(), data));
+        }
+        let mut int8 = BTreeMap::new();
+        for (name, codes) in codes {
+            let scales = params
+                .remove(&format!("{name}{SCALES_SUFFIX}"))
+                .with_context(|| format!("{}: {name}{CODES_SUFFIX} has no {name}{SCALES_SUFFIX}", path.display()))?;
+            int8.insert(
+                name,
+                Int8Weight {
+                    codes,
+                    scales: scales.data,
+                },
+            );
         }
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
@@ -159,7 +229,7 @@ impl VitWeights {
             .and_then(|m| m.get("arch"))
             .and_then(|a| Arch::from_name(a));
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        Ok((VitWeights { params, sha256 }, arch))
+        Ok((VitWeights { params, int8, sha256 }, arch))
     }
 
     /// Loads and checks that the file is for `arch` (by its recorded arch and by every shape).
@@ -175,20 +245,27 @@ impl VitWeights {
     }
 
     pub fn to_safetensors_bytes(&self, arch: Arch) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+        let f32_bytes = |data: &[f32]| -> Vec<u8> { data.iter().flat_map(|v| v.to_le_bytes()).collect() };
+        let mut bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = self
             .params
             .iter()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    p.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    p.shape.clone(),
-                )
-            })
+            .map(|(name, p)| (name.clone(), Dtype::F32, f32_bytes(&p.data), p.shape.clone()))
             .collect();
+        for (name, q) in &self.int8 {
+            let shape = self.get(name)?.shape.clone();
+            let codes = q.codes.iter().map(|c| *c as u8).collect();
+            bytes.push((format!("{name}{CODES_SUFFIX}"), Dtype::I8, codes, shape));
+            let scales = (
+                format!("{name}{SCALES_SUFFIX}"),
+                Dtype::F32,
+                f32_bytes(&q.scales),
+                vec![q.scales.len()],
+            );
+            bytes.push(scales);
+        }
         let views = bytes
             .iter()
-            .map(|(name, data, shape)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), data)?)))
+            .map(|(name, dtype, data, shape)| Ok((name.as_str(), TensorView::new(*dtype, shape.clone(), data)?)))
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let metadata = HashMap::from([("arch".to_string(), arch.name().to_string())]);
         Ok(safetensors::serialize(views, Some(metadata))?)

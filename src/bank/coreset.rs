@@ -26,7 +26,7 @@ pub fn greedy_coreset(rows: &[f32], dim: usize, count: usize, seed: u64) -> Vec<
     let mut current = first;
     // Rows per worker: large sets are split over the cores (each pass streams all rows).
     let workers = if n >= PARALLEL_ROWS {
-        std::thread::available_parallelism().map_or(1, |w| w.get())
+        crate::parallel::threads()
     } else {
         1
     };

@@ -381,7 +381,7 @@ fn timing(sets: &[Prepared], fit_s: Vec<f64>, route_score_ms: f64, feature_cache
         ms_per_image: backbone_ms + route_score_ms,
         backbone_ms_per_image: backbone_ms,
         route_score_ms_per_image: route_score_ms,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads: crate::parallel::threads(),
         feature_cache,
     }
 }

@@ -7,8 +7,9 @@
 //! allocations per frame for the default backbone), and it offers no way to run into buffers
 //! planned ahead. Allocations made on a thread inside [`in_frame_pool`] are therefore served by a
 //! TLSF allocator (`rlsf`: constant-time allocate and free, made for real-time systems) over
-//! memory reserved and touched once by [`reserve_frame_pool`]. Everything else — start-up,
-//! learning, other threads — uses the system allocator and is counted as a heap allocation.
+//! memory reserved and touched once by [`reserve_frame_pool`], and so are those of the backbone's
+//! worker threads (see `crate::parallel`). Everything else — start-up, learning, other threads —
+//! uses the system allocator and is counted as a heap allocation.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -218,6 +219,12 @@ pub fn in_frame_pool<R>(work: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(USE_FRAME_POOL.with(|flag| flag.replace(true)));
     work()
+}
+
+/// Serves every later allocation of this thread from the frame pool (when one is reserved): for
+/// the backbone's worker threads, which only ever compute parts of a frame.
+pub fn serve_this_thread_from_frame_pool() {
+    USE_FRAME_POOL.with(|flag| flag.set(true));
 }
 
 /// Makes the panic hook run on the system heap: a panic while a frame is judged (a fault the loop

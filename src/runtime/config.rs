@@ -35,6 +35,8 @@ pub struct RunConfig {
     pub failsafe: FailsafeConfig,
     #[serde(default)]
     pub memory: MemoryConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Saving rejected frames with their heatmaps (off when absent).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
@@ -63,6 +65,14 @@ fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Er
 
 fn duration(seconds: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Cores one frame's backbone pass spreads over; 0 (the default) = all cores.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -515,6 +525,11 @@ impl RunConfig {
             1..=1 << 20,
         )?;
         count("memory.frame_pool_mib", self.memory.frame_pool_mib as u64, 1..=1 << 16)?;
+        count(
+            "runtime.threads",
+            self.runtime.threads as u64,
+            0..=crate::parallel::MAX_THREADS as u64,
+        )?;
         self.memory.frame_pool_bytes().context("memory.frame_pool_mib")?;
         if let Some(audit) = &self.audit {
             count("audit.max_mib", audit.max_mib, 1..=1 << 24)?;

@@ -373,6 +373,7 @@ impl Inspector {
     /// The frame pool, the reject line, the audit writer and the update listener, and the bank.
     fn start(&mut self) -> Result<Started> {
         reserve_frame_pool(self.config.memory.frame_pool_bytes()?)?;
+        let threads = crate::parallel::use_threads(self.config.runtime.threads)?;
         report_panics_from_the_heap();
         open_stop_line(self.config.failsafe.stop_line.as_ref())?;
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
@@ -388,7 +389,7 @@ impl Inspector {
         // first frame.
         info!(
             "inspecting with {} task(s) of {}, {:?} routing, reject {:?} after capture for {:?}, \
-             fail-safe {:?} after {:?}, frame pool {} MiB, audit {}",
+             fail-safe {:?} after {:?}, frame pool {} MiB, backbone on {threads} thread(s), audit {}",
             tasks,
             c.bank.path.display(),
             c.routing.mode,
