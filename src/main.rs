@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use log::info;
 use ucad::backbone::bench::{bench_backbones, print_table};
+use ucad::backbone::features_file;
 use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
 use ucad::backbone::parity::check_parity;
@@ -166,6 +167,15 @@ enum Command {
         backbone: String,
         /// Images to read; none means one generated image.
         images: Vec<PathBuf>,
+        /// Write the features to this file (for `--compare` on another machine).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Compare with the features a `--save` wrote (per-patch cosine per image); fails below
+        /// --min-cosine.
+        #[arg(long, conflicts_with = "save")]
+        compare: Option<PathBuf>,
+        #[arg(long, default_value_t = 0.9999)]
+        min_cosine: f32,
     },
     /// Compare our plain-mode tokens with the original pretrained graph's hidden states (JSON).
     CheckParity {
@@ -505,7 +515,22 @@ fn run(cli: Cli) -> Result<()> {
             let body: serde_json::Value = serde_json::from_str(&answer.body).context("the status is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
-        Command::Features { backbone, images } => features(&cache, &backbone, &images)?,
+        Command::Features {
+            backbone,
+            images,
+            save,
+            compare,
+            min_cosine,
+        } => features(
+            &cache,
+            &backbone,
+            &images,
+            FeaturesOut {
+                save,
+                compare,
+                min_cosine,
+            },
+        )?,
         Command::CheckParity { arch, blocks } => {
             let report = check_parity(&cache, arch, &blocks)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -521,7 +546,14 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()> {
+/// Where `ucad features` puts what it computed besides its summary.
+struct FeaturesOut {
+    save: Option<PathBuf>,
+    compare: Option<PathBuf>,
+    min_cosine: f32,
+}
+
+fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf], out: FeaturesOut) -> Result<()> {
     let path = cache.resolve(backbone)?;
     let backbone = Backbone::load(&path)?;
     let meta = &backbone.meta;
@@ -542,6 +574,7 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()
             .map(|p| Ok((p.display().to_string(), load_rgb(p)?)))
             .collect::<Result<_>>()?
     };
+    let mut computed = Vec::with_capacity(inputs.len());
     for (name, img) in inputs {
         let start = Instant::now();
         let f = backbone.features(pre.tensor(&img)?, None)?;
@@ -553,7 +586,49 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf]) -> Result<()
             meta.patches(),
             meta.feature_dim()
         );
+        computed.push((name, f));
     }
+    let dim = meta.feature_dim();
+    if let Some(path) = out.save {
+        features_file::save(&path, &backbone.file_sha256, dim, &computed)?;
+        println!("features written to {}", path.display());
+    }
+    if let Some(path) = out.compare {
+        compare_features(&path, &backbone.file_sha256, dim, &computed, out.min_cosine)?;
+    }
+    Ok(())
+}
+
+/// Prints the per-patch cosines of `computed` against the features saved at `path`; fails below
+/// `min_cosine`.
+fn compare_features(
+    path: &Path,
+    backbone_sha256: &str,
+    dim: usize,
+    computed: &[features_file::ImageFeatures],
+    min_cosine: f32,
+) -> Result<()> {
+    let stats = features_file::compare(path, backbone_sha256, dim, computed)?;
+    for ((name, _), s) in computed.iter().zip(&stats) {
+        println!(
+            "{name}: per-patch cosine with {} min {:.6} mean {:.6}, max |diff| {:.2e}",
+            path.display(),
+            s.min_cosine,
+            s.mean_cosine,
+            s.max_abs_diff
+        );
+    }
+    let min = stats.iter().map(|s| s.min_cosine).fold(f32::INFINITY, f32::min);
+    anyhow::ensure!(
+        min >= min_cosine,
+        "features differ from {}: min cosine {min:.6} < {min_cosine}",
+        path.display()
+    );
+    println!(
+        "features match {}: min cosine {min:.6} ≥ {min_cosine} over {} images",
+        path.display(),
+        stats.len()
+    );
     Ok(())
 }
 

@@ -131,7 +131,7 @@ fn run_original(path: &Path, arch: Arch, image: &Tensor, blocks: &[usize]) -> Re
         .collect()
 }
 
-fn token_cosines(a: &[f32], b: &[f32], dim: usize) -> CosineStats {
+pub(crate) fn token_cosines(a: &[f32], b: &[f32], dim: usize) -> CosineStats {
     let cosines: Vec<f32> = a.chunks(dim).zip(b.chunks(dim)).map(|(x, y)| cosine(x, y)).collect();
     CosineStats {
         min_cosine: cosines.iter().copied().fold(f32::INFINITY, f32::min),
