@@ -611,7 +611,7 @@ fn compare_features(
     let stats = features_file::compare(path, backbone_sha256, dim, computed)?;
     for ((name, _), s) in computed.iter().zip(&stats) {
         println!(
-            "{name}: per-patch cosine with {} min {:.6} mean {:.6}, max |diff| {:.2e}",
+            "{name}: per-patch cosine with {} min {:.7} mean {:.7}, max |diff| {:.2e}",
             path.display(),
             s.min_cosine,
             s.mean_cosine,
@@ -621,11 +621,11 @@ fn compare_features(
     let min = stats.iter().map(|s| s.min_cosine).fold(f32::INFINITY, f32::min);
     anyhow::ensure!(
         min >= min_cosine,
-        "features differ from {}: min cosine {min:.6} < {min_cosine}",
+        "features differ from {}: min cosine {min:.7} < {min_cosine}",
         path.display()
     );
     println!(
-        "features match {}: min cosine {min:.6} ≥ {min_cosine} over {} images",
+        "features match {}: min cosine {min:.7} ≥ {min_cosine} over {} images",
         path.display(),
         stats.len()
     );
