@@ -1,6 +1,8 @@
 //! The `ucad` command line: parses and dispatches to the library.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -22,10 +24,12 @@ use ucad::detect::map::anomaly_map;
 use ucad::detect::Detector;
 use ucad::eval::learner::PlainLearner;
 use ucad::eval::protocol::{self, EvalOptions};
-use ucad::runtime::config::{RunConfig, SourceConfig};
+use ucad::runtime::config::{FailsafeAction, RunConfig, SourceConfig};
 use ucad::runtime::counters::StageMeans;
 use ucad::runtime::inspection::Inspector;
 use ucad::runtime::learn::learn_conveyor;
+use ucad::runtime::reject::assert_stop_line;
+use ucad::runtime::source::FrameSource;
 use ucad::update::{client, signing};
 
 #[global_allocator]
@@ -107,14 +111,21 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Sign a bank for devices: writes the update (envelope and bank) to OUT.
+    /// Sign a bank for the devices of one line: writes the update (envelope and bank) to OUT.
+    /// The bank is checked first, against its backbone (found in the model cache by its sha256,
+    /// or --backbone).
     Sign {
         #[arg(long)]
         bank: PathBuf,
         #[arg(long)]
         key: PathBuf,
+        /// The line (device group) the update is for: devices with another `[update] line` refuse it.
+        #[arg(long, value_parser = signing::Line::new)]
+        line: signing::Line,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        backbone: BankBackboneArg,
     },
     /// Send a bank to a device (`ucad run` with an [update] listener): signed here with --key,
     /// or already signed by `ucad sign`.
@@ -124,8 +135,13 @@ enum Command {
         /// HOST:PORT of the device's update listener.
         #[arg(long)]
         device: String,
-        #[arg(long)]
+        #[arg(long, requires = "line")]
         key: Option<PathBuf>,
+        /// With --key: the line the update is signed for.
+        #[arg(long, requires = "key", value_parser = signing::Line::new)]
+        line: Option<signing::Line>,
+        #[command(flatten)]
+        backbone: BankBackboneArg,
     },
     /// A device's installed bank and counters.
     Status {
@@ -192,6 +208,15 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// The backbone a bank is checked against before it leaves for a device.
+#[derive(clap::Args)]
+struct BankBackboneArg {
+    /// A file, `default` or an arch name; omitted: the model cache's backbone with the bank's
+    /// sha256.
+    #[arg(long)]
+    backbone: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -289,8 +314,9 @@ struct FitParamsArgs {
 }
 
 impl FitParamsArgs {
-    fn params(&self) -> FitParams {
-        FitParams {
+    /// The parameters, each checked (errors name the flag).
+    fn params(&self) -> Result<FitParams> {
+        let params = FitParams {
             key_rows: self.key_rows,
             knowledge_fraction: self.knowledge_fraction,
             knowledge_dims: self.knowledge_dims,
@@ -300,7 +326,9 @@ impl FitParamsArgs {
             target_false_reject: self.false_reject,
             precision: self.precision,
             seed: self.seed,
-        }
+        };
+        params.check()?;
+        Ok(params)
     }
 }
 
@@ -499,11 +527,31 @@ fn run(cli: Cli) -> Result<()> {
                 signing::public_key_path(&out).display()
             );
         }
-        Command::Sign { bank, key, out } => {
-            ucad::fsutil::write_atomic(&out, &signed_update(&bank, &key)?)?;
+        Command::Sign {
+            bank,
+            key,
+            line,
+            out,
+            backbone,
+        } => {
+            for input in [&bank, &key] {
+                anyhow::ensure!(
+                    !same_file(&out, input),
+                    "--out {} is the input {}: write the update to a file of its own",
+                    out.display(),
+                    input.display()
+                );
+            }
+            ucad::fsutil::write_atomic(&out, &signed_update(&cache, &bank, &key, &line, &backbone)?)?;
             println!("wrote {}", out.display());
         }
-        Command::Push { bank, device, key } => push(&bank, &device, key.as_deref())?,
+        Command::Push {
+            bank,
+            device,
+            key,
+            line,
+            backbone,
+        } => push(&cache, &bank, &device, key.as_deref().zip(line.as_ref()), &backbone)?,
         Command::Status { device } => {
             let answer = client::status(&device)?;
             anyhow::ensure!(
@@ -633,9 +681,10 @@ fn compare_features(
 }
 
 fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
+    let params = args.params.params()?;
     let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
     let mut bank = if args.bank.exists() {
-        load_for_backbone(&args.bank, &backbone.file_sha256)?
+        load_for_backbone(&args.bank, &backbone.spec())?
     } else {
         Bank::new(
             &backbone.file_sha256,
@@ -644,7 +693,6 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
         )
     };
     let images = list_images(&args.train)?;
-    let params = args.params.params();
     let start = Instant::now();
     #[cfg(feature = "train")]
     let task = match args.prompt.learner(cache, &backbone, params.seed)? {
@@ -685,7 +733,7 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
 
 fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path>, images: &[PathBuf]) -> Result<()> {
     let backbone = Backbone::load(&cache.resolve(backbone)?)?;
-    let detector = Detector::new(&load_for_backbone(bank, &backbone.file_sha256)?)?;
+    let detector = Detector::new(&load_for_backbone(bank, &backbone.spec())?)?;
     let mut pre = Preprocessor::new(&backbone.meta);
     for path in images {
         let image = load_rgb(path)?;
@@ -718,7 +766,7 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
 fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
     let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
     let options = EvalOptions {
-        fit: args.params.params(),
+        fit: args.params.params()?,
         reference_fraction: args.reference_fraction,
         heatmaps: args.heatmaps,
         feature_cache: args.feature_cache,
@@ -777,7 +825,8 @@ fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
 
 impl BenchCommonArgs {
     fn load(&self, cache: &ModelCache) -> Result<(Backbone, FitParams)> {
-        Ok((Backbone::load(&cache.resolve(&self.backbone)?)?, self.params.params()))
+        let params = self.params.params()?;
+        Ok((Backbone::load(&cache.resolve(&self.backbone)?)?, params))
     }
 
     /// Prints the run time and writes the JSON report when asked for.
@@ -817,27 +866,33 @@ fn demo(cache: &ModelCache, backbone: &str, products: usize, frames: u64, summar
 }
 
 fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()> {
-    let backbone = Backbone::load(&cache.resolve(&config.backbone)?)?;
-    if args.learn {
-        if let Some(dir) = config.bank.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (backbone, mut source) = open_run(cache, &config, args).inspect_err(|e| {
+        log::error!("{e:#}: cannot start inspecting");
+        if config.failsafe.action == FailsafeAction::StopLine {
+            assert_stop_line(config.failsafe.stop_line.as_ref());
         }
-        learn_conveyor(&backbone, &config.source, &config.bank.path, &FitParams::default())?;
-    }
-    let stall = std::time::Duration::from_secs_f64(config.failsafe.stall_ms / 1e3);
-    let mut source = ucad::runtime::source::open(&config.source, stall)?;
+    })?;
     let mut inspector = Inspector::new(backbone, config);
+    inspector.stop_when(stop_on_signals()?);
     let outcome = inspector.run(source.as_mut(), args.frames)?;
+    if outcome.stopped {
+        println!("stopped by a signal");
+    }
     let s = &outcome.summary;
     let show = |v: Option<u64>| v.map_or("—".to_string(), |v| v.to_string());
     println!(
-        "parts {} rejected {} (per task {:?}) escapes {} false rejects {} fail-safe {}",
+        "parts {} rejected {} (per task {:?}) escapes {} false rejects {} fail-safe {} (rejected by default {}, \
+         judging panics {}, bank demotions {}); late reject pulses {}",
         s.parts,
         s.rejects,
         s.rejects_per_task,
         show(s.escapes),
         show(s.false_rejects),
-        s.failsafe_rejects
+        s.failsafe_rejects,
+        s.rejected_by_default,
+        s.judging_panics,
+        s.bank_demotions,
+        s.late_pulses
     );
     println!(
         "latency p50 {:.1} ms p99 {:.1} ms; reject timing error max {} ms; dropped frames {}; audit not saved {}",
@@ -861,27 +916,91 @@ fn run_loop(cache: &ModelCache, config: RunConfig, args: &RunArgs) -> Result<()>
         ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(s)?.as_bytes())?;
         println!("summary written to {}", path.display());
     }
+    outcome.fault.map_or(Ok(()), Err)
+}
+
+/// Checks a bank file's bytes (`origin`'s, or the bank inside its signed update) as a device
+/// will: the bank loads and fits its backbone, which --backbone names or the model cache holds.
+fn check_bank(cache: &ModelCache, origin: &Path, bytes: &[u8], backbone: &BankBackboneArg) -> Result<()> {
+    let name = origin.display().to_string();
+    let bank = Bank::from_bytes(bytes, &name)?;
+    let path = match &backbone.backbone {
+        Some(spec) => cache.resolve(spec)?,
+        None => cache.find_by_sha256(&bank.backbone_sha256)?.with_context(|| {
+            format!(
+                "{name}: its backbone (sha256 {}) is not in the model cache {}: pass --backbone FILE to check the bank against it",
+                bank.backbone_sha256,
+                cache.dir.display()
+            )
+        })?,
+    };
+    bank.check_backbone(&Backbone::read_spec(&path)?, &name)?;
     Ok(())
 }
 
-/// A bank file signed with a secret key file (the bank is checked to load first).
-fn signed_update(bank: &Path, key: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
-    ucad::bank::Bank::from_bytes(&bytes, &bank.display().to_string())?;
-    Ok(signing::sign(&bytes, &signing::read_secret_key(key)?))
+/// The backbone (after learning the conveyor's products, with `--learn`) and the frame source.
+fn open_run(cache: &ModelCache, config: &RunConfig, args: &RunArgs) -> Result<(Backbone, Box<dyn FrameSource>)> {
+    let backbone = Backbone::load(&cache.resolve(&config.backbone)?)?;
+    if args.learn {
+        if let Some(dir) = config.bank.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        learn_conveyor(&backbone, &config.source, &config.bank.path, &FitParams::default())?;
+    }
+    let source = ucad::runtime::source::open(&config.source, config.failsafe.stall)?;
+    Ok((backbone, source))
 }
 
-fn push(bank: &Path, device: &str, key: Option<&Path>) -> Result<()> {
-    let update = match key {
-        Some(key) => signed_update(bank, key)?,
+/// A flag SIGTERM and SIGINT set, to end the loop between frames; a second one ends the process
+/// at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .context("cannot handle SIGTERM/SIGINT")?;
+    }
+    Ok(flag)
+}
+
+/// Whether two paths name one existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// A bank file, checked, signed with a secret key file for a line.
+fn signed_update(
+    cache: &ModelCache,
+    bank: &Path,
+    key: &Path,
+    line: &signing::Line,
+    backbone: &BankBackboneArg,
+) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
+    check_bank(cache, bank, &bytes, backbone)?;
+    Ok(signing::sign(&bytes, line, &signing::read_secret_key(key)?))
+}
+
+/// Sends a bank: signed here with `(key, line)`, or already signed by `ucad sign`.
+fn push(
+    cache: &ModelCache,
+    bank: &Path,
+    device: &str,
+    signer: Option<(&Path, &signing::Line)>,
+    backbone: &BankBackboneArg,
+) -> Result<()> {
+    let update = match signer {
+        Some((key, line)) => signed_update(cache, bank, key, line, backbone)?,
         None => {
             let bytes = std::fs::read(bank).with_context(|| format!("cannot read {}", bank.display()))?;
-            signing::SignedUpdate::parse(&bytes).with_context(|| {
+            let signed = signing::SignedUpdate::parse(&bytes).with_context(|| {
                 format!(
                     "{}: not signed (sign it with `ucad sign`, or pass --key)",
                     bank.display()
                 )
             })?;
+            check_bank(cache, bank, signed.bank, backbone)?;
             bytes
         }
     };

@@ -1,19 +1,30 @@
 //! Damaged, foreign and oversized banks are refused with a clear error, never a panic.
 
+mod common;
+
 use ucad::bank::format::{load_for_backbone, BankError};
-use ucad::bank::{Bank, Capacity, Precision, Rows, Task};
+use ucad::bank::{BackboneSpec, Bank, Capacity, Precision, Rows, Task};
 
 fn task(name: &str, rows: usize, precision: Precision) -> Task {
     let data: Vec<f32> = (0..rows * 4).map(|i| (i as f32 * 0.37).sin()).collect();
-    let mut task = Task::uncalibrated(
+    common::calibrated(Task::uncalibrated(
         name,
         Rows::new(4, data.clone(), precision),
         None,
         Rows::new(4, data, precision),
         1,
-    );
-    task.threshold = 0.5;
-    task
+    ))
+}
+
+fn spec(sha256: &str) -> BackboneSpec {
+    BackboneSpec {
+        sha256: sha256.repeat(32),
+        feature_dim: 4,
+        patches: 16,
+        prompt_blocks: 1,
+        prompt_len: 1,
+        embed_dim: 4,
+    }
 }
 
 fn small_bank() -> Bank {
@@ -85,10 +96,10 @@ fn a_bank_from_another_backbone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.ucad");
     small_bank().save(&path).unwrap();
-    let err = load_for_backbone(&path, &"cd".repeat(32)).unwrap_err();
+    let err = load_for_backbone(&path, &spec("cd")).unwrap_err();
     assert!(matches!(err, BankError::WrongBackbone { .. }), "{err}");
     assert!(err.to_string().contains("bank.ucad"), "{err}");
-    assert!(load_for_backbone(&path, &"ab".repeat(32)).is_ok());
+    assert!(load_for_backbone(&path, &spec("ab")).is_ok());
 }
 
 #[test]

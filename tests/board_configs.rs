@@ -77,3 +77,150 @@ fn a_missing_bank_makes_every_part_a_failsafe_reject() {
     assert_eq!(outcome.summary.failsafe_rejects, 3);
     assert!(outcome.parts.is_empty() || outcome.parts.iter().all(|p| p.rejected && p.failsafe));
 }
+
+const SIM: &str = include_str!("../board/sim.toml");
+
+/// The error loading sim.toml with `from` replaced by `to` (which must occur), as a string.
+fn refusal(from: &str, to: &str) -> String {
+    assert!(SIM.contains(from), "{from}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.toml");
+    std::fs::write(&path, SIM.replacen(from, to, 1)).unwrap();
+    match RunConfig::load(&path) {
+        Ok(_) => panic!("{to} was accepted"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn odd_config_values_are_refused_naming_the_file_and_the_key() {
+    let durations = [
+        ("travel_delay_ms = 1500.0", "reject.travel_delay_ms"),
+        ("pulse_width_ms = 40.0", "reject.pulse_width_ms"),
+        ("stall_ms = 5000.0", "failsafe.stall_ms"),
+        ("deadline_ms = 1200.0", "failsafe.deadline_ms"),
+    ];
+    let mut cases: Vec<(&str, String, &str)> = Vec::new();
+    for (line, key) in durations {
+        let name = line.split(" = ").next().unwrap();
+        for value in ["inf", "1e300", "1e22", "nan", "-5.0", "0.0"] {
+            cases.push((line, format!("{name} = {value}"), key));
+        }
+    }
+    for (from, to, key) in [
+        ("fps = 2.0", "fps = 1e-300", "source.fps"),
+        ("fps = 2.0", "fps = inf", "source.fps"),
+        ("products = 3", "products = 100000000000", "source.products"),
+        ("size = 256", "size = 4000000000", "source.size"),
+        ("max_mib = 20", "max_mib = 17592186044416", "audit.max_mib"),
+        ("max_mib = 20", "max_mib = 20\nqueue = 100000000000", "audit.queue"),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 1000000000000",
+            "memory.frame_pool_mib",
+        ),
+        (
+            "capacity_tasks = 32",
+            "capacity_tasks = 1000000000000",
+            "bank.capacity_tasks",
+        ),
+        ("log_every_s = 5.0", "log_every_s = nan", "log_every_s"),
+        ("log_every_s = 5.0", "log_every_s = -1.0", "log_every_s"),
+        ("log_every_s = 5.0", "log_every_s = 1e300", "log_every_s"),
+        // 200 fps × 1.54 s from camera to the end of a pulse: more parts in flight than the
+        // reject queue holds.
+        ("fps = 2.0", "fps = 200.0", "source.fps"),
+    ] {
+        cases.push((from, to.to_string(), key));
+    }
+    for (from, to, key) in &cases {
+        let err = refusal(from, to);
+        assert!(err.contains("odd.toml") && err.contains(key), "{to:?}: {err}");
+    }
+}
+
+#[test]
+fn a_region_of_interest_that_wraps_or_leaves_the_frame_is_refused() {
+    let roi = |x: u32, width: u32| format!("[roi]\nx = {x}\ny = 0\nwidth = {width}\nheight = 16\n\n[routing]");
+    // x + width wraps to 1 in 32 bits: before, it passed the check and every part was fail-safed.
+    let err = refusal("[routing]", &roi(u32::MAX, 2));
+    assert!(err.contains("odd.toml") && err.contains("roi"), "{err}");
+    // The conveyor's frames are 256 pixels wide.
+    let err = refusal("[routing]", &roi(200, 100));
+    assert!(err.contains("roi") && err.contains("256×256"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fine.toml"),
+        SIM.replacen("[routing]", &roi(100, 100), 1),
+    )
+    .unwrap();
+    RunConfig::load(&dir.path().join("fine.toml")).unwrap();
+}
+
+/// Seeded mutations of board/sim.toml through the parse-and-check path `ucad run` takes (the
+/// fuzz target fuzz/fuzz_targets/run_config.rs searches further): an error or a config, never
+/// a panic; and every config that passes gives durations and sizes the loop can use.
+#[test]
+fn mutated_configs_are_refused_or_usable_without_a_panic() {
+    use rand::{Rng, SeedableRng};
+    const MUTATIONS: usize = 5000;
+    const ODD: [&str; 14] = [
+        "inf",
+        "-inf",
+        "nan",
+        "1e300",
+        "1e22",
+        "-1",
+        "0",
+        "0.0",
+        "1e-300",
+        "18446744073709551615",
+        "4294967295",
+        "9223372036854775807",
+        "\"x\"",
+        "[]",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+    let lines: Vec<&str> = SIM.lines().collect();
+    let base = std::path::Path::new("/config");
+    let mut accepted = 0;
+    for _ in 0..MUTATIONS {
+        let mut mutated: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..mutated.len());
+            match rng.random_range(0..4) {
+                0 => {
+                    if let Some((key, _)) = mutated[at].split_once(" = ") {
+                        mutated[at] = format!("{key} = {}", ODD[rng.random_range(0..ODD.len())]);
+                    }
+                }
+                1 => {
+                    mutated.remove(at);
+                }
+                2 => {
+                    let copy = mutated[rng.random_range(0..mutated.len())].clone();
+                    mutated.insert(at, copy);
+                }
+                _ => {
+                    let mut bytes = mutated[at].clone().into_bytes();
+                    if !bytes.is_empty() {
+                        let i = rng.random_range(0..bytes.len());
+                        bytes[i] = rng.random_range(b' '..=b'~');
+                    }
+                    mutated[at] = String::from_utf8(bytes).unwrap();
+                }
+            }
+        }
+        let Ok(config) = RunConfig::parse(&mutated.join("\n"), base) else {
+            continue;
+        };
+        accepted += 1;
+        let now = std::time::Instant::now();
+        let _ = now + config.reject.travel_delay + config.reject.pulse_width + config.failsafe.stall;
+        ucad::runtime::config::frame_period(config.source.fps()).unwrap();
+        config.memory.frame_pool_bytes().unwrap();
+        assert!(config.failsafe.deadline <= config.reject.travel_delay);
+    }
+    eprintln!("{accepted} of {MUTATIONS} mutated configs passed the checks");
+    assert!(accepted > 0 && accepted < MUTATIONS);
+}

@@ -49,7 +49,7 @@ fn scores_of_the_first_task_are_bit_identical_after_more_tasks_are_learned() {
         let detector = Detector::new(&Bank::load(&bank_path).unwrap()).unwrap();
         test_features
             .iter()
-            .map(|f| detector.tasks[0].patch_scores(f))
+            .map(|f| detector.tasks[0].patch_scores(f).unwrap())
             .collect()
     };
 
@@ -68,9 +68,9 @@ fn scores_of_the_first_task_are_bit_identical_after_more_tasks_are_learned() {
         task_bytes,
         "task 1's stored data changed"
     );
-    let index = TaskIndex::new(&bank.tasks[0]);
+    let index = TaskIndex::new(&bank.tasks[0]).unwrap();
     for (f, want) in test_features.iter().zip(&before) {
-        let got = index.patch_scores(f);
+        let got = index.patch_scores(f).unwrap();
         let same = got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "task 1 scores changed after tasks 2 and 3 were added");
     }

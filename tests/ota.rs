@@ -1,28 +1,44 @@
 //! Over-the-air bank updates against a running device: refused mutations leave it untouched and
-//! running, a SIGKILL during installs never leaves it without a whole bank, and hot swaps neither
-//! drop a frame nor judge one with a mix of two banks. Tiny backbone: no models needed.
+//! running, a SIGKILL during installs never leaves it without a whole bank, hot swaps neither
+//! drop a frame nor judge one with a mix of two banks, no rollback survives damage to the bank
+//! files, slow clients are cut at the request deadline and delay neither status nor shutdown.
+//! Tiny backbone: no models needed.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ucad::backbone::{Backbone, Preprocessor};
-use ucad::bank::{Bank, Capacity};
+use ucad::bank::{BackboneSpec, Bank, Capacity};
 use ucad::data::folder::load_rgb;
 use ucad::detect::Detector;
 use ucad::update::client;
-use ucad::update::signing::{sign, write_key_pair};
+use ucad::update::http::DEADLINE;
+use ucad::update::listener::{DeviceState, UpdateListener, UpdatePolicy};
+use ucad::update::signing::{sign, write_key_pair, Line};
 use ucad::update::store::{BankStore, Origin};
 
 const ROOM: Capacity = Capacity {
     tasks: 32,
     bytes_per_task: 2 << 20,
 };
+
+/// The line the test devices are on.
+const LINE: &str = "line-a";
+
+fn line(name: &str) -> Line {
+    Line::new(name).unwrap()
+}
 
 /// A device's files: backbone, bank, frames, trusted key, config.
 struct Device {
@@ -62,14 +78,19 @@ impl Device {
     }
 
     fn signed(&self, bank: &Bank) -> Vec<u8> {
-        sign(&bank.to_bytes(), &self.key)
+        sign(&bank.to_bytes(), &line(LINE), &self.key)
     }
 
     /// `ucad run` on this device's config, answering status requests.
     fn start(&self) -> Child {
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, args: &[&str]) -> Child {
         let child = Command::new(env!("CARGO_BIN_EXE_ucad"))
             .args(["run", "--config"])
             .arg(&self.config)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -115,6 +136,7 @@ frame_pool_mib = 16
 [update]
 listen = "{address}"
 trusted_keys = ["line.key.pub"]
+line = "{LINE}"
 max_mib = 1
 "#,
         backbone.display()
@@ -149,7 +171,8 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
     let frames_before = device.status()["totals"]["frames"].as_u64().unwrap();
     let mut bank = device.product.bank(0.1, 2);
     let newer = device.signed(&bank);
-    let by_a_stranger = sign(&bank.to_bytes(), &SigningKey::from_bytes(&[9; 32]));
+    let by_a_stranger = sign(&bank.to_bytes(), &line(LINE), &SigningKey::from_bytes(&[9; 32]));
+    let for_another_line = sign(&bank.to_bytes(), &line("line-b"), &device.key);
     let older: Vec<Vec<u8>> = (0..=1)
         .map(|version| {
             bank.version = version;
@@ -162,7 +185,7 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
     let cases: Vec<(&str, Vec<u8>, &[u16])> = {
         let mut rng = ChaCha8Rng::seed_from_u64(200);
         (0..200)
-            .map(|i| match i % 6 {
+            .map(|i| match i % 7 {
                 0 => {
                     let mut flipped = newer.clone();
                     let at = rng.random_range(0..flipped.len());
@@ -177,6 +200,7 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
                 2 => ("wrong key", by_a_stranger.clone(), &[403][..]),
                 3 => ("wrong backbone", other_backbone.clone(), &[422][..]),
                 4 => ("older version", older[rng.random_range(0..2)].clone(), &[409][..]),
+                5 => ("another line", for_another_line.clone(), &[403][..]),
                 _ => {
                     let mut big = newer.clone();
                     big.resize((1 << 20) + 1 + rng.random_range(0..4096), 0);
@@ -218,8 +242,8 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
 #[test]
 fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     let device = Device::new();
-    let sha256 = Backbone::load(&device.product.backbone).unwrap().file_sha256;
-    let store = BankStore::new(&device.bank_path(), &sha256, ROOM);
+    let spec = Backbone::load(&device.product.backbone).unwrap().spec();
+    let store = BankStore::new(&device.bank_path(), spec, ROOM);
     let mut rng = ChaCha8Rng::seed_from_u64(50);
     // How long an install takes here, so that the kills spread over and around installs.
     // (the second of two pushes: the first also pays for warming up).
@@ -239,7 +263,9 @@ fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
     for _ in 0..50 {
         let mut child = device.start();
         assert_eq!(device.installed_version(), version);
-        let update = device.signed(&device.product.bank(0.1, version + 1));
+        // A kill between raising the version mark and the rename leaves the mark one ahead.
+        let next = store.highest_installed().unwrap().max(version) + 1;
+        let update = device.signed(&device.product.bank(0.1, next));
         let address = device.address.clone();
         let pusher = std::thread::spawn(move || client::push(&address, &update));
         std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
@@ -250,11 +276,11 @@ fn a_device_killed_during_installs_always_restarts_with_a_whole_bank() {
         let (bank, origin) = store.load().expect("a whole bank after the kill");
         assert_eq!(origin, Origin::Current, "the current bank is always whole");
         assert!(
-            bank.version == version || bank.version == version + 1,
-            "version {} after installing {} over {version}",
+            bank.version == version || bank.version == next,
+            "version {} after installing {next} over {version}",
             bank.version,
-            version + 1
         );
+        assert!(store.highest_installed().unwrap() >= bank.version);
         if bank.version == version {
             kept += 1;
         } else {
@@ -333,4 +359,433 @@ fn twenty_hot_swaps_drop_no_frame_and_never_mix_two_banks() {
         21,
         "the last push is installed"
     );
+}
+
+#[test]
+fn no_rollback_after_the_bank_files_are_damaged_or_gone() {
+    let device = Device::new();
+    let push = |version: u64, line_name: &str| {
+        let mut bank = device.product.bank(0.1, version);
+        bank.version = version;
+        let update = sign(&bank.to_bytes(), &line(line_name), &device.key);
+        client::push(&device.address, &update).unwrap()
+    };
+    let mut child = device.start();
+    for version in [5, 7] {
+        let answer = push(version, LINE);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The current bank (v7) damaged: the device runs the last good one (v5), and still knows v7.
+    let mut bytes = std::fs::read(device.bank_path()).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(device.bank_path(), bytes).unwrap();
+    let mut child = device.start();
+    let status = device.status();
+    assert_eq!(status["bank"]["version"].as_u64(), Some(5));
+    assert_eq!(status["bank"]["origin"].as_str(), Some("last_good"));
+    let answer = push(6, LINE);
+    assert_eq!(answer.status, 409, "v6 after v7: {}", answer.body);
+    assert!(answer.body.contains("version 7"), "{}", answer.body);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Both bank files gone: no bank to run, and still no way back.
+    let last_good = PathBuf::from(format!("{}.last-good", device.bank_path().display()));
+    std::fs::remove_file(device.bank_path()).unwrap();
+    std::fs::remove_file(last_good).unwrap();
+    let mut child = device.start();
+    assert!(device.status()["bank"].is_null());
+    for version in [1, 7] {
+        let answer = push(version, LINE);
+        assert_eq!(answer.status, 409, "v{version} after v7: {}", answer.body);
+    }
+    // Nor across lines; the next version for this line is taken.
+    let answer = push(8, "line-b");
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(
+        answer.body.contains("line-b") && answer.body.contains(LINE),
+        "{}",
+        answer.body
+    );
+    let answer = push(8, LINE);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(device.installed_version(), 8);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A backbone for listeners that never judge.
+fn spec() -> BackboneSpec {
+    BackboneSpec {
+        sha256: "ab".repeat(32),
+        feature_dim: 8,
+        patches: 4,
+        prompt_blocks: 1,
+        prompt_len: 1,
+        embed_dim: 8,
+    }
+}
+
+/// A listener on its own (no loop, no bank): for the request-level tests.
+fn bare_listener(dir: &Path, deadline: Duration) -> UpdateListener {
+    let policy = UpdatePolicy {
+        trusted: vec![SigningKey::from_bytes(&[7; 32]).verifying_key()],
+        line: line(LINE),
+        backbone: spec(),
+        capacity: ROOM,
+        max_bytes: 1 << 20,
+        request_deadline: deadline,
+    };
+    let store = BankStore::new(&dir.join("bank.ucad"), spec(), ROOM);
+    UpdateListener::start("127.0.0.1:0", policy, store, Arc::new(DeviceState::default())).unwrap()
+}
+
+/// The longest `GET /status` took, polled every 100 ms while `busy` runs.
+fn status_latency_during<T>(address: &str, busy: impl FnOnce() -> T) -> (Duration, T) {
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (done, address) = (done.clone(), address.to_string());
+        std::thread::spawn(move || {
+            let mut longest = Duration::ZERO;
+            while !done.load(Ordering::Acquire) {
+                let asked = Instant::now();
+                assert_eq!(client::status(&address).unwrap().status, 200);
+                longest = longest.max(asked.elapsed());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            longest
+        })
+    };
+    let result = busy();
+    done.store(true, Ordering::Release);
+    (poller.join().unwrap(), result)
+}
+
+/// A client that sends `head` at once, then `trickle` one byte every `every`.
+struct SlowClient {
+    stream: TcpStream,
+    connected: Instant,
+    sender: std::thread::JoinHandle<()>,
+}
+
+impl SlowClient {
+    fn connect(address: &str, head: &[u8], trickle: &[u8], every: Duration) -> SlowClient {
+        SlowClient::on(TcpStream::connect(address).unwrap(), head, trickle, every)
+    }
+
+    /// The same on a connection of the caller's.
+    fn on(stream: TcpStream, head: &[u8], trickle: &[u8], every: Duration) -> SlowClient {
+        let connected = Instant::now();
+        let mut writer = stream.try_clone().unwrap();
+        let (head, trickle) = (head.to_vec(), trickle.to_vec());
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(&head);
+            for byte in trickle {
+                std::thread::sleep(every);
+                if writer.write_all(&[byte]).is_err() {
+                    break;
+                }
+            }
+        });
+        SlowClient {
+            stream,
+            connected,
+            sender,
+        }
+    }
+
+    /// Waits (at most `limit`) for the listener to end the connection: when, after connecting,
+    /// and what it answered.
+    fn ended(self, limit: Duration) -> (Duration, String) {
+        let mut answer = Vec::new();
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let _ = (&self.stream).read_to_end(&mut answer);
+        let ended = self.connected.elapsed();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.sender.join().unwrap();
+        (ended, String::from_utf8_lossy(&answer).into_owned())
+    }
+}
+
+/// A request line, then a header line, that never end: one byte every 1.5 s.
+fn slowloris(address: &str) -> [SlowClient; 2] {
+    let every = Duration::from_millis(1500);
+    [
+        SlowClient::connect(address, b"", &[b'G'; 100], every),
+        SlowClient::connect(
+            address,
+            b"POST /bank HTTP/1.1\r\nContent-Length: 5\r\nX-Slow: ",
+            &[b'a'; 100],
+            every,
+        ),
+    ]
+}
+
+#[test]
+fn slowloris_is_cut_at_the_deadline_while_status_answers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = Duration::from_secs(4);
+    let listener = bare_listener(dir.path(), deadline);
+    let address = listener.address().to_string();
+    let (longest, ends) = status_latency_during(&address, || {
+        slowloris(&address).map(|client| client.ended(Duration::from_secs(60)))
+    });
+    for (ended, answer) in ends {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        assert!(
+            ended >= deadline - Duration::from_millis(50) && ended < deadline + Duration::from_millis(1500),
+            "cut after {ended:?}, the deadline is {deadline:?}"
+        );
+    }
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+}
+
+#[test]
+fn three_slow_clients_delay_neither_status_nor_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    let every = Duration::from_secs(2);
+    let slow: Vec<SlowClient> = (0..3)
+        .map(|_| {
+            let stream = connect_from(Ipv4Addr::new(127, 0, 0, 2), &address);
+            SlowClient::on(stream, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 100], every)
+        })
+        .collect();
+    let (longest, ()) = status_latency_during(&address, || std::thread::sleep(Duration::from_secs(3)));
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+
+    let stopping = Instant::now();
+    listener.stop();
+    let stopped = stopping.elapsed();
+    assert!(stopped < Duration::from_secs(1), "stop took {stopped:?}");
+    for client in slow {
+        let (ended, _) = client.ended(Duration::from_secs(10));
+        assert!(ended < Duration::from_secs(8), "a slow client was kept for {ended:?}");
+    }
+    assert!(client::status(&address).is_err(), "nothing listens after stop");
+}
+
+/// A connection to `address` from `source`, another loopback address, as a client elsewhere
+/// on the network would have.
+fn connect_from(source: Ipv4Addr, address: &str) -> TcpStream {
+    let sockaddr = |address: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: address.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*address.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let to = sockaddr(address.parse().unwrap());
+    let from = sockaddr(SocketAddrV4::new(source, 0));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, owned by the stream from here on; the addresses outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let bound = libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(bound, 0, "bind {source}: {}", std::io::Error::last_os_error());
+        let connected = libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(connected, 0, "connect {address}: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// A connection that sends the start of a request, then nothing.
+fn silent(source: Ipv4Addr, address: &str) -> TcpStream {
+    let mut stream = connect_from(source, address);
+    stream.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    stream
+}
+
+/// The answer on a connection, within `limit`.
+fn answer_on(mut stream: &TcpStream, limit: Duration) -> String {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn one_address_gets_three_connections_and_the_next_is_turned_away_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    let peer = Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..3).map(|_| silent(peer, &address)).collect();
+    let asked = Instant::now();
+    let fourth = silent(peer, &address);
+    let answer = answer_on(&fourth, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "refused after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        client::status(&address).unwrap().status,
+        200,
+        "another address is served"
+    );
+    drop(held);
+    let freed = Instant::now();
+    while answer_on(&silent(peer, &address), Duration::from_millis(300)).starts_with("HTTP/1.1 503") {
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "the places were not given back"
+        );
+    }
+}
+
+#[test]
+fn eight_silent_clients_keep_no_one_out_and_the_oldest_is_cut_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    // Eight at a time from four addresses, opened again as they are cut, for 3 s.
+    let peers: Vec<Ipv4Addr> = (2..6).map(|last| Ipv4Addr::new(127, 0, 0, last)).collect();
+    let mut held: Vec<TcpStream> = (0..8).map(|i| silent(peers[i % 4], &address)).collect();
+    let first = held.remove(0);
+    let (longest, cut) = status_latency_during(&address, || {
+        let mut cut = Vec::new();
+        for round in 0..30 {
+            held.retain(|stream| {
+                let answer = answer_on(stream, Duration::from_millis(1));
+                cut.extend(answer.starts_with("HTTP/1.1 503").then_some(()));
+                answer.is_empty()
+            });
+            while held.len() < 8 {
+                held.push(silent(peers[(round + held.len()) % 4], &address));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cut.len()
+    });
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+    assert!(cut > 0, "no silent client was cut to make room");
+    let answer = answer_on(&first, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 503"), "the oldest was not cut: {answer:?}");
+}
+
+/// Sends a `POST /bank` head with a body of `length` bytes, and `sent` of them.
+fn post_start(source: Ipv4Addr, address: &str, length: usize, sent: usize) -> TcpStream {
+    let mut stream = connect_from(source, address);
+    write!(stream, "POST /bank HTTP/1.1\r\nContent-Length: {length}\r\n\r\n").unwrap();
+    stream.write_all(&vec![b'x'; sent]).unwrap();
+    stream
+}
+
+#[test]
+fn a_second_body_is_not_read_until_the_first_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), DEADLINE);
+    let address = listener.address().to_string();
+    let length = 100 << 10;
+    let mut first = post_start(Ipv4Addr::new(127, 0, 0, 2), &address, length, 10);
+    std::thread::sleep(Duration::from_millis(200));
+    let second = post_start(Ipv4Addr::new(127, 0, 0, 3), &address, length, length);
+    assert_eq!(
+        answer_on(&second, Duration::from_secs(1)),
+        "",
+        "the second body was read while the first was being received"
+    );
+    first.write_all(&vec![b'x'; length - 10]).unwrap();
+    let answer = answer_on(&first, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    let answer = answer_on(&second, Duration::from_secs(5));
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "the second is read after the first: {answer:?}"
+    );
+}
+
+#[test]
+fn a_content_length_must_be_one_decimal_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = bare_listener(dir.path(), Duration::from_secs(5));
+    let address = listener.address().to_string();
+    let answer = |request: &str| {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    // A request that would be answered 200 with either reading of its length.
+    for lengths in [
+        "Content-Length: 0\r\nContent-Length: 5",
+        "Content-Length: +5",
+        "Content-Length: 5x",
+    ] {
+        let got = answer(&format!("GET /status HTTP/1.1\r\n{lengths}\r\n\r\nabcde"));
+        assert!(got.starts_with("HTTP/1.1 400"), "{lengths:?}: {got}");
+    }
+    let same_twice = answer("GET /status HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n");
+    assert!(same_twice.starts_with("HTTP/1.1 200"), "{same_twice}");
+}
+
+#[test]
+fn a_device_cuts_a_slow_client_at_the_default_deadline_and_ends_its_frames_regardless() {
+    let device = Device::new();
+    // The real deadline on `ucad run`: a header line trickled every 3 s for two minutes.
+    let mut child = device.start();
+    let every = Duration::from_secs(3);
+    let (longest, (ended, answer)) = status_latency_during(&device.address, || {
+        SlowClient::connect(&device.address, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 40], every)
+            .ended(Duration::from_secs(120))
+    });
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        ended >= DEADLINE - Duration::from_millis(50) && ended < DEADLINE + Duration::from_secs(2),
+        "cut after {ended:?}"
+    );
+    assert!(longest < Duration::from_secs(1), "GET /status took {longest:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The end of --frames with a slow client connected: the process exits, summary and all.
+    let mut child = device.start_with(&["--frames", "40"]);
+    let slow = SlowClient::connect(&device.address, b"GET /status HTTP/1.1\r\nX: ", &[b'a'; 40], every);
+    let waiting = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "ucad run did not end with a slow client connected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let (ended, _) = slow.ended(Duration::from_secs(10));
+    assert!(
+        ended < Duration::from_secs(25),
+        "the slow client was kept for {ended:?}"
+    );
+}
+
+#[test]
+fn the_update_section_is_checked_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = device_config(Path::new("tiny.onnx"), "127.0.0.1:1");
+    let path = dir.path().join("device.toml");
+    let refusal = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        format!("{:#}", ucad::runtime::config::RunConfig::load(&path).unwrap_err())
+    };
+    let err = refusal(base.replace(&format!("line = \"{LINE}\"\n"), ""));
+    assert!(err.contains("line") && err.contains("device.toml"), "{err}");
+    let err = refusal(base.replace(&format!("line = \"{LINE}\""), "line = \"hall 2\""));
+    assert!(err.contains("line") && err.contains("hall 2"), "{err}");
+    for max in ["0", "1025", "1000000000000"] {
+        let err = refusal(base.replace("max_mib = 1", &format!("max_mib = {max}")));
+        assert!(err.contains("update.max_mib") && err.contains("1024"), "{max}: {err}");
+    }
 }

@@ -99,7 +99,10 @@ fn a_learned_prompt_is_stored_in_the_bank_and_used_at_inference() {
     assert_eq!(&scored[..], &prompted[..]);
     assert_ne!(&scored[..], &plain_features[..]);
     let judgement = detector.judge(&backbone, image).unwrap();
-    assert_eq!(judgement.patch_scores, detector.tasks[0].patch_scores(&prompted));
+    assert_eq!(
+        judgement.patch_scores,
+        detector.tasks[0].patch_scores(&prompted).unwrap()
+    );
 }
 
 /// Prompt learning trains through candle; the device runs the exported graph under tract. For the

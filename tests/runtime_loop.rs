@@ -2,6 +2,8 @@
 //! interleaved products are rejected on time, normal parts pass. Needs the default backbone
 //! (`ucad models fetch`; CI sets UCAD_REQUIRE_MODELS=1 so that its absence fails).
 
+mod common;
+
 use std::time::Duration;
 
 use ucad::backbone::models::ModelCache;
@@ -53,14 +55,14 @@ fn defective_parts_of_interleaved_products_are_rejected_on_time() {
     };
     learn_conveyor(&backbone, &config.source, &config.bank.path, &params).unwrap();
 
-    let travel = Duration::from_secs_f64(config.reject.travel_delay_ms / 1e3);
+    let travel = config.reject.travel_delay;
     // Edge timing is only evidence about our scheduler when the hypervisor did not take the
     // CPU away during the run: an attempt whose late edges coincide with measured host steal
     // time is repeated (at most ATTEMPTS); without steal, late edges fail at once.
     for attempt in 1..=ATTEMPTS {
-        let steal_before = host_steal_ticks();
+        let steal_before = common::host_steal_ticks();
         let late = run_once(&config, &path, travel);
-        let stolen = host_steal_ticks()
+        let stolen = common::host_steal_ticks()
             .zip(steal_before)
             .map_or(0, |(after, before)| after - before);
         if late.is_empty() {
@@ -110,7 +112,13 @@ fn run_once(config: &RunConfig, backbone: &std::path::Path, travel: Duration) ->
     assert_eq!(record.edges.len(), 2 * defective, "every pulse rises and falls once");
     assert!(!record.active, "the line is idle after shutdown");
     let summary = &outcome.summary;
-    assert_eq!((summary.escapes, summary.false_rejects), (Some(0), Some(0)));
+    // A late pulse makes its part an escape; the decisions themselves were right (asserted
+    // above), so the escapes beyond the late pulses must be none.
+    let escapes = summary.escapes.map(|e| e.saturating_sub(summary.late_pulses));
+    assert_eq!((escapes, summary.false_rejects), (Some(0), Some(0)));
+    if summary.late_pulses > 0 {
+        late.push(format!("{} late pulses", summary.late_pulses));
+    }
     let worst = summary.reject_timing_error_ms_max.unwrap();
     if worst > 1.0 {
         late.push(format!("an edge was {worst:.3} ms off its schedule"));
@@ -122,10 +130,4 @@ fn run_once(config: &RunConfig, backbone: &std::path::Path, travel: Duration) ->
     );
     assert!(summary.memory.peak_rss_bytes.is_some());
     late
-}
-
-/// Host steal time of all CPUs so far (/proc/stat), in clock ticks.
-fn host_steal_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
 }

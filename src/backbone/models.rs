@@ -107,6 +107,22 @@ impl ModelCache {
         Ok(path)
     }
 
+    /// The exported backbone in the cache whose file has this sha256, if any.
+    pub fn find_by_sha256(&self, sha256: &str) -> Result<Option<PathBuf>> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(None);
+        };
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot list {}", self.dir.display()))?
+                .path();
+            if path.extension().is_some_and(|e| e == "onnx") && path.is_file() && sha256_file(&path)? == sha256 {
+                return Ok(Some(path));
+            }
+        }
+        Ok(None)
+    }
+
     /// Fetch, verify, import and export every default arch; skips what is already done.
     pub fn fetch_all(&self) -> Result<()> {
         for source in &SOURCES {

@@ -10,6 +10,7 @@ use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::{Framework, InferenceFact, InferenceModelExt};
 
 use super::meta::BackboneMeta;
+use crate::bank::BackboneSpec;
 
 /// A learned prefix prompt for every prompted block: row-major [blocks, 2 (key, value), len, dim].
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +32,10 @@ impl Prompt {
         }
     }
 
+    /// Whether the shape fits the backbone and the values fill it.
     fn fits(&self, meta: &BackboneMeta) -> bool {
         (self.blocks, self.len, self.dim) == (meta.prompt_blocks, meta.prompt_len, meta.embed_dim)
+            && self.data.len() == meta.prompt_blocks * 2 * meta.prompt_len * meta.embed_dim
     }
 }
 
@@ -62,14 +65,8 @@ impl Backbone {
     /// the weights is dropped as soon as the next one exists, which bounds peak memory at load.
     pub fn from_bytes(bytes: Vec<u8>, path: &Path, batch: usize) -> Result<Backbone> {
         ensure!(batch >= 1, "batch must be at least 1");
-        let file_sha256 = {
-            use sha2::{Digest, Sha256};
-            hex::encode(Sha256::digest(&bytes))
-        };
-        let proto = ModelProto::decode(bytes.as_slice())
-            .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
+        let (file_sha256, proto, meta) = decode(&bytes, path)?;
         drop(bytes);
-        let meta = BackboneMeta::from_props(&proto.metadata_props, &path.display().to_string())?;
         let plan =
             optimise(proto, &meta, batch).with_context(|| format!("{}: tract cannot load it", path.display()))?;
         Ok(Backbone {
@@ -79,6 +76,18 @@ impl Backbone {
             batch,
             plan,
         })
+    }
+
+    /// What a bank is checked against: this file and its shapes.
+    pub fn spec(&self) -> BackboneSpec {
+        BackboneSpec::new(&self.file_sha256, &self.meta)
+    }
+
+    /// A backbone file's spec, without building its plan (seconds for a large backbone).
+    pub fn read_spec(path: &Path) -> Result<BackboneSpec> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read backbone {}", path.display()))?;
+        let (sha256, _, meta) = decode(&bytes, path)?;
+        Ok(BackboneSpec::new(&sha256, &meta))
     }
 
     pub fn batch(&self) -> usize {
@@ -108,10 +117,14 @@ impl Backbone {
             if let Some(p) = p {
                 ensure!(
                     p.fits(&self.meta),
-                    "prompt [{}, 2, {}, {}] does not fit this backbone",
+                    "prompt [{}, 2, {}, {}] with {} values does not fit this backbone's [{}, 2, {}, {}] ({per_sample} values)",
                     p.blocks,
                     p.len,
-                    p.dim
+                    p.dim,
+                    p.data.len(),
+                    self.meta.prompt_blocks,
+                    self.meta.prompt_len,
+                    self.meta.embed_dim
                 );
                 prompt[i * per_sample..][..per_sample].copy_from_slice(&p.data);
                 gate[i] = 1.0;
@@ -139,6 +152,18 @@ impl Backbone {
         let out = self.run(image, &[prompt])?;
         Ok(out.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
     }
+}
+
+/// An ONNX file's sha256, graph and ucad metadata.
+fn decode(bytes: &[u8], path: &Path) -> Result<(String, ModelProto, BackboneMeta)> {
+    let sha256 = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(bytes))
+    };
+    let proto = ModelProto::decode(bytes)
+        .with_context(|| format!("{}: not an ONNX model (protobuf does not parse)", path.display()))?;
+    let meta = BackboneMeta::from_props(&proto.metadata_props, &path.display().to_string())?;
+    Ok((sha256, proto, meta))
 }
 
 fn optimise(proto: ModelProto, meta: &BackboneMeta, batch: usize) -> Result<Plan> {

@@ -4,11 +4,13 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::projection::Projection;
 use super::rows::{Precision, Rows};
+use super::validate::{check_task, BackboneSpec};
 use crate::backbone::Prompt;
 use crate::detect::colour::{ColourStats, COLOUR_DIMS};
 
@@ -42,8 +44,21 @@ pub enum BankError {
         bank: String,
         backbone: String,
     },
+    #[error("{path}: bank {field} is {bank}, the backbone's is {backbone}")]
+    BackboneMismatch {
+        path: String,
+        field: String,
+        bank: usize,
+        backbone: usize,
+    },
     #[error("{path}: bank does not fit the configured capacity: {reason}")]
     OverCapacity { path: String, reason: String },
+    #[error("{path}: invalid bank: {field} {problem}")]
+    Invalid {
+        path: String,
+        field: String,
+        problem: String,
+    },
 }
 
 /// Statistics of image scores of held-out normal training images (never test images).
@@ -114,7 +129,8 @@ pub struct Task {
 
 impl Task {
     /// A task with its rows and no calibration yet: it rejects nothing and every image is within
-    /// its routing limit, until the held-out images set its statistics.
+    /// its routing limit, until the held-out images set its statistics. Only a step of a fit:
+    /// its infinite limits would pass every part, so no bank holding it is saved or loaded.
     pub fn uncalibrated(name: &str, key: Rows, projection: Option<Projection>, knowledge: Rows, k: u32) -> Task {
         Task {
             name: name.to_string(),
@@ -187,21 +203,22 @@ impl Bank {
         }
     }
 
-    /// Appends a task (replacing none) and bumps the version.
+    /// Appends a task (replacing none) and bumps the version; the task must pass the check
+    /// every load makes.
     pub fn append(&mut self, task: Task) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.tasks.iter().any(|t| t.name == task.name),
             "the bank already has a task named {}",
             task.name
         );
-        anyhow::ensure!(
-            task_shape_error(&task, self.feature_dim as usize).is_none(),
-            "task {} does not fit the bank's feature dim ({})",
-            task.name,
-            self.feature_dim
-        );
+        check_task(&task, self.feature_dim as usize)
+            .map_err(|p| anyhow::anyhow!("cannot add the task: {} {}", p.field, p.problem))?;
+        self.version = self
+            .version
+            .checked_add(1)
+            .filter(|v| *v <= super::validate::MAX_VERSION)
+            .context("the bank's version is at its highest: no newer version can be made")?;
         self.tasks.push(task);
-        self.version += 1;
         Ok(())
     }
 
@@ -210,14 +227,7 @@ impl Bank {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let body = postcard::to_allocvec(self).expect("bank serialises");
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&Sha256::digest(&body));
-        out
+        seal(&postcard::to_allocvec(self).expect("bank serialises"))
     }
 
     /// Parses a bank; `origin` names it in errors. Never panics, whatever the bytes.
@@ -259,53 +269,27 @@ impl Bank {
         if Sha256::digest(body).as_slice() != &bytes[HEADER_LEN + body_len as usize..] {
             return Err(BankError::Checksum { path });
         }
-        let bank: Bank = postcard::from_bytes(body).map_err(|e| BankError::Corrupt {
+        let corrupt = |reason: String| BankError::Corrupt {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        bank.check_consistency()
-            .map_err(|reason| BankError::Corrupt { path, reason })?;
+            reason,
+        };
+        let (bank, rest): (Bank, _) = postcard::take_from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(corrupt(format!("{} bytes follow the bank", rest.len())));
+        }
+        bank.validate(&path)?;
         Ok(bank)
     }
 
-    fn check_consistency(&self) -> Result<(), String> {
-        for t in &self.tasks {
-            if let Some(problem) = task_shape_error(t, self.feature_dim as usize) {
-                return Err(format!("task {}: {problem}", t.name));
-            }
-            if t.k == 0 || t.k as usize > t.knowledge.len() {
-                return Err(format!(
-                    "task {}: k = {} with {} knowledge rows",
-                    t.name,
-                    t.k,
-                    t.knowledge.len()
-                ));
-            }
-        }
-        Ok(())
-    }
-
     pub fn load(path: &Path) -> Result<Bank, BankError> {
-        let bytes = std::fs::read(path).map_err(|source| BankError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Bank::from_bytes(&bytes, &path.display().to_string())
+        Bank::from_bytes(&read_bank_file(path)?, &path.display().to_string())
     }
 
+    /// Writes the bank, which must pass the check every load makes: nothing writes a bank that
+    /// would be refused.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        self.validate(&path.display().to_string())?;
         crate::fsutil::write_atomic(path, &self.to_bytes())
-    }
-
-    pub fn check_backbone(&self, backbone_sha256: &str, origin: &str) -> Result<(), BankError> {
-        if self.backbone_sha256 != backbone_sha256 {
-            return Err(BankError::WrongBackbone {
-                path: origin.to_string(),
-                bank: short(&self.backbone_sha256),
-                backbone: short(backbone_sha256),
-            });
-        }
-        Ok(())
     }
 
     pub fn check_capacity(&self, capacity: Capacity, origin: &str) -> Result<(), BankError> {
@@ -336,31 +320,41 @@ impl Bank {
     }
 }
 
-/// What is wrong with a task's row shapes for a bank of `feature_dim`, if anything.
-fn task_shape_error(task: &Task, feature_dim: usize) -> Option<String> {
-    let mut expected = vec![
-        ("key", &task.key, feature_dim),
-        ("knowledge", &task.knowledge, task.knowledge_dim()),
-    ];
-    if let Some(p) = &task.projection {
-        if p.mean.len() != feature_dim || p.mean.iter().any(|m| !m.is_finite()) || p.out_dim() > feature_dim {
-            return Some(format!("projection does not map the feature dim {feature_dim}"));
-        }
-        expected.push(("projection", &p.components, feature_dim));
-    }
-    expected.into_iter().find_map(|(what, rows, dim)| {
-        (!rows.is_consistent() || rows.dim() != dim || rows.is_empty())
-            .then(|| format!("{what} rows do not have dim {dim}"))
-    })
-}
-
-fn short(sha: &str) -> String {
-    sha.chars().take(12).collect()
+/// A bank file around a postcard `body`: header, body, checksum. What [`Bank::to_bytes`] writes;
+/// also lets tests and fuzz targets reach the decoder and the validation with any body.
+pub fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(&Sha256::digest(body));
+    out
 }
 
 /// Loads a bank for a backbone, with both checks: what every command that scores does.
-pub fn load_for_backbone(path: &Path, backbone_sha256: &str) -> Result<Bank, BankError> {
+pub fn load_for_backbone(path: &Path, backbone: &BackboneSpec) -> Result<Bank, BankError> {
     let bank = Bank::load(path)?;
-    bank.check_backbone(backbone_sha256, &path.display().to_string())?;
+    bank.check_backbone(backbone, &path.display().to_string())?;
     Ok(bank)
+}
+
+/// The largest bank file read: far beyond any device's capacity, and a bound on what a FIFO or a
+/// device file named as a bank can make us read.
+const MAX_FILE_BYTES: u64 = 1 << 32;
+
+/// A bank file's bytes: a regular file of at most [`MAX_FILE_BYTES`].
+pub fn read_bank_file(path: &Path) -> Result<Vec<u8>, BankError> {
+    let io = |source| BankError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file of at most {MAX_FILE_BYTES} bytes"),
+        )));
+    }
+    std::fs::read(path).map_err(io)
 }

@@ -4,7 +4,9 @@ pub mod coreset;
 pub mod format;
 pub mod projection;
 pub mod rows;
+pub mod validate;
 
 pub use format::{Bank, BankError, Capacity, NormalStats, RoutingStats, StoredPrompt, Task};
 pub use projection::Projection;
 pub use rows::{Precision, Rows};
+pub use validate::BackboneSpec;

@@ -3,6 +3,7 @@
 //! from a query x to a stored row y is exact to the point y stands for, μ + Cᵀy:
 //! ‖x − μ − Cᵀy‖² = ‖C(x − μ) − y‖² + (‖x − μ‖² − ‖C(x − μ)‖²), C with orthonormal rows.
 
+use anyhow::{ensure, Result};
 use nalgebra::{DMatrix, SymmetricEigen};
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -10,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::rows::{Precision, Rows};
-use crate::detect::knn::matmul;
+use crate::detect::knn::{matmul, squared_distance};
 
 /// Rows the covariance is estimated from (a seeded sample when there are more).
 const COVARIANCE_ROWS: usize = 16_384;
@@ -92,21 +93,32 @@ pub struct ProjectionIndex {
 }
 
 impl ProjectionIndex {
-    pub fn new(projection: &Projection) -> ProjectionIndex {
+    pub fn new(projection: &Projection) -> Result<ProjectionIndex> {
         let (in_dim, out_dim) = (projection.in_dim(), projection.out_dim());
+        ensure!(
+            projection.components.is_consistent() && projection.components.dim() == in_dim && out_dim >= 1,
+            "a projection of {out_dim} rows of dim {} does not map {in_dim} dimensions",
+            projection.components.dim()
+        );
         let components = projection.components.to_f32();
         let transposed = (0..in_dim * out_dim)
             .map(|i| components[(i % out_dim) * in_dim + i / out_dim])
             .collect();
-        ProjectionIndex {
+        Ok(ProjectionIndex {
             mean: projection.mean.clone(),
             transposed,
             out_dim,
-        }
+        })
     }
 
-    pub fn apply(&self, rows: &[f32]) -> Projected {
+    /// Maps row-major rows of the projection's input dim.
+    pub fn apply(&self, rows: &[f32]) -> Result<Projected> {
         let dim = self.mean.len();
+        ensure!(
+            rows.len() % dim == 0,
+            "{} values are not rows of the projection's dim {dim}",
+            rows.len()
+        );
         let m = rows.len() / dim;
         let centred: Vec<f32> = rows
             .chunks(dim)
@@ -117,12 +129,12 @@ impl ProjectionIndex {
         let residuals = centred
             .chunks(dim)
             .zip(coefficients.chunks(self.out_dim))
-            .map(|(c, y)| (squared_norm(c) - squared_norm(y)).max(0.0))
+            .map(|(c, y)| squared_distance(squared_norm(c) - squared_norm(y)))
             .collect();
-        Projected {
+        Ok(Projected {
             coefficients,
             residuals,
-        }
+        })
     }
 }
 
@@ -174,13 +186,13 @@ mod tests {
         let projection = Projection::fit(&rows, dim, 3, Precision::F32, 0);
         let top = projection.components.to_f32();
         assert!((top[0].abs() - 0.5f32.sqrt()).abs() < 0.01 && (top[0] - top[1]).abs() < 0.01);
-        let index = ProjectionIndex::new(&projection);
-        let stored = index.apply(&rows[..dim]).coefficients;
+        let index = ProjectionIndex::new(&projection).unwrap();
+        let stored = index.apply(&rows[..dim]).unwrap().coefficients;
         let reconstructed: Vec<f32> = (0..dim)
             .map(|i| projection.mean[i] + (0..3).map(|c| top[c * dim + i] * stored[c]).sum::<f32>())
             .collect();
         let query: Vec<f32> = (0..dim).map(|_| rng.random_range(-3.0..3.0)).collect();
-        let q = index.apply(&query);
+        let q = index.apply(&query).unwrap();
         let via_subspace = stored
             .iter()
             .zip(&q.coefficients)

@@ -128,10 +128,33 @@ impl Rows {
     /// file may lie).
     pub fn is_consistent(&self) -> bool {
         let scales_fit = match &self.storage {
-            Storage::I8 { scales, .. } => scales.len() == self.dim() && scales.iter().all(|s| s.is_finite()),
+            Storage::I8 { scales, .. } => scales.len() == self.dim(),
             _ => true,
         };
         self.dim > 0 && self.values() % self.dim() == 0 && scales_fit
+    }
+
+    /// The first stored value (or int8 scale) that is not finite or could decode beyond
+    /// ±`limit`, described; read in place, without decoding the rows.
+    pub fn out_of_range(&self, limit: f32) -> Option<String> {
+        let bad = |v: f32| v.is_nan() || v.abs() > limit;
+        let row = |i: usize| i / self.dim().max(1);
+        match &self.storage {
+            Storage::F32(v) => v
+                .iter()
+                .position(|v| bad(*v))
+                .map(|i| format!("row {} holds {}", row(i), v[i])),
+            Storage::F16(v) => v
+                .iter()
+                .map(|b| half::f16::from_bits(*b).to_f32())
+                .position(bad)
+                .map(|i| format!("row {} holds {}", row(i), half::f16::from_bits(v[i]))),
+            // |q| ≤ 128, so a scale within limit / 128 keeps every decoded value within limit.
+            Storage::I8 { scales, .. } => scales
+                .iter()
+                .position(|s| bad(s * 128.0))
+                .map(|c| format!("the int8 scale of column {c} is {}", scales[c])),
+        }
     }
 }
 
@@ -184,5 +207,27 @@ mod tests {
             assert_eq!(rows.tile(5..7, &mut buffer), &decoded[15..21]);
         }
         assert_eq!(Rows::new(4, vec![0.0; 8], Precision::I8).bytes(), 4 * 4 + 8);
+    }
+
+    #[test]
+    fn a_value_out_of_range_is_found_in_every_precision() {
+        for precision in [Precision::F32, Precision::F16, Precision::I8] {
+            let mut data = vec![1.0f32; 12];
+            assert_eq!(Rows::new(3, data.clone(), precision).out_of_range(10.0), None);
+            data[7] = 1e6;
+            let expected = match precision {
+                Precision::F32 => "row 2 holds 1000000".to_string(),
+                Precision::F16 => "row 2 holds inf".to_string(),
+                Precision::I8 => format!("the int8 scale of column 1 is {}", 1e6f32 / 127.0),
+            };
+            let found = Rows::new(3, data.clone(), precision).out_of_range(10.0);
+            assert_eq!(found, Some(expected), "{precision:?}");
+        }
+        let mut data = vec![1.0f32; 12];
+        data[7] = f32::NAN;
+        for precision in [Precision::F32, Precision::F16] {
+            let found = Rows::new(3, data.clone(), precision).out_of_range(10.0);
+            assert_eq!(found.as_deref(), Some("row 2 holds NaN"), "{precision:?}");
+        }
     }
 }

@@ -39,6 +39,35 @@ pub struct FitParams {
     pub seed: u64,
 }
 
+impl FitParams {
+    /// Every parameter finite and in range; errors name the command-line flag that sets it
+    /// (`fit`, `eval` and the benchmarks share them).
+    pub fn check(&self) -> Result<()> {
+        ensure!(self.key_rows >= 1, "--key-rows must be at least 1");
+        ensure!(
+            self.knowledge_fraction > 0.0 && self.knowledge_fraction <= 1.0,
+            "--knowledge-fraction is {}; it must be in (0, 1]",
+            self.knowledge_fraction
+        );
+        ensure!(self.task_budget_bytes > 0, "--task-budget-kb must be at least 1");
+        ensure!(self.k >= 1, "--k must be at least 1");
+        ensure!(
+            (0.0..1.0).contains(&self.holdout),
+            "--holdout is {}; it must be in [0, 1)",
+            self.holdout
+        );
+        ensure!(
+            self.target_false_reject > 0.0 && self.target_false_reject <= MAX_FALSE_REJECT,
+            "--false-reject is {}; it must be in (0, {MAX_FALSE_REJECT}] (no threshold promises no false rejects)",
+            self.target_false_reject
+        );
+        Ok(())
+    }
+}
+
+/// The largest target false-reject rate a threshold is set for.
+const MAX_FALSE_REJECT: f32 = 0.5;
+
 impl Default for FitParams {
     fn default() -> FitParams {
         FitParams {
@@ -122,7 +151,7 @@ pub fn fit_from_views(name: &str, features: TaskFeatures, dim: usize, params: &F
     let fitting = Fitting::new(name, features, dim, params)?;
     let projection = fitting.projection(params);
     let count = fitting.knowledge_count(params, projection.as_ref())?;
-    let task = fitting.task(params, projection, &fitting.coreset(count));
+    let task = fitting.task(params, projection, &fitting.coreset(count))?;
     info!(
         "{name}: {} memory / {} held-out images, {} key and {} knowledge rows of {} dims, {} bytes, \
          threshold {:.4}, routing distance {:.4} ± {:.4}",
@@ -176,13 +205,7 @@ pub struct Fitting<'a> {
 
 impl<'a> Fitting<'a> {
     pub fn new(name: &str, features: TaskFeatures<'a>, dim: usize, params: &FitParams) -> Result<Fitting<'a>> {
-        ensure!(
-            params.k >= 1
-                && params.key_rows >= 1
-                && params.knowledge_fraction > 0.0
-                && params.knowledge_fraction <= 1.0,
-            "k and key rows must be ≥ 1 and the knowledge fraction in (0, 1]"
-        );
+        params.check()?;
         let views = [features.plain, features.knowledge];
         ensure!(
             views
@@ -251,10 +274,10 @@ impl<'a> Fitting<'a> {
 
     /// The task with the memory rows `chosen` as knowledge, stored as `params` say (the key as
     /// chosen at `new`), calibrated on the held-out images.
-    pub fn task(&self, params: &FitParams, projection: Option<Projection>, chosen: &[usize]) -> Task {
+    pub fn task(&self, params: &FitParams, projection: Option<Projection>, chosen: &[usize]) -> Result<Task> {
         let rows = gather_rows(&self.memory, self.dim, chosen);
         let (knowledge, knowledge_dim) = match &projection {
-            Some(p) => (ProjectionIndex::new(p).apply(&rows).coefficients, p.out_dim()),
+            Some(p) => (ProjectionIndex::new(p)?.apply(&rows)?.coefficients, p.out_dim()),
             None => (rows, self.dim),
         };
         let knowledge = Rows::new(knowledge_dim, knowledge, params.precision);
@@ -268,8 +291,8 @@ impl<'a> Fitting<'a> {
             &held(self.features.knowledge),
             self.features.colours,
             params.target_false_reject,
-        );
-        task
+        )?;
+        Ok(task)
     }
 }
 
@@ -294,13 +317,19 @@ fn calibrate(
     held_knowledge: &[&[f32]],
     colours: &[Colour],
     target_false_reject: f32,
-) {
-    let index = TaskIndex::new(task);
-    let patch_scores: Vec<Vec<f32>> = held_knowledge.iter().map(|f| index.patch_scores(f)).collect();
+) -> Result<()> {
+    let index = TaskIndex::new(task)?;
+    let patch_scores: Vec<Vec<f32>> = held_knowledge
+        .iter()
+        .map(|f| index.patch_scores(f))
+        .collect::<Result<_>>()?;
     let scores: Vec<f32> = patch_scores.iter().map(|p| image_score(p)).collect();
     task.normal = normal_stats(&scores, target_false_reject);
     task.threshold = threshold_for(&scores, target_false_reject);
-    let distances: Vec<f32> = held_plain.iter().map(|f| index.key_distance(f)).collect();
+    let distances: Vec<f32> = held_plain
+        .iter()
+        .map(|f| index.key_distance(f))
+        .collect::<Result<_>>()?;
     let stats = normal_stats(&distances, 0.0);
     task.routing = RoutingStats {
         count: stats.count,
@@ -311,6 +340,7 @@ fn calibrate(
         patch_limit: empirical_quantile(&patch_scores.concat(), UNLIKE_QUANTILE),
         colour: ColourStats::fit(colours),
     };
+    Ok(())
 }
 
 /// The unknown-product rule's two limits, chosen on a validation run of the routing stress
@@ -430,16 +460,87 @@ mod tests {
             ..FitParams::default()
         };
         let task = fit_from_features("near", &product_features(0.0, 40, 2), &colours(40), 32, &params).unwrap();
-        let index = TaskIndex::new(&task);
+        let index = TaskIndex::new(&task).unwrap();
         let own = product_features(0.0, 20, 3);
-        let typical: Vec<f32> = own.iter().map(|f| index.normalised_distance(f)).collect();
+        let typical: Vec<f32> = own.iter().map(|f| index.normalised_distance(f).unwrap()).collect();
         assert!(typical.iter().all(|d| *d < task.routing.unknown_above), "{typical:?}");
         let median = empirical_quantile(&typical, 0.5);
         assert!(median.abs() < 1.0, "{median}");
         let foreign = product_features(2.0, 5, 4);
         assert!(foreign
             .iter()
-            .all(|f| index.normalised_distance(f) > task.routing.unknown_above));
+            .all(|f| index.normalised_distance(f).unwrap() > task.routing.unknown_above));
+    }
+
+    #[test]
+    fn parameters_out_of_range_are_refused_naming_their_flag() {
+        let default = FitParams::default;
+        let cases = [
+            (
+                FitParams {
+                    target_false_reject: f32::NAN,
+                    ..default()
+                },
+                "--false-reject",
+            ),
+            (
+                FitParams {
+                    target_false_reject: 0.0,
+                    ..default()
+                },
+                "--false-reject",
+            ),
+            (
+                FitParams {
+                    target_false_reject: 0.7,
+                    ..default()
+                },
+                "--false-reject",
+            ),
+            (
+                FitParams {
+                    knowledge_fraction: -0.1,
+                    ..default()
+                },
+                "--knowledge-fraction",
+            ),
+            (
+                FitParams {
+                    knowledge_fraction: f32::INFINITY,
+                    ..default()
+                },
+                "--knowledge-fraction",
+            ),
+            (
+                FitParams {
+                    holdout: f32::NAN,
+                    ..default()
+                },
+                "--holdout",
+            ),
+            (
+                FitParams {
+                    key_rows: 0,
+                    ..default()
+                },
+                "--key-rows",
+            ),
+            (FitParams { k: 0, ..default() }, "--k "),
+            (
+                FitParams {
+                    task_budget_bytes: 0,
+                    ..default()
+                },
+                "--task-budget-kb",
+            ),
+        ];
+        for (params, flag) in cases {
+            let err = params.check().unwrap_err().to_string();
+            assert!(err.starts_with(flag.trim_end()) && err.contains(flag), "{err}");
+            let features = product_features(0.0, 4, 1);
+            assert!(fit_from_features("t", &features, &colours(4), 32, &params).is_err());
+        }
+        default().check().unwrap();
     }
 
     #[test]

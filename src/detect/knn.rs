@@ -1,6 +1,8 @@
 //! Exact brute-force nearest neighbours written as one matrix product per query batch:
 //! ‖q − b‖² = ‖q‖² + ‖b‖² − 2·q·b.
 
+use anyhow::{ensure, Result};
+
 use crate::bank::Rows;
 
 /// c[m, n] = a[m, k] · b[k, n], row-major.
@@ -43,8 +45,12 @@ pub struct KnnIndex {
 const TILE_ROWS: usize = 256;
 
 impl KnnIndex {
-    pub fn new(rows: Rows) -> KnnIndex {
-        assert!(!rows.is_empty(), "an index needs at least one row");
+    pub fn new(rows: Rows) -> Result<KnnIndex> {
+        ensure!(
+            rows.is_consistent() && !rows.is_empty(),
+            "an index needs at least one row, and rows of their declared dim {}",
+            rows.dim()
+        );
         let mut buffer = Vec::new();
         let norms = (0..rows.len())
             .step_by(TILE_ROWS)
@@ -55,7 +61,7 @@ impl KnnIndex {
                     .collect::<Vec<f32>>()
             })
             .collect();
-        KnnIndex { rows, norms }
+        Ok(KnnIndex { rows, norms })
     }
 
     pub fn len(&self) -> usize {
@@ -72,10 +78,19 @@ impl KnnIndex {
 
     /// For each query row: the mean L2 distance to its k nearest stored rows, with
     /// `residuals[i]` (a squared distance the stored rows cannot see) added to each squared
-    /// distance of query i before the root.
-    pub fn search(&self, queries: &[f32], k: usize, residuals: Option<&[f32]>) -> Vec<f32> {
+    /// distance of query i before the root. A distance that cannot be computed (NaN) counts
+    /// as infinitely far, never as near.
+    pub fn search(&self, queries: &[f32], k: usize, residuals: Option<&[f32]>) -> Result<Vec<f32>> {
         let (d, n) = (self.dim(), self.len());
+        ensure!(
+            queries.len() % d == 0,
+            "{} query values are not rows of the index's dim {d}",
+            queries.len()
+        );
         let m = queries.len() / d;
+        if let Some(r) = residuals {
+            ensure!(r.len() == m, "{} residuals for {m} queries", r.len());
+        }
         let k = k.clamp(1, n);
         let query_norms: Vec<f32> = queries.chunks(d).map(|q| q.iter().map(|v| v * v).sum()).collect();
         let mut nearest = vec![f32::INFINITY; m * k];
@@ -106,18 +121,28 @@ impl KnnIndex {
             }
             for (i, best) in nearest.chunks_mut(k).enumerate() {
                 for (dot, norm) in dots[i * width..(i + 1) * width].iter().zip(&self.norms[start..end]) {
-                    keep_smallest(best, (query_norms[i] + norm - 2.0 * dot).max(0.0));
+                    keep_smallest(best, squared_distance(query_norms[i] + norm - 2.0 * dot));
                 }
             }
         }
-        nearest
+        Ok(nearest
             .chunks(k)
             .enumerate()
             .map(|(i, best)| {
-                let residual = residuals.map_or(0.0, |r| r[i]);
+                let residual = residuals.map_or(0.0, |r| squared_distance(r[i]));
                 best.iter().map(|d2| (d2 + residual).sqrt()).sum::<f32>() / k as f32
             })
-            .collect()
+            .collect())
+    }
+}
+
+/// A computed squared distance: rounding may take it below zero; overflow (∞ − ∞) makes it
+/// NaN, which `max` would turn into 0, a perfect match.
+pub fn squared_distance(d2: f32) -> f32 {
+    if d2.is_nan() {
+        f32::INFINITY
+    } else {
+        d2.max(0.0)
     }
 }
 
@@ -152,9 +177,9 @@ mod tests {
         for precision in [Precision::F32, Precision::I8] {
             let stored = Rows::new(dim, rows.clone(), precision);
             let decoded = stored.to_f32();
-            let index = KnnIndex::new(stored);
+            let index = KnnIndex::new(stored).unwrap();
             for (k, residuals) in [(1, None), (3, Some(&residuals[..]))] {
-                let fast = index.search(&queries, k, residuals);
+                let fast = index.search(&queries, k, residuals).unwrap();
                 for (i, (q, mean)) in queries.chunks(dim).zip(&fast).enumerate() {
                     let offset = residuals.map_or(0.0, |r| r[i] as f64);
                     let mut naive: Vec<f64> = decoded
@@ -166,6 +191,23 @@ mod tests {
                     assert!((*mean as f64 - want).abs() < 1e-3 * want.max(1.0), "{mean} vs {want}");
                 }
             }
+            assert!(
+                index.search(&queries[..dim + 1], 1, None).is_err(),
+                "a partial query row"
+            );
+            assert!(
+                index.search(&queries, 1, Some(&residuals[1..])).is_err(),
+                "residuals short"
+            );
         }
+    }
+
+    #[test]
+    fn an_empty_index_is_refused_and_an_overflowing_distance_is_far_not_near() {
+        assert!(KnnIndex::new(Rows::new(2, vec![], Precision::F32)).is_err());
+        // 1e38 from 2e38: every term overflows, ∞ + ∞ − ∞ is NaN; the distance is 1e38.
+        let index = KnnIndex::new(Rows::new(1, vec![2e38], Precision::F32)).unwrap();
+        assert_eq!(index.search(&[1e38], 1, None).unwrap(), [f32::INFINITY]);
+        assert_eq!(squared_distance(-1e-6), 0.0);
     }
 }

@@ -9,7 +9,7 @@ pub mod map;
 
 use std::borrow::Cow;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use tract_core::prelude::Tensor;
 
 use crate::backbone::{Backbone, Prompt};
@@ -31,23 +31,29 @@ pub struct TaskIndex {
 }
 
 impl TaskIndex {
-    pub fn new(task: &Task) -> TaskIndex {
+    pub fn new(task: &Task) -> Result<TaskIndex> {
         let prompt = task.prompt.as_ref().map(|p| Prompt {
             blocks: p.blocks as usize,
             len: p.len as usize,
             dim: p.rows.dim(),
             data: p.rows.to_f32(),
         });
-        TaskIndex {
+        let context = || format!("task {}", task.name);
+        Ok(TaskIndex {
             name: task.name.clone(),
-            key: KnnIndex::new(task.key.clone()),
-            projection: task.projection.as_ref().map(ProjectionIndex::new),
-            knowledge: KnnIndex::new(task.knowledge.clone()),
+            key: KnnIndex::new(task.key.clone()).with_context(|| format!("{} key", context()))?,
+            projection: task
+                .projection
+                .as_ref()
+                .map(ProjectionIndex::new)
+                .transpose()
+                .with_context(context)?,
+            knowledge: KnnIndex::new(task.knowledge.clone()).with_context(|| format!("{} knowledge", context()))?,
             prompt,
             k: task.k as usize,
             threshold: task.threshold,
             routing: task.routing.clone(),
-        }
+        })
     }
 
     /// Whether the task scores its own prompted features.
@@ -57,16 +63,17 @@ impl TaskIndex {
 
     /// Median over patches of the 1-NN distance to the key. UCAD takes the mean; the median
     /// ignores a defect (up to half the patches), which must not send a part elsewhere.
-    pub fn key_distance(&self, plain: &[f32]) -> f32 {
-        let mut found = self.key.search(plain, 1, None);
+    pub fn key_distance(&self, plain: &[f32]) -> Result<f32> {
+        let mut found = self.key.search(plain, 1, None)?;
+        ensure!(!found.is_empty(), "no patch features to route");
         let middle = found.len() / 2;
-        *found.select_nth_unstable_by(middle, f32::total_cmp).1
+        Ok(*found.select_nth_unstable_by(middle, f32::total_cmp).1)
     }
 
     /// The routing distance in standard deviations of this task's held-out normal images'
     /// (0 = typical): comparable across products, whose raw distances are on other scales.
-    pub fn normalised_distance(&self, plain: &[f32]) -> f32 {
-        (self.key_distance(plain) - self.routing.mean) / self.routing.std
+    pub fn normalised_distance(&self, plain: &[f32]) -> Result<f32> {
+        Ok((self.key_distance(plain)? - self.routing.mean) / self.routing.std)
     }
 
     /// Share of an image's patches unlike any normal patch of this task.
@@ -82,10 +89,11 @@ impl TaskIndex {
     }
 
     /// Per-patch mean distance to the k nearest knowledge rows.
-    pub fn patch_scores(&self, features: &[f32]) -> Vec<f32> {
+    pub fn patch_scores(&self, features: &[f32]) -> Result<Vec<f32>> {
+        ensure!(!features.is_empty(), "no patch features to score");
         match &self.projection {
             Some(projection) => {
-                let projected = projection.apply(features);
+                let projected = projection.apply(features)?;
                 self.knowledge
                     .search(&projected.coefficients, self.k, Some(&projected.residuals))
             }
@@ -155,15 +163,19 @@ impl Detector {
     pub fn new(bank: &Bank) -> Result<Detector> {
         ensure!(!bank.tasks.is_empty(), "the bank has no tasks: fit one first");
         Ok(Detector {
-            tasks: bank.tasks.iter().map(TaskIndex::new).collect(),
+            tasks: bank.tasks.iter().map(TaskIndex::new).collect::<Result<_>>()?,
         })
     }
 
-    pub fn route(&self, plain: &[f32], colour: &Colour) -> Routing {
-        let distances: Vec<f32> = self.tasks.iter().map(|t| t.normalised_distance(plain)).collect();
+    pub fn route(&self, plain: &[f32], colour: &Colour) -> Result<Routing> {
+        let distances: Vec<f32> = self
+            .tasks
+            .iter()
+            .map(|t| t.normalised_distance(plain))
+            .collect::<Result<_>>()?;
         let limits: Vec<f32> = self.tasks.iter().map(|t| t.routing.unknown_above).collect();
         let colour_fits: Vec<bool> = self.tasks.iter().map(|t| t.routing.colour.fits(colour)).collect();
-        decide_route(&distances, &limits, &colour_fits)
+        Ok(decide_route(&distances, &limits, &colour_fits))
     }
 
     /// The features a task scores: its prompted pass when it has a prompt, else the plain ones.
@@ -183,7 +195,7 @@ impl Detector {
     /// Scores an image against a given task (the oracle path) from its plain features.
     pub fn score_task(&self, backbone: &Backbone, image: &Tensor, plain: &[f32], task: usize) -> Result<Vec<f32>> {
         let features = self.task_features(backbone, image, plain, task)?;
-        Ok(self.tasks[task].patch_scores(&features))
+        self.tasks[task].patch_scores(&features)
     }
 
     /// The verdict on a routed image from the nearest task's patch scores. Within its limit,
@@ -235,7 +247,7 @@ impl Detector {
     pub fn judge(&self, backbone: &Backbone, image: Tensor) -> Result<Judgement> {
         let plain = backbone.features(image.clone(), None)?;
         let colour = colour_of(image.try_as_plain_ram()?.as_slice::<f32>()?, &backbone.meta);
-        let routing = self.route(&plain, &colour);
+        let routing = self.route(&plain, &colour)?;
         let nearest = self.score_task(backbone, &image, &plain, routing.task)?;
         let verdict = self.resolve(&routing, nearest, |t| self.score_task(backbone, &image, &plain, t))?;
         let task = &self.tasks[verdict.task];
@@ -252,9 +264,13 @@ impl Detector {
     }
 }
 
-/// An image's anomaly score: its worst patch.
+/// An image's anomaly score: its worst patch. A NaN patch score counts as the worst (`max`
+/// would skip it and could pass the part).
 pub fn image_score(patch_scores: &[f32]) -> f32 {
-    patch_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    patch_scores
+        .iter()
+        .map(|s| if s.is_nan() { f32::INFINITY } else { *s })
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// The routing decision from each task's normalised distance, unknown-product limit and whether
@@ -294,10 +310,10 @@ mod tests {
             tasks: ["a", "b", "c"]
                 .iter()
                 .zip([0.0, 10.0, 20.0])
-                .map(|(n, c)| TaskIndex::new(&task(n, c)))
+                .map(|(n, c)| TaskIndex::new(&task(n, c)).unwrap())
                 .collect(),
         };
-        let scores = |features: &[f32], t: usize| detector.tasks[t].patch_scores(features);
+        let scores = |features: &[f32], t: usize| detector.tasks[t].patch_scores(features).unwrap();
         let routed = |distances: [f32; 3]| decide_route(&distances, &[15.0; 3], &[true; 3]);
         let judge = |features: &[f32], routing: &Routing| {
             let nearest = scores(features, routing.task);
@@ -329,6 +345,24 @@ mod tests {
             &decide_route(&[1.0, 2.0, 3.0], &[15.0; 3], &[false; 3]),
         );
         assert!(v.unknown);
+    }
+
+    #[test]
+    fn a_nan_patch_score_is_the_worst_and_mismatched_features_are_an_error() {
+        assert_eq!(image_score(&[0.5, f32::NAN, 0.2]), f32::INFINITY);
+        assert_eq!(image_score(&[0.5, 0.2]), 0.5);
+        let index = TaskIndex::new(&task("a", 0.0)).unwrap();
+        let two_dims = TaskIndex::new(&Task::uncalibrated(
+            "b",
+            Rows::new(2, vec![0.0; 2], Precision::F32),
+            None,
+            Rows::new(2, vec![0.0; 2], Precision::F32),
+            1,
+        ))
+        .unwrap();
+        assert!(two_dims.patch_scores(&[1.0, 2.0, 3.0]).is_err());
+        assert!(two_dims.key_distance(&[1.0]).is_err());
+        assert!(index.patch_scores(&[]).is_err());
     }
 
     #[test]

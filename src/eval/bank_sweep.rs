@@ -115,9 +115,9 @@ pub fn run(
                 .or_insert_with(|| fitting.projection(&params))
                 .clone();
             let count = fitting.knowledge_count(&params, projection.as_ref())?;
-            let task = fitting.task(&params, projection, &order[..count]);
-            let index = TaskIndex::new(&task);
-            let scores = crate::parallel::map(&test, || (), |_, f| Ok(image_score(&index.patch_scores(f))))?;
+            let task = fitting.task(&params, projection, &order[..count])?;
+            let index = TaskIndex::new(&task)?;
+            let scores = crate::parallel::map(&test, || (), |_, f| Ok(image_score(&index.patch_scores(f)?)))?;
             point.image_auroc.push(TieGroups::new(&scores, &labels).auroc());
             point.bytes.push(task.bytes());
             info!("{name}: {s:?}: {count} rows, {} bytes", task.bytes());

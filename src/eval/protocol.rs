@@ -238,10 +238,9 @@ impl Prepared {
 
 /// Test image `i` of `set` (task `own`), routed over the bank.
 fn routed(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
-    let routing = detector.route(&set.test[i], &set.test_colours[i]);
-    let scores = |t: usize| -> Result<Vec<f32>> {
-        Ok(detector.tasks[t].patch_scores(&set.view(backbone, detector, own, t, i)?))
-    };
+    let routing = detector.route(&set.test[i], &set.test_colours[i])?;
+    let scores =
+        |t: usize| -> Result<Vec<f32>> { detector.tasks[t].patch_scores(&set.view(backbone, detector, own, t, i)?) };
     let verdict = detector.resolve(&routing, scores(routing.task)?, scores)?;
     let task = &detector.tasks[verdict.task];
     Ok(Scored {
@@ -256,7 +255,7 @@ fn routed(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, 
 fn oracle(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
     let t = &detector.tasks[own];
     let patches = t
-        .relative(&t.patch_scores(&set.view(backbone, detector, own, own, i)?))
+        .relative(&t.patch_scores(&set.view(backbone, detector, own, own, i)?)?)
         .collect();
     Ok(Scored {
         task: own,
@@ -330,13 +329,13 @@ fn upper_reference(backbone: &Backbone, sets: &[Prepared], options: &EvalOptions
             let memory = set.train.concat();
             let count = ((memory.len() / dim) as f32 * options.reference_fraction).ceil() as usize;
             let rows = gather_rows(&memory, dim, &greedy_coreset(&memory, dim, count, options.fit.seed));
-            let index = KnnIndex::new(Rows::new(dim, rows, Precision::F32));
+            let index = KnnIndex::new(Rows::new(dim, rows, Precision::F32))?;
             let scores = score_set(backbone, set, |i| {
                 Ok(Scored {
                     task: 0,
                     margin: None,
                     unknown: false,
-                    patches: index.search(&set.test[i], 1, None),
+                    patches: index.search(&set.test[i], 1, None)?,
                 })
             })?;
             info!(

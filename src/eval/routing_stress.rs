@@ -113,7 +113,7 @@ pub fn run(
         let train = cache.features(backbone, &set.train, &format!("{}: train", set.name))?;
         let colours = image_colours(&backbone.meta, &set.train, |p| load_rgb(p))?;
         let task = fit_from_features(&set.name, &train, &colours, dim, &options.fit)?;
-        detector.tasks.push(TaskIndex::new(&task));
+        detector.tasks.push(TaskIndex::new(&task)?);
         let paths: Vec<PathBuf> = set.test.iter().map(|i| i.image.clone()).collect();
         let features = cache.features(backbone, &paths, &format!("{}: test", set.name))?;
         let colours = image_colours(&backbone.meta, &paths, |p| load_rgb(p))?;
@@ -124,11 +124,11 @@ pub fn run(
         &test,
         || (),
         |_, (_, f, _)| {
-            Ok(detector
+            detector
                 .tasks
                 .iter()
                 .map(|task| task.normalised_distance(f))
-                .collect::<Vec<f32>>())
+                .collect::<Result<Vec<f32>>>()
         },
     )?;
     let colour_fits = test
@@ -148,7 +148,7 @@ pub fn run(
         || (),
         |_, (image, routing)| {
             let scores = |t: usize| detector.tasks[t].patch_scores(&test[*image].1);
-            let verdict = detector.resolve(routing, scores(routing.task), |t| Ok(scores(t)))?;
+            let verdict = detector.resolve(routing, scores(routing.task)?, scores)?;
             let key = (*image, routing.task, routing.candidates.clone());
             Ok((key, (verdict.task, verdict.unknown)))
         },

@@ -209,6 +209,21 @@ pub fn in_frame_pool<R>(work: impl FnOnce() -> R) -> R {
     work()
 }
 
+/// Makes the panic hook run on the system heap: a panic while a frame is judged (a fault the loop
+/// survives) must not leave what the hook keeps — a backtrace's symbol cache, say — in the frame
+/// pool, where it would crowd out the frames that follow. Wraps the current hook, once.
+pub fn report_panics_from_the_heap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let pooled = USE_FRAME_POOL.with(|flag| flag.replace(false));
+            hook(info);
+            USE_FRAME_POOL.with(|flag| flag.set(pooled));
+        }));
+    });
+}
+
 /// Allocation counts so far in this process (all threads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllocationCounts {

@@ -48,7 +48,11 @@ impl Auditor {
     pub fn start(config: &AuditConfig, meta: &BackboneMeta) -> Result<Auditor> {
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("cannot create the audit folder {}", config.dir.display()))?;
-        let mut budget = DiskBudget::scan(&config.dir, config.max_mib << 20)?;
+        let limit = config
+            .max_mib
+            .checked_mul(1 << 20)
+            .with_context(|| format!("audit.max_mib = {} is more bytes than a disk holds", config.max_mib))?;
+        let mut budget = DiskBudget::scan(&config.dir, limit)?;
         let (free_tx, free) = sync_channel(config.queue);
         let (work, work_rx) = sync_channel::<Box<AuditSlot>>(config.queue);
         let patches = meta.grid() * meta.grid();

@@ -1,9 +1,22 @@
 //! `ucad run` configuration: one TOML file per board (board/*.toml).
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use serde::Deserialize;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde::{Deserialize, Deserializer};
+
+use super::schedule::QUEUE_CAPACITY;
+
+/// The longest travel, pulse, deadline or stall time a config may give: more is a typo.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// The longest `log_every_s` (about 32 years: periodic lines off).
+pub const MAX_LOG_EVERY: Duration = Duration::from_secs(1_000_000_000);
+/// Frame rates a source may have.
+pub const FPS: RangeInclusive<f64> = 0.01..=1000.0;
+/// Reject-queue entries kept free of parts for the pulses that hold the gate over unseen parts.
+pub const BLIND_PULSES: u64 = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,9 +41,28 @@ pub struct RunConfig {
     /// The listener for signed bank updates (off when absent).
     #[serde(default)]
     pub update: Option<UpdateConfig>,
-    /// Seconds between counter lines in the log.
-    #[serde(default = "default_log_every")]
-    pub log_every_s: f64,
+    /// Between counter lines in the log (`log_every_s`).
+    #[serde(rename = "log_every_s", default = "default_log_every", deserialize_with = "seconds")]
+    pub log_every: Duration,
+}
+
+/// A duration given in milliseconds, parsed once: anything a `Duration` cannot hold (negative,
+/// not finite, too large) is refused here, the bounds in [`RunConfig::check`].
+fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let ms = f64::deserialize(deserializer)?;
+    duration(ms / 1e3)
+        .ok_or_else(|| serde::de::Error::custom(format!("{ms:?} ms is not a duration (a finite number, at least 0)")))
+}
+
+/// A duration given in seconds (see [`millis`]).
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = f64::deserialize(deserializer)?;
+    duration(s)
+        .ok_or_else(|| serde::de::Error::custom(format!("{s:?} s is not a duration (a finite number, at least 0)")))
+}
+
+fn duration(seconds: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -79,6 +111,9 @@ pub struct UpdateConfig {
     pub listen: String,
     /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
     pub trusted_keys: Vec<PathBuf>,
+    /// The production line (or device group) this device is on: only banks signed for it
+    /// (`ucad sign --line`) are accepted. Required, so that no two lines share one by default.
+    pub line: crate::update::signing::Line,
     /// Larger requests are refused (a body up to twice this is read and discarded first).
     #[serde(default = "default_update_max_mib")]
     pub max_mib: usize,
@@ -88,6 +123,9 @@ fn default_update_max_mib() -> usize {
     64
 }
 
+/// The largest `update.max_mib`: a request body is held in memory whole.
+pub const MAX_UPDATE_MIB: usize = 1024;
+
 fn default_audit_queue() -> usize {
     4
 }
@@ -96,8 +134,8 @@ fn default_backbone() -> String {
     "default".into()
 }
 
-fn default_log_every() -> f64 {
-    10.0
+fn default_log_every() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,9 +273,11 @@ pub enum RoutingMode {
 #[serde(deny_unknown_fields)]
 pub struct RejectConfig {
     pub line: LineConfig,
-    /// Capture to actuator: when the part reaches the reject gate.
-    pub travel_delay_ms: f64,
-    pub pulse_width_ms: f64,
+    /// Capture to actuator: when the part reaches the reject gate (`travel_delay_ms`).
+    #[serde(rename = "travel_delay_ms", deserialize_with = "millis")]
+    pub travel_delay: Duration,
+    #[serde(rename = "pulse_width_ms", deserialize_with = "millis")]
+    pub pulse_width: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,10 +308,12 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct FailsafeConfig {
     pub action: FailsafeAction,
-    /// A frame not decided this long after capture gets the fail-safe action.
-    pub deadline_ms: f64,
-    /// No frame for this long is a stalled source.
-    pub stall_ms: f64,
+    /// A frame not decided this long after capture gets the fail-safe action (`deadline_ms`).
+    #[serde(rename = "deadline_ms", deserialize_with = "millis")]
+    pub deadline: Duration,
+    /// No frame for this long is a stalled source (`stall_ms`).
+    #[serde(rename = "stall_ms", deserialize_with = "millis")]
+    pub stall: Duration,
     /// Asserted by the `stop_line` action.
     #[serde(default)]
     pub stop_line: Option<LineConfig>,
@@ -288,8 +330,8 @@ impl Default for FailsafeConfig {
     fn default() -> FailsafeConfig {
         FailsafeConfig {
             action: FailsafeAction::Reject,
-            deadline_ms: 1000.0,
-            stall_ms: 5000.0,
+            deadline: Duration::from_millis(1000),
+            stall: Duration::from_millis(5000),
             stop_line: None,
             source_retries: default_source_retries(),
         }
@@ -305,17 +347,119 @@ pub enum FailsafeAction {
     StopLine,
 }
 
+impl SourceConfig {
+    /// Frames per second the source delivers.
+    pub fn fps(&self) -> f64 {
+        match self {
+            SourceConfig::Conveyor { fps, .. } | SourceConfig::Folder { fps, .. } => *fps,
+            SourceConfig::V4l2 { fps, .. } => f64::from(*fps),
+        }
+    }
+
+    /// Width and height of every frame, where the config says them.
+    fn frame_size(&self) -> Option<(u32, u32)> {
+        match self {
+            SourceConfig::Conveyor { size, .. } => Some((*size, *size)),
+            SourceConfig::Folder { .. } => None,
+            SourceConfig::V4l2 { width, height, .. } => Some((*width, *height)),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let fps = self.fps();
+        ensure!(
+            FPS.contains(&fps),
+            "source.fps must be between {} and {}, not {fps:?}",
+            FPS.start(),
+            FPS.end()
+        );
+        match self {
+            SourceConfig::Conveyor {
+                products,
+                run_length,
+                defect_every,
+                size,
+                train_images,
+                ..
+            } => {
+                count("source.products", *products as u64, 1..=64)?;
+                count("source.run_length", *run_length as u64, 1..=1 << 32)?;
+                count("source.defect_every", *defect_every as u64, 1..=1 << 32)?;
+                count("source.size", u64::from(*size), 16..=2048)?;
+                count("source.train_images", *train_images as u64, 1..=10_000)?;
+                // The clips are rendered at start-up: products × 16 frames of size² pixels.
+                let bytes = *products as u64 * 16 * u64::from(*size).pow(2) * 3;
+                ensure!(
+                    bytes <= 1 << 30,
+                    "source.products × source.size: {products} products of {size}×{size} frames take {} MiB \
+                     to replay, at most 1024",
+                    bytes >> 20
+                );
+            }
+            SourceConfig::Folder { .. } => {}
+            SourceConfig::V4l2 { width, height, .. } => {
+                count("source.width", u64::from(*width), 1..=16_384)?;
+                count("source.height", u64::from(*height), 1..=16_384)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The time between two frames at `fps` (refused outside [`FPS`]).
+pub fn frame_period(fps: f64) -> Result<Duration> {
+    ensure!(
+        FPS.contains(&fps),
+        "a frame rate must be between {} and {} fps, not {fps:?}",
+        FPS.start(),
+        FPS.end()
+    );
+    Ok(Duration::from_secs_f64(1.0 / fps))
+}
+
+/// Parts between the camera and the end of their reject pulse at most: each has its own entry
+/// in the reject queue.
+pub fn parts_in_flight(fps: f64, travel: Duration, width: Duration) -> u64 {
+    (fps * (travel + width).as_secs_f64()).ceil() as u64 + 1
+}
+
+fn count(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<()> {
+    ensure!(
+        range.contains(&value),
+        "{key} must be between {} and {}, not {value}",
+        range.start(),
+        range.end()
+    );
+    Ok(())
+}
+
+fn positive(key: &str, value: Duration, max: Duration) -> Result<()> {
+    ensure!(
+        !value.is_zero() && value <= max,
+        "{key} must be positive and at most {max:?}, not {value:?}"
+    );
+    Ok(())
+}
+
 impl RunConfig {
     /// Reads a config; relative paths in it are taken from the config file's folder.
     pub fn load(path: &Path) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut config: RunConfig =
-            toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        RunConfig::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("{}: invalid config", path.display()))
+    }
+
+    /// Parses and checks a config's text; relative paths in it are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<RunConfig> {
+        let mut config: RunConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = e.path().to_string();
+            match e.into_inner() {
+                inner if key == "." => anyhow!(inner),
+                inner => anyhow!("{key}: {inner}"),
+            }
+        })?;
         config.rebase(base);
-        config
-            .check()
-            .with_context(|| format!("{}: invalid config", path.display()))?;
+        config.check()?;
         Ok(config)
     }
 
@@ -340,66 +484,81 @@ impl RunConfig {
         }
     }
 
+    /// Every value in its range, and the values consistent with each other; errors name the key.
     pub fn check(&self) -> Result<()> {
         let r = &self.reject;
-        ensure!(
-            r.travel_delay_ms >= 0.0 && r.pulse_width_ms > 0.0,
-            "reject timing must be positive"
-        );
+        positive("reject.travel_delay_ms", r.travel_delay, MAX_DURATION)?;
+        positive("reject.pulse_width_ms", r.pulse_width, MAX_DURATION)?;
         let f = &self.failsafe;
+        positive("failsafe.deadline_ms", f.deadline, MAX_DURATION)?;
+        positive("failsafe.stall_ms", f.stall, MAX_DURATION)?;
+        positive("log_every_s", self.log_every, MAX_LOG_EVERY)?;
         ensure!(
-            f.deadline_ms > 0.0 && f.deadline_ms <= r.travel_delay_ms,
-            "failsafe.deadline_ms ({}) must be positive and at most reject.travel_delay_ms ({}): a part judged \
-             later than its reject gate cannot be rejected",
-            f.deadline_ms,
-            r.travel_delay_ms
+            f.deadline <= r.travel_delay,
+            "failsafe.deadline_ms ({:?}) must be at most reject.travel_delay_ms ({:?}): a part judged later \
+             than its reject gate cannot be rejected",
+            f.deadline,
+            r.travel_delay
         );
-        ensure!(f.stall_ms > 0.0, "failsafe.stall_ms must be positive");
         ensure!(
             f.action != FailsafeAction::StopLine || f.stop_line.is_some(),
             "failsafe.action = \"stop_line\" needs a [failsafe.stop_line] output"
         );
-        ensure!(
-            self.bank.capacity_tasks >= 1 && self.bank.capacity_task_kib >= 1,
-            "bank capacity must be positive"
-        );
-        ensure!(
-            self.memory.frame_pool_mib >= 1,
-            "memory.frame_pool_mib must be at least 1"
-        );
+        count("bank.capacity_tasks", self.bank.capacity_tasks as u64, 1..=4096)?;
+        count(
+            "bank.capacity_task_kib",
+            self.bank.capacity_task_kib as u64,
+            1..=1 << 20,
+        )?;
+        count("memory.frame_pool_mib", self.memory.frame_pool_mib as u64, 1..=1 << 16)?;
+        self.memory.frame_pool_bytes().context("memory.frame_pool_mib")?;
         if let Some(audit) = &self.audit {
-            ensure!(
-                audit.max_mib >= 1 && audit.queue >= 1,
-                "audit.max_mib and audit.queue must be at least 1"
-            );
+            count("audit.max_mib", audit.max_mib, 1..=1 << 24)?;
+            count("audit.queue", audit.queue as u64, 1..=64)?;
         }
         if let Some(update) = &self.update {
             ensure!(
-                !update.trusted_keys.is_empty() && update.max_mib >= 1,
-                "update needs at least one trusted key and max_mib ≥ 1"
+                !update.trusted_keys.is_empty(),
+                "update.trusted_keys must name at least one key"
+            );
+            ensure!(
+                (1..=MAX_UPDATE_MIB).contains(&update.max_mib),
+                "update.max_mib ({}) must be 1 to {MAX_UPDATE_MIB}",
+                update.max_mib
             );
             mib(update.max_mib)?;
         }
+        self.source.check()?;
         if let Some(roi) = self.roi {
-            ensure!(roi.width > 0 && roi.height > 0, "roi must not be empty");
+            roi.check(self.source.frame_size())?;
         }
-        match &self.source {
-            SourceConfig::Conveyor {
-                fps,
-                products,
-                run_length,
-                defect_every,
-                ..
-            } => {
-                ensure!(
-                    *fps > 0.0 && *products >= 1 && *run_length >= 1 && *defect_every >= 1,
-                    "bad conveyor source"
-                );
-            }
-            SourceConfig::Folder { fps, .. } => ensure!(*fps > 0.0, "source.fps must be positive"),
-            SourceConfig::V4l2 { fps, width, height, .. } => {
-                ensure!(*fps > 0 && *width > 0 && *height > 0, "bad v4l2 source size or fps")
-            }
+        let in_flight = parts_in_flight(self.source.fps(), r.travel_delay, r.pulse_width);
+        ensure!(
+            in_flight + BLIND_PULSES <= QUEUE_CAPACITY as u64,
+            "source.fps × (reject.travel_delay_ms + reject.pulse_width_ms): {in_flight} parts between camera and \
+             gate, the reject queue holds {}",
+            QUEUE_CAPACITY as u64 - BLIND_PULSES
+        );
+        Ok(())
+    }
+}
+
+impl Roi {
+    /// Not empty, and inside a frame of `frame` (width, height) when that is known.
+    pub fn check(&self, frame: Option<(u32, u32)>) -> Result<()> {
+        ensure!(self.width > 0 && self.height > 0, "roi must not be empty");
+        let (Some(right), Some(bottom)) = (self.x.checked_add(self.width), self.y.checked_add(self.height)) else {
+            bail!("roi: x + width or y + height is beyond 2^32 pixels");
+        };
+        if let Some((width, height)) = frame {
+            ensure!(
+                right <= width && bottom <= height,
+                "roi (x {} + width {}, y {} + height {}) lies outside the {width}×{height} frame",
+                self.x,
+                self.width,
+                self.y,
+                self.height
+            );
         }
         Ok(())
     }

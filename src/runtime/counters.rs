@@ -6,6 +6,7 @@ use heapless::HistoryBuffer;
 use serde::Serialize;
 
 use super::inspection::PartRecord;
+use super::schedule::Late;
 
 /// Latencies kept for the percentiles (the most recent ones).
 const LATENCY_WINDOW: usize = 4096;
@@ -70,6 +71,13 @@ pub struct Counters {
     /// Rejects per task, sized for the bank at start-up.
     pub rejects_per_task: Vec<u64>,
     pub failsafes: u64,
+    /// Parts whose decision came too late or never (judging behind): their provisional reject
+    /// fired (included in `failsafes`).
+    pub rejected_by_default: u64,
+    /// Frames whose judging panicked (fail-safed; included in `failsafes`).
+    pub judging_panics: u64,
+    /// Banks sent back to the last-known-good one for faulting on their first frames.
+    pub bank_demotions: u64,
     /// Parts no learned product explains (fail-safed; included in `failsafes`).
     pub unknown_products: u64,
     pub stalls: u64,
@@ -88,11 +96,21 @@ pub struct Counters {
 pub struct Summary {
     pub frames: u64,
     pub parts: u64,
+    /// Parts rejected on time (late pulses are escapes, not rejects).
     pub rejects: u64,
     pub rejects_per_task: Vec<u64>,
+    /// Defective parts that passed, and parts whose reject pulse could not be on time (counted
+    /// when ground truth is known or a pulse was late).
     pub escapes: Option<u64>,
     pub false_rejects: Option<u64>,
     pub failsafe_rejects: u64,
+    /// Parts whose decision came too late or never: their provisional reject fired.
+    pub rejected_by_default: u64,
+    /// Reject pulses (of parts, or held over unseen parts) whose line rose later than the
+    /// tolerance after their start: those parts passed the gate.
+    pub late_pulses: u64,
+    pub judging_panics: u64,
+    pub bank_demotions: u64,
     pub unknown_products: u64,
     pub stalls: u64,
     pub dropped_frames: u64,
@@ -113,6 +131,9 @@ pub struct Totals {
     pub frames: u64,
     pub rejects: u64,
     pub failsafe_rejects: u64,
+    pub rejected_by_default: u64,
+    pub judging_panics: u64,
+    pub bank_demotions: u64,
     pub unknown_products: u64,
     pub stalls: u64,
     pub dropped_frames: u64,
@@ -141,6 +162,9 @@ impl Counters {
             rejects: 0,
             rejects_per_task: vec![0; tasks],
             failsafes: 0,
+            rejected_by_default: 0,
+            judging_panics: 0,
+            bank_demotions: 0,
             unknown_products: 0,
             stalls: 0,
             dropped_frames: 0,
@@ -154,10 +178,12 @@ impl Counters {
         }
     }
 
-    /// Counts a decided part; `latency` is capture to decision.
-    pub fn count(&mut self, part: &PartRecord, latency: Duration) {
+    /// Counts a part; `latency` is capture to decision, for a part judged.
+    pub fn count(&mut self, part: &PartRecord, latency: Option<Duration>) {
         self.frames += 1;
-        self.latencies_ms.write(latency.as_secs_f32() * 1e3);
+        if let Some(latency) = latency {
+            self.latencies_ms.write(latency.as_secs_f32() * 1e3);
+        }
         if part.rejected {
             self.rejects += 1;
             if let Some(slot) = part.task.and_then(|t| self.rejects_per_task.get_mut(t)) {
@@ -169,6 +195,14 @@ impl Counters {
             self.escapes += (truth.defective && !part.rejected) as u64;
             self.false_rejects += (!truth.defective && part.rejected) as u64;
         }
+    }
+
+    /// Parts that never reached judging: rejected by default.
+    pub fn count_unjudged(&mut self, parts: u64) {
+        self.frames += parts;
+        self.rejects += parts;
+        self.failsafes += parts;
+        self.rejected_by_default += parts;
     }
 
     /// The latency at quantile `q` of the recent window; sorts a copy on the stack, so that
@@ -193,6 +227,9 @@ impl Counters {
             frames: self.frames,
             rejects: self.rejects,
             failsafe_rejects: self.failsafes,
+            rejected_by_default: self.rejected_by_default,
+            judging_panics: self.judging_panics,
+            bank_demotions: self.bank_demotions,
             unknown_products: self.unknown_products,
             stalls: self.stalls,
             dropped_frames: self.dropped_frames,
@@ -221,16 +258,21 @@ impl Counters {
         }
     }
 
-    pub fn summary(&self, timing_error_ms: Option<f64>, memory: MemoryReport) -> Summary {
+    /// The summary; `late` pulses move their parts from the rejects to the escapes.
+    pub fn summary(&self, timing_error_ms: Option<f64>, memory: MemoryReport, late: Late) -> Summary {
         let known = self.known_parts > 0;
         Summary {
             frames: self.frames,
             parts: self.frames,
-            rejects: self.rejects,
+            rejects: self.rejects.saturating_sub(late.parts),
             rejects_per_task: self.rejects_per_task.clone(),
-            escapes: known.then_some(self.escapes),
+            escapes: (known || late.parts > 0).then_some(self.escapes + late.parts),
             false_rejects: known.then_some(self.false_rejects),
             failsafe_rejects: self.failsafes,
+            rejected_by_default: self.rejected_by_default,
+            late_pulses: late.pulses,
+            judging_panics: self.judging_panics,
+            bank_demotions: self.bank_demotions,
             unknown_products: self.unknown_products,
             stalls: self.stalls,
             dropped_frames: self.dropped_frames,
@@ -253,11 +295,14 @@ impl std::fmt::Display for CountersLine<'_> {
         let c = self.0;
         write!(
             f,
-            "frames {} rejects {} {:?} failsafe {} unknown {} stalls {} dropped {} switches {} p50 {:.1} ms p99 {:.1} ms",
+            "frames {} rejects {} {:?} failsafe {} (by default {}, panics {}) unknown {} stalls {} dropped {} switches {} \
+             p50 {:.1} ms p99 {:.1} ms",
             c.frames,
             c.rejects,
             c.rejects_per_task,
             c.failsafes,
+            c.rejected_by_default,
+            c.judging_panics,
             c.unknown_products,
             c.stalls,
             c.dropped_frames,

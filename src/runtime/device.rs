@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use v4l::buffer::Type;
+use v4l::buffer::{Flags, Metadata, Type};
 use v4l::io::mmap::Stream;
 use v4l::io::traits::CaptureStream;
 use v4l::video::capture::Parameters;
@@ -84,7 +84,7 @@ impl FrameSource for V4l2Source {
             .stream
             .next()
             .with_context(|| format!("{}: no frame (camera gone or stalled)", self.path.display()))?;
-        let captured = Instant::now();
+        let captured = capture_instant(meta);
         if let Some(last) = self.last_sequence {
             self.dropped += meta.sequence.wrapping_sub(last).saturating_sub(1) as u64;
         }
@@ -108,6 +108,24 @@ impl FrameSource for V4l2Source {
 
     fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+/// When the driver captured a buffer, as an `Instant` (both count CLOCK_MONOTONIC): a frame that
+/// waited in the driver's queue keeps its real capture time, and its part its real gate time.
+/// The dequeue time when the driver gives no believable monotonic stamp.
+fn capture_instant(meta: &Metadata) -> Instant {
+    let mut clock = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut clock) } == 0;
+    let now = Instant::now();
+    let monotonic = meta.flags & Flags::TIMESTAMP_MASK == Flags::TIMESTAMP_MONOTONIC;
+    let micros = |sec: i128, usec: i128| sec * 1_000_000 + usec;
+    let age = micros(clock.tv_sec.into(), (clock.tv_nsec / 1000).into())
+        - micros(meta.timestamp.sec.into(), meta.timestamp.usec.into());
+    match u64::try_from(age) {
+        Ok(age) if read && monotonic && age < 60_000_000 => now.checked_sub(Duration::from_micros(age)).unwrap_or(now),
+        _ => now,
     }
 }
 

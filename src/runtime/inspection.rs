@@ -1,36 +1,50 @@
-//! The inspection loop: source → ROI → preprocess → route → score → decide → reject line, with
-//! the fail-safe whenever a part cannot be judged in time, and counters throughout.
+//! The inspection loop: a capture thread takes each frame and queues its part's provisional
+//! reject; this thread judges it — ROI → preprocess → route → score → decide — and withdraws the
+//! reject for a pass decided in time. A part that cannot be judged in time (late, a fault, a
+//! panic) keeps its reject, or the line is stopped; counters throughout.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use image::RgbImage;
 use log::{debug, error, info, warn};
 use tract_core::prelude::Tensor;
 
 use super::alloc::{
-    allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, reserve_frame_pool, AllocationCounts,
+    allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, report_panics_from_the_heap,
+    reserve_frame_pool, AllocationCounts,
 };
 use super::audit::Auditor;
-use super::config::{mib, FailsafeAction, LineConfig, RoutingConfig, RoutingMode, RunConfig};
+use super::capture::{panic_message, Capture, CaptureCounts, Event, FramePool, Part};
+use super::config::{mib, FailsafeAction, RoutingConfig, RoutingMode, RunConfig};
 use super::counters::{Counters, Lap, MemoryReport, Stage, Summary};
 use super::pixels::copy_image;
-use super::reject::{Actuator, RejectLine, SimRecord, SimulatedLine};
-use super::schedule::Pulse;
+use super::reject::{assert_stop_line, open_line, Actuator, SimRecord};
+use super::schedule::QUEUE_CAPACITY;
 use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::detect::colour::{colour_of, Colour};
 use crate::detect::{image_score, Detector, Routing};
-use crate::update::listener::{DeviceState, Installed, UpdateListener, UpdatePolicy};
+use crate::update::listener::{Demotion, DeviceState, Installed, UpdateListener, UpdatePolicy};
 use crate::update::signing::read_public_key;
-use crate::update::store::BankStore;
+use crate::update::store::{BankStore, Origin};
 
 /// Frames before allocation counting starts (buffers and caches fill on the first ones).
 const WARM_UP_FRAMES: u64 = 5;
 
 /// Parts whose records an endless run keeps (the first ones; counters cover the rest).
 const PART_RECORDS: u64 = 4096;
+
+/// A bank that faults on each of its first this many frames is sent back to the last-known-good
+/// one.
+pub const DEMOTE_AFTER: u32 = 3;
+
+/// How often the loop looks at the stop flag while it waits for a frame.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// One judged (or fail-safed) part, for tests and audits.
 #[derive(Debug, Clone, Copy)]
@@ -50,11 +64,32 @@ pub struct PartRecord {
     pub reject_at: Option<Instant>,
 }
 
+impl PartRecord {
+    fn new(part: &Part) -> PartRecord {
+        PartRecord {
+            sequence: part.sequence,
+            captured: part.captured,
+            truth: part.truth,
+            task: None,
+            bank_version: None,
+            relative_score: f32::NAN,
+            rejected: false,
+            failsafe: false,
+            reject_at: None,
+        }
+    }
+}
+
 pub struct Outcome {
     pub summary: Summary,
     pub parts: Vec<PartRecord>,
     /// The simulated line's record, when the line is simulated.
     pub sim: Option<Arc<Mutex<SimRecord>>>,
+    /// The loop ended on the stop flag (SIGTERM, SIGINT).
+    pub stopped: bool,
+    /// What ended the loop early, the fail-safe applied: a camera failing for good, or a part
+    /// not judged in time with the `stop_line` action.
+    pub fault: Option<anyhow::Error>,
 }
 
 /// Route state of sticky routing.
@@ -62,6 +97,14 @@ pub struct Outcome {
 struct Sticky {
     task: Option<usize>,
     since_reroute: u32,
+}
+
+/// How a bank has done since it was adopted.
+#[derive(Default)]
+struct Probation {
+    /// It has judged a frame.
+    proven: bool,
+    faults: u32,
 }
 
 pub struct Inspector {
@@ -77,28 +120,112 @@ pub struct Inspector {
     patch_scores: Vec<f32>,
     config: RunConfig,
     sticky: Sticky,
+    probation: Probation,
+    /// How long judging a frame takes lately (a moving average): a frame with less time left
+    /// before its deadline is not started, so that an overloaded loop spends its time on frames
+    /// it can still decide.
+    judging_time: Duration,
+    /// Set to end the loop between frames (a signal handler's flag).
+    stop: Arc<AtomicBool>,
 }
 
-/// What the loop holds while it runs.
+/// What the loop holds while it runs (the actuator beside it, shared with the capture thread).
 struct Line {
-    actuator: Actuator,
     auditor: Option<Auditor>,
     counters: Counters,
+}
+
+/// The judging side of a run: what it reads and updates.
+struct Loop<'a> {
+    events: &'a Receiver<Event>,
+    actuator: &'a Actuator,
+    pool: &'a FramePool,
+    counts: &'a CaptureCounts,
+    line: &'a mut Line,
+    parts: &'a mut Vec<PartRecord>,
+    /// Allocation counts after warm-up, and the frame they were taken at.
+    steady: &'a mut Option<(AllocationCounts, u64)>,
+    /// The capture thread has sent its last event.
+    ended: bool,
+    travel: Duration,
+}
+
+impl Loop<'_> {
+    /// Takes over what the capture thread counted.
+    fn sync_counts(&mut self) {
+        let counters = &mut self.line.counters;
+        counters.stalls = self.counts.stalls.load(Ordering::Relaxed);
+        counters.dropped_frames = self.counts.dropped_frames.load(Ordering::Relaxed);
+        let unreported = self.counts.unreported.swap(0, Ordering::Relaxed);
+        if unreported > 0 {
+            error!("{unreported} part(s) found judging too far behind to take them: rejected by default");
+            counters.count_unjudged(unreported);
+        }
+    }
+
+    /// After judging stopped: the parts captured meanwhile keep their rejects and are counted,
+    /// up to the capture thread's last event.
+    fn drain(&mut self) {
+        while !self.ended {
+            match self.events.recv() {
+                Ok(Event::Part(part, frame)) => {
+                    if let Some(frame) = frame {
+                        self.pool.give(frame);
+                    }
+                    warn!(
+                        "frame {}: not judged (the loop is ending): rejected by default",
+                        part.sequence
+                    );
+                    let record = unjudged(&part, self.travel, &mut self.line.counters);
+                    if self.parts.len() < self.parts.capacity() {
+                        self.parts.push(record);
+                    }
+                }
+                Ok(Event::End(end)) => {
+                    if let Err(e) = end {
+                        error!("{e:#}");
+                    }
+                    self.ended = true;
+                }
+                Err(_) => self.ended = true,
+            }
+        }
+        self.sync_counts();
+    }
+}
+
+/// A part no decision was made for: its provisional reject at `captured + travel` fires.
+fn unjudged(part: &Part, travel: Duration, counters: &mut Counters) -> PartRecord {
+    let record = PartRecord {
+        rejected: true,
+        failsafe: true,
+        reject_at: part.ticket.map(|_| part.captured + travel),
+        ..PartRecord::new(part)
+    };
+    counters.failsafes += 1;
+    counters.rejected_by_default += 1;
+    counters.count(&record, None);
+    record
+}
+
+/// What start-up opens before the first frame.
+struct Started {
+    actuator: Actuator,
+    line: Line,
+    sim: Option<Arc<Mutex<SimRecord>>>,
+    listener: Option<UpdateListener>,
 }
 
 impl Inspector {
     pub fn new(backbone: Backbone, config: RunConfig) -> Inspector {
         let state = Arc::new(DeviceState::default());
-        let capacity = config.bank.capacity();
-        let loaded = BankStore::new(&config.bank.path, &backbone.file_sha256, capacity)
-            .load()
-            .and_then(|(bank, origin)| {
-                Ok(Installed {
-                    detector: Detector::new(&bank)?,
-                    version: bank.version,
-                    origin,
-                })
-            });
+        let loaded = bank_store(&config, &backbone).load().and_then(|(bank, origin)| {
+            Ok(Installed {
+                detector: Detector::new(&bank)?,
+                version: bank.version,
+                origin,
+            })
+        });
         match loaded {
             Ok(installed) => state.installed.store(Some(Arc::new(installed))),
             Err(e) => error!(
@@ -114,13 +241,140 @@ impl Inspector {
             current: None,
             roi_view: RgbImage::new(0, 0),
             sticky: Sticky::default(),
+            probation: Probation::default(),
+            judging_time: Duration::ZERO,
+            stop: Arc::new(AtomicBool::new(false)),
             config,
         }
     }
 
-    /// Runs until the source ends or `max_frames` frames were taken.
+    /// The loop ends between frames once `flag` is set (e.g. by a SIGTERM handler).
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = flag;
+    }
+
+    /// What the device reports on `GET /status`.
+    pub fn state(&self) -> &Arc<DeviceState> {
+        &self.state
+    }
+
+    /// Runs until the source ends, `max_frames` frames were taken, the stop flag is set or a
+    /// fault ends the loop (in the outcome, with the summary). An error when it cannot start.
     pub fn run(&mut self, source: &mut dyn FrameSource, max_frames: Option<u64>) -> Result<Outcome> {
+        let Started {
+            actuator,
+            mut line,
+            sim,
+            listener,
+        } = match self.start() {
+            Ok(started) => started,
+            Err(e) => {
+                error!("{e:#}: cannot start inspecting");
+                if self.config.failsafe.action == FailsafeAction::StopLine {
+                    assert_stop_line(self.config.failsafe.stop_line.as_ref());
+                }
+                return Err(e);
+            }
+        };
+        let mut parts = Vec::with_capacity(max_frames.unwrap_or(PART_RECORDS).min(1 << 20) as usize);
+        let mut steady = None;
+        let (result, stopped) =
+            self.capture_and_judge(source, max_frames, &actuator, &mut line, &mut parts, &mut steady);
+        // The stop line first: parts keep coming while the rest shuts down.
+        if let Err(e) = &result {
+            error!("{e:#}: applying the fail-safe");
+            assert_stop_line(self.config.failsafe.stop_line.as_ref());
+        } else if stopped {
+            warn!("stopped between frames");
+            if self.config.failsafe.action == FailsafeAction::StopLine {
+                assert_stop_line(self.config.failsafe.stop_line.as_ref());
+            }
+        }
+        let memory = memory_report(steady, line.counters.frames);
+        if let Some(listener) = listener {
+            listener.stop();
+        }
+        let late = actuator.shutdown();
+        if late.pulses > 0 {
+            error!(
+                "{} reject pulse(s) could not be on time: {} part(s) escaped the gate",
+                late.pulses, late.parts
+            );
+        }
+        if let Some(auditor) = line.auditor {
+            line.counters.audit_not_saved = auditor.not_saved;
+            auditor.finish();
+        }
+        let timing_error = sim
+            .as_ref()
+            .and_then(|s| max_timing_error_ms(&s.lock().unwrap_or_else(|e| e.into_inner())));
+        let summary = line.counters.summary(timing_error, memory, late);
+        info!("{}", line.counters.line());
+        Ok(Outcome {
+            summary,
+            parts,
+            sim,
+            stopped,
+            fault: result.err(),
+        })
+    }
+
+    /// Takes frames on a capture thread and judges them here until capture ends, a fail-safe
+    /// ends the loop or the stop flag is set (then `true`); the parts captured meanwhile are
+    /// counted.
+    fn capture_and_judge(
+        &mut self,
+        source: &mut dyn FrameSource,
+        max_frames: Option<u64>,
+        actuator: &Actuator,
+        line: &mut Line,
+        parts: &mut Vec<PartRecord>,
+        steady: &mut Option<(AllocationCounts, u64)>,
+    ) -> (Result<()>, bool) {
+        let pool = FramePool::for_config(&self.config);
+        let counts = CaptureCounts::default();
+        let (events_in, events) = sync_channel(QUEUE_CAPACITY);
+        let capture_config = self.config.clone();
+        let stop_capture = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let capture = Capture {
+                config: &capture_config,
+                actuator,
+                events: events_in,
+                pool: &pool,
+                counts: &counts,
+                stop: &stop_capture,
+                max_frames,
+            };
+            let spawned = std::thread::Builder::new()
+                .name("ucad-capture".into())
+                .spawn_scoped(scope, move || capture.run(source));
+            if let Err(e) = spawned {
+                let failed = anyhow::Error::new(e).context("cannot start the capture thread");
+                return (Err(failed), false);
+            }
+            let mut judging = Loop {
+                events: &events,
+                actuator,
+                pool: &pool,
+                counts: &counts,
+                line,
+                parts,
+                steady,
+                ended: false,
+                travel: self.config.reject.travel_delay,
+            };
+            let outcome = self.judge_parts(&mut judging);
+            stop_capture.store(true, Ordering::Release);
+            judging.drain();
+            outcome
+        })
+    }
+
+    /// The frame pool, the reject line, the audit writer and the update listener, and the bank.
+    fn start(&mut self) -> Result<Started> {
         reserve_frame_pool(self.config.memory.frame_pool_bytes()?)?;
+        report_panics_from_the_heap();
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
         let auditor = match &self.config.audit {
             Some(audit) => Some(Auditor::start(audit, &self.backbone.meta)?),
@@ -129,107 +383,89 @@ impl Inspector {
         let listener = self.start_listener()?;
         self.adopt_installed_bank(None);
         let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks.len());
-        let mut line = Line {
-            actuator: Actuator::start(reject_line),
-            auditor,
-            counters: Counters::new(tasks),
-        };
+        let c = &self.config;
         // Also the first record this thread logs, so that the logger's buffers exist before the
         // first frame.
         info!(
-            "inspecting with {} task(s) of {}, {:?} routing, reject {:.0} ms after capture for {:.0} ms, \
-             fail-safe {:?} after {:.0} ms, frame pool {} MiB, audit {}",
+            "inspecting with {} task(s) of {}, {:?} routing, reject {:?} after capture for {:?}, \
+             fail-safe {:?} after {:?}, frame pool {} MiB, audit {}",
             tasks,
-            self.config.bank.path.display(),
-            self.config.routing.mode,
-            self.config.reject.travel_delay_ms,
-            self.config.reject.pulse_width_ms,
-            self.config.failsafe.action,
-            self.config.failsafe.deadline_ms,
-            self.config.memory.frame_pool_mib,
-            self.config
-                .audit
+            c.bank.path.display(),
+            c.routing.mode,
+            c.reject.travel_delay,
+            c.reject.pulse_width,
+            c.failsafe.action,
+            c.failsafe.deadline,
+            c.memory.frame_pool_mib,
+            c.audit
                 .as_ref()
                 .map_or("off".into(), |a| format!("{} (≤ {} MiB)", a.dir.display(), a.max_mib)),
         );
-        let mut parts = Vec::with_capacity(max_frames.unwrap_or(PART_RECORDS).min(1 << 20) as usize);
-        let mut frame = Frame::new();
+        Ok(Started {
+            actuator: Actuator::start(reject_line),
+            line: Line {
+                auditor,
+                counters: Counters::new(tasks),
+            },
+            sim,
+            listener,
+        })
+    }
+
+    /// Judges the captured parts until capture ends, a fail-safe ends the loop, or the stop
+    /// flag is set (then `true`).
+    fn judge_parts(&mut self, run: &mut Loop) -> (Result<()>, bool) {
         let mut last_log = Instant::now();
-        let mut steady = None;
-        let mut failures = 0;
-        let result = loop {
-            let counters = &mut line.counters;
-            if max_frames.is_some_and(|m| counters.frames >= m) {
-                break Ok(());
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return (Ok(()), true);
             }
-            if counters.frames == WARM_UP_FRAMES && steady.is_none() {
-                steady = allocation_counts().map(|a| (a, counters.frames));
-            }
-            let previous = (frame.captured, source.dropped());
-            let waited = Instant::now();
-            match source.next(&mut frame) {
-                Ok(true) => failures = 0,
-                Ok(false) => break Ok(()),
-                Err(e) => {
-                    error!("{e:#}");
-                    failures += 1;
-                    if let Err(stop) = self.blind(waited, Instant::now(), &mut line) {
-                        break Err(stop);
-                    }
-                    if failures > self.config.failsafe.source_retries {
-                        break Err(e.context(format!("the frame source failed {failures} times in a row")));
-                    }
-                    continue;
+            let event = match run.events.recv_timeout(STOP_POLL) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    run.ended = true;
+                    return (Err(anyhow::anyhow!("the capture thread ended")), false);
                 }
+            };
+            let counters = &mut run.line.counters;
+            if counters.frames == WARM_UP_FRAMES && run.steady.is_none() {
+                *run.steady = allocation_counts().map(|a| (a, counters.frames));
             }
-            if waited.elapsed() > self.stall_limit() {
-                warn!("source stalled for {:.0} ms", waited.elapsed().as_secs_f64() * 1e3);
-                if let Err(stop) = self.blind(waited, Instant::now(), &mut line) {
-                    break Err(stop);
+            let record = match event {
+                Event::End(end) => {
+                    run.ended = true;
+                    run.sync_counts();
+                    return (end, false);
                 }
-            }
-            let dropped = source.dropped().saturating_sub(previous.1);
-            if dropped > 0 && line.counters.frames > 0 {
-                warn!("the source dropped {dropped} frames before frame {}", frame.sequence);
-                line.counters.dropped_frames += dropped;
-                if let Err(stop) = self.blind(previous.0, frame.captured, &mut line) {
-                    break Err(stop);
+                Event::Part(part, Some(mut frame)) => {
+                    self.adopt_installed_bank(Some(&mut run.line.counters));
+                    let record = self.inspect(&part, &mut frame, run.actuator, run.line);
+                    run.pool.give(frame);
+                    record
                 }
-            }
-            self.adopt_installed_bank(Some(&mut line.counters));
-            let record = self.inspect(&mut frame, &mut line);
-            *self.state.totals.lock().unwrap_or_else(|e| e.into_inner()) = line.counters.totals();
-            if parts.len() < parts.capacity() {
-                parts.push(record);
+                Event::Part(part, None) => {
+                    error!(
+                        "frame {}: not judged (every frame buffer waits for judging): rejected by default",
+                        part.sequence
+                    );
+                    unjudged(&part, run.travel, &mut run.line.counters)
+                }
+            };
+            run.sync_counts();
+            *self.state.totals.lock().unwrap_or_else(|e| e.into_inner()) = run.line.counters.totals();
+            if run.parts.len() < run.parts.capacity() {
+                run.parts.push(record);
             }
             if record.failsafe && self.config.failsafe.action == FailsafeAction::StopLine {
-                break Err(anyhow::anyhow!("frame {} could not be judged in time", record.sequence));
+                let late = anyhow::anyhow!("frame {} could not be judged in time", record.sequence);
+                return (Err(late), false);
             }
-            if last_log.elapsed().as_secs_f64() >= self.config.log_every_s {
-                info!("{}", line.counters.line());
+            if last_log.elapsed() >= self.config.log_every {
+                info!("{}", run.line.counters.line());
                 last_log = Instant::now();
             }
-        };
-        // The stop line first: parts keep coming while the rest shuts down.
-        if let Err(e) = &result {
-            error!("{e:#}: applying the fail-safe");
-            self.stop_line();
         }
-        let memory = memory_report(steady, line.counters.frames);
-        if let Some(listener) = listener {
-            listener.stop();
-        }
-        line.actuator.shutdown();
-        if let Some(auditor) = line.auditor {
-            line.counters.audit_not_saved = auditor.not_saved;
-            auditor.finish();
-        }
-        let timing_error = sim
-            .as_ref()
-            .and_then(|s| max_timing_error_ms(&s.lock().expect("sim record")));
-        let summary = line.counters.summary(timing_error, memory);
-        info!("{}", line.counters.line());
-        result.map(|()| Outcome { summary, parts, sim })
     }
 
     /// Starts the update listener when the config asks for one.
@@ -244,11 +480,13 @@ impl Inspector {
             .collect::<Result<Vec<_>>>()?;
         let policy = UpdatePolicy {
             trusted,
-            backbone_sha256: self.backbone.file_sha256.clone(),
+            line: update.line.clone(),
+            backbone: self.backbone.spec(),
             capacity: self.config.bank.capacity(),
             max_bytes: mib(update.max_mib)?,
+            request_deadline: crate::update::http::DEADLINE,
         };
-        let store = BankStore::new(&self.config.bank.path, &self.backbone.file_sha256, policy.capacity);
+        let store = bank_store(&self.config, &self.backbone);
         UpdateListener::start(&update.listen, policy, store, self.state.clone()).map(Some)
     }
 
@@ -267,6 +505,7 @@ impl Inspector {
         }
         self.current = latest;
         self.sticky = Sticky::default();
+        self.probation = Probation::default();
         if let Some(counters) = counters {
             counters.bank_swaps += 1;
             let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks.len());
@@ -279,71 +518,27 @@ impl Inspector {
         }
     }
 
-    fn stall_limit(&self) -> Duration {
-        Duration::from_secs_f64(self.config.failsafe.stall_ms / 1e3)
-    }
-
-    fn travel(&self) -> Duration {
-        Duration::from_secs_f64(self.config.reject.travel_delay_ms / 1e3)
-    }
-
-    /// The fail-safe for parts that passed the camera unseen between `from` and `to` (a stall,
-    /// a camera error, dropped frames): the reject gate stays active while they pass it, or the
-    /// line is stopped (an error ends the loop).
-    fn blind(&self, from: Instant, to: Instant, line: &mut Line) -> Result<()> {
-        line.counters.stalls += 1;
-        let unseen_ms = (to - from).as_secs_f64() * 1e3;
-        match self.config.failsafe.action {
-            FailsafeAction::Reject => {
-                let width = Duration::from_secs_f64(self.config.reject.pulse_width_ms / 1e3).max(to - from);
-                error!("no frames for {unseen_ms:.0} ms: the reject gate stays active while those parts pass it");
-                if !line.actuator.schedule(Pulse::at(from + self.travel(), width)) {
-                    error!("reject queue full; asserting the stop line");
-                    self.stop_line();
-                }
-                Ok(())
-            }
-            FailsafeAction::StopLine => Err(anyhow::anyhow!("no frames for {unseen_ms:.0} ms: parts passed unseen")),
-        }
-    }
-
-    /// Judges one frame and schedules its reject; the fail-safe decides when judging is not
-    /// possible in time.
-    fn inspect(&mut self, frame: &mut Frame, line: &mut Line) -> PartRecord {
-        let deadline = Duration::from_secs_f64(self.config.failsafe.deadline_ms / 1e3);
-        let mut record = PartRecord {
-            sequence: frame.sequence,
-            captured: frame.captured,
-            truth: frame.truth,
-            task: None,
-            bank_version: None,
-            relative_score: f32::NAN,
-            rejected: false,
-            failsafe: false,
-            reject_at: None,
-        };
+    /// Judges one frame; a pass decided in time withdraws the part's provisional reject, every
+    /// other outcome keeps it (the fail-safe).
+    fn inspect(&mut self, part: &Part, frame: &mut Frame, actuator: &Actuator, line: &mut Line) -> PartRecord {
+        let deadline = self.config.failsafe.deadline;
+        let mut record = PartRecord::new(part);
         let counters = &mut line.counters;
-        let judged = if frame.captured.elapsed() > deadline {
-            error!("frame {}: past its deadline before judging", frame.sequence);
+        let age = part.captured.elapsed();
+        let judged = if age + self.judging_time > deadline {
+            error!(
+                "frame {}: {age:.0?} old, too late to judge by its deadline (judging takes {:.0?})",
+                part.sequence, self.judging_time
+            );
+            counters.rejected_by_default += 1;
             None
         } else {
-            match in_frame_pool(|| self.judge(frame, counters)) {
-                Ok(Some(j)) => Some(j),
-                Ok(None) => {
-                    counters.unknown_products += 1;
-                    warn!(
-                        "frame {}: no learned product explains it (unknown product)",
-                        frame.sequence
-                    );
-                    None
-                }
-                Err(e) => {
-                    error!("frame {}: {e:#}", frame.sequence);
-                    None
-                }
-            }
+            let judged = self.judge_guarded(frame, counters);
+            // An average over about the last 8 frames.
+            self.judging_time = (self.judging_time * 7 + (part.captured.elapsed() - age)) / 8;
+            judged
         };
-        let in_time = frame.captured.elapsed() <= deadline;
+        let in_time = part.captured.elapsed() <= deadline;
         match judged {
             Some((task, relative)) if in_time => {
                 record.task = Some(task);
@@ -351,8 +546,23 @@ impl Inspector {
                 record.relative_score = relative;
                 record.rejected = relative > 0.0;
             }
-            Some(_) => error!("frame {}: judged after its deadline", frame.sequence),
+            Some(_) => {
+                error!(
+                    "frame {}: judged after its deadline: rejected by default",
+                    part.sequence
+                );
+                counters.rejected_by_default += 1;
+            }
             None => {}
+        }
+        let pass = record.task.is_some() && !record.rejected;
+        if pass && part.ticket.is_some_and(|ticket| !actuator.cancel(ticket)) {
+            error!(
+                "frame {}: passed, but the reject gate is already committed to it: rejected by default",
+                part.sequence
+            );
+            counters.rejected_by_default += 1;
+            record.task = None;
         }
         if record.task.is_none() {
             record.failsafe = true;
@@ -361,13 +571,7 @@ impl Inspector {
         }
         let mut lap = Lap::start();
         if record.rejected {
-            let at = frame.captured + self.travel();
-            let width = Duration::from_secs_f64(self.config.reject.pulse_width_ms / 1e3);
-            if !line.actuator.schedule(Pulse::at(at, width)) {
-                error!("frame {}: reject queue full; asserting the stop line", frame.sequence);
-                self.stop_line();
-            }
-            record.reject_at = Some(at);
+            record.reject_at = part.ticket.map(|_| part.captured + self.config.reject.travel_delay);
             if let Some(auditor) = &mut line.auditor {
                 in_frame_pool(|| self.offer_audit(auditor, frame, &record));
             }
@@ -376,12 +580,98 @@ impl Inspector {
         if record.task.is_some() {
             lap.mark(counters, Stage::Decision);
         }
-        counters.count(&record, frame.captured.elapsed());
+        counters.count(&record, Some(part.captured.elapsed()));
         debug!(
             "frame {}: task {:?} score−threshold {:+.4} rejected {} failsafe {} truth {:?}",
             record.sequence, record.task, record.relative_score, record.rejected, record.failsafe, record.truth
         );
         record
+    }
+
+    /// (task, image score − threshold) for a frame; `None` — the fail-safe — for an unknown
+    /// product or a fault, an error or a panic alike (logged and counted). A bank that faults on
+    /// each of its first frames is demoted.
+    fn judge_guarded(&mut self, frame: &mut Frame, counters: &mut Counters) -> Option<(usize, f32)> {
+        let Some(installed) = self.current.clone() else {
+            error!("frame {}: no bank loaded", frame.sequence);
+            return None;
+        };
+        let mut bank_stage = false;
+        let judged = contained(|| {
+            in_frame_pool(|| {
+                let tensor = self.prepare(frame, counters)?;
+                bank_stage = true;
+                self.judge(&installed.detector, &tensor, counters)
+            })
+        });
+        let fault = match judged {
+            Ok(verdict) => {
+                self.probation.proven = true;
+                if verdict.is_none() {
+                    counters.unknown_products += 1;
+                    warn!(
+                        "frame {}: no learned product explains it (unknown product)",
+                        frame.sequence
+                    );
+                }
+                return verdict;
+            }
+            Err(Fault::Error(message)) => message,
+            Err(Fault::Panic(message)) => {
+                counters.judging_panics += 1;
+                // Routing state may be half updated.
+                self.sticky = Sticky::default();
+                format!("judging panicked: {message}")
+            }
+        };
+        error!("frame {}: {fault}", frame.sequence);
+        if bank_stage && !self.probation.proven {
+            self.probation.faults += 1;
+            if self.probation.faults >= DEMOTE_AFTER {
+                self.demote(&installed, &fault, counters);
+            }
+        }
+        None
+    }
+
+    /// Sends a bank that faulted on each of its first frames back to the last-known-good one
+    /// (on disk too, so that a restart does not run it again); with none, every part gets the
+    /// fail-safe. Says so in the log and on `/status`.
+    fn demote(&mut self, bad: &Arc<Installed>, fault: &str, counters: &mut Counters) {
+        let reason = format!(
+            "bank version {} faulted on its first {DEMOTE_AFTER} frames ({fault})",
+            bad.version
+        );
+        error!("{reason}: demoting it");
+        let store = bank_store(&self.config, &self.backbone);
+        let fallback = match bad.origin {
+            Origin::LastGood => Err(anyhow::anyhow!("it is the last-known-good bank")),
+            Origin::Current | Origin::Pushed => store.demote().and_then(|bank| {
+                Ok(Installed {
+                    detector: Detector::new(&bank)?,
+                    version: bank.version,
+                    origin: Origin::LastGood,
+                })
+            }),
+        };
+        let replacement = match fallback {
+            Ok(good) => {
+                warn!("back on the last-known-good bank version {}", good.version);
+                Some(Arc::new(good))
+            }
+            Err(e) => {
+                error!("no last-known-good bank to go back to ({e:#}): every part gets the fail-safe");
+                None
+            }
+        };
+        // Unless a push replaced the faulty bank meanwhile.
+        self.state.installed.compare_and_swap(&Some(bad.clone()), replacement);
+        *self.state.demoted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Demotion {
+            version: bad.version,
+            reason,
+        });
+        counters.bank_demotions += 1;
+        self.adopt_installed_bank(Some(counters));
     }
 
     fn offer_audit(&self, auditor: &mut Auditor, frame: &Frame, record: &PartRecord) {
@@ -410,16 +700,20 @@ impl Inspector {
         });
     }
 
-    /// (task, image score − threshold) for a frame, `None` for an unknown product; its patch
-    /// scores are left in `self.patch_scores`.
-    fn judge(&mut self, frame: &mut Frame, counters: &mut Counters) -> Result<Option<(usize, f32)>> {
+    /// The frame decoded and cut to the region of interest, as the network's input.
+    fn prepare(&mut self, frame: &mut Frame, counters: &mut Counters) -> Result<Tensor> {
         let mut lap = Lap::start();
-        let installed = self.current.clone().context("no bank loaded")?;
-        let detector = &installed.detector;
         frame.decode()?;
         lap.mark(counters, Stage::Decode);
         let tensor = self.preprocess(&frame.image)?;
         lap.mark(counters, Stage::Preprocess);
+        Ok(tensor)
+    }
+
+    /// (task, image score − threshold) for a frame, `None` for an unknown product; its patch
+    /// scores are left in `self.patch_scores`.
+    fn judge(&mut self, detector: &Detector, tensor: &Tensor, counters: &mut Counters) -> Result<Option<(usize, f32)>> {
+        let mut lap = Lap::start();
         let plain = self.backbone.features(tensor.clone(), None)?;
         lap.mark(counters, Stage::PlainPass);
         let colour = colour_of(tensor.try_as_plain_ram()?.as_slice::<f32>()?, &self.backbone.meta);
@@ -429,26 +723,26 @@ impl Inspector {
             detector,
             (&plain, &colour),
             counters,
-        );
+        )?;
         lap.mark(counters, Stage::Routing);
-        let mut relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
+        let mut relative = self.score(detector, tensor, &plain, task, &mut lap, counters)?;
         if relative > 0.0 && fresh.is_none() {
             // A would-be reject in sticky mode: make sure it is not a different product.
-            let routing = detector.route(&plain, &colour);
+            let routing = detector.route(&plain, &colour)?;
             lap.mark(counters, Stage::Routing);
             self.sticky.since_reroute = 0;
             if routing.task != task {
                 counters.routing_switches += 1;
                 self.sticky.task = Some(routing.task);
                 task = routing.task;
-                relative = self.score(detector, &tensor, &plain, task, &mut lap, counters)?;
+                relative = self.score(detector, tensor, &plain, task, &mut lap, counters)?;
             }
             fresh = Some(routing);
         }
         if let Some(routing) = fresh.filter(|r| r.beyond) {
             let backbone = &self.backbone;
             let verdict = detector.resolve(&routing, self.patch_scores.clone(), |t| {
-                Ok(detector.tasks[t].patch_scores(&detector.task_features(backbone, &tensor, &plain, t)?))
+                detector.tasks[t].patch_scores(&detector.task_features(backbone, tensor, &plain, t)?)
             })?;
             lap.mark(counters, Stage::Knn);
             if verdict.unknown {
@@ -472,12 +766,7 @@ impl Inspector {
         let Some(roi) = self.config.roi else {
             return self.pre.tensor(image);
         };
-        anyhow::ensure!(
-            roi.x + roi.width <= image.width() && roi.y + roi.height <= image.height(),
-            "roi {roi:?} lies outside the {}×{} frame",
-            image.width(),
-            image.height()
-        );
+        roi.check(Some(image.dimensions()))?;
         self.roi_view = image::imageops::crop_imm(image, roi.x, roi.y, roi.width, roi.height).to_image();
         self.pre.tensor(&self.roi_view)
     }
@@ -496,24 +785,32 @@ impl Inspector {
         lap.mark(counters, Stage::PromptedPass);
         let index = &detector.tasks[task];
         self.patch_scores.clear();
-        self.patch_scores.extend(index.patch_scores(&features));
+        self.patch_scores.extend(index.patch_scores(&features)?);
         lap.mark(counters, Stage::Knn);
         Ok(image_score(&self.patch_scores) - index.threshold)
     }
+}
 
-    fn stop_line(&self) {
-        let Some(config) = &self.config.failsafe.stop_line else {
-            return;
-        };
-        match open_line(config) {
-            Ok((mut line, _)) => {
-                if let Err(e) = line.set(true, Instant::now()) {
-                    error!("cannot assert the stop line: {e:#}");
-                }
-            }
-            Err(e) => error!("cannot open the stop line: {e:#}"),
-        }
+/// Why judging a frame failed.
+#[derive(Debug, PartialEq)]
+enum Fault {
+    Error(String),
+    Panic(String),
+}
+
+/// Runs a frame's judging so that a panic in it is a fault like an error, which the loop
+/// survives: the part gets the fail-safe.
+fn contained<T>(judge: impl FnOnce() -> Result<T>) -> Result<T, Fault> {
+    match catch_unwind(AssertUnwindSafe(judge)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Fault::Error(format!("{e:#}"))),
+        Err(panic) => Err(Fault::Panic(panic_message(panic.as_ref()).to_string())),
     }
+}
+
+/// The device's bank files, for the configured bank and this backbone.
+fn bank_store(config: &RunConfig, backbone: &Backbone) -> BankStore {
+    BankStore::new(&config.bank.path, backbone.spec(), config.bank.capacity())
 }
 
 /// Heap and pool allocations per frame since warm-up, pool use and peak RSS.
@@ -544,14 +841,14 @@ fn route(
     detector: &Detector,
     (plain, colour): (&[f32], &Colour),
     counters: &mut Counters,
-) -> (usize, Option<Routing>) {
+) -> Result<(usize, Option<Routing>)> {
     if config.mode == RoutingMode::Sticky && sticky.since_reroute < config.reroute_every {
         if let Some(task) = sticky.task {
             sticky.since_reroute += 1;
-            return (task, None);
+            return Ok((task, None));
         }
     }
-    let routing = detector.route(plain, colour);
+    let routing = detector.route(plain, colour)?;
     if sticky.task.is_some_and(|t| t != routing.task) {
         counters.routing_switches += 1;
     }
@@ -559,43 +856,7 @@ fn route(
         task: Some(routing.task),
         since_reroute: 0,
     };
-    (routing.task, Some(routing))
-}
-
-/// Edge capacity of a simulated line (reserved at start-up).
-const SIM_EDGES: usize = 1 << 16;
-
-type OpenedLine = (Box<dyn RejectLine>, Option<Arc<Mutex<SimRecord>>>);
-
-fn open_line(config: &LineConfig) -> Result<OpenedLine> {
-    match config {
-        LineConfig::Simulated => {
-            let (line, record) = SimulatedLine::new(SIM_EDGES);
-            Ok((Box::new(line), Some(record)))
-        }
-        #[cfg(feature = "device")]
-        LineConfig::Rppal { pin, active_high } => {
-            Ok((Box::new(super::device::RppalLine::open(*pin, *active_high)?), None))
-        }
-        #[cfg(feature = "device")]
-        LineConfig::Gpiocdev {
-            chip,
-            line,
-            active_high,
-        } => Ok((
-            Box::new(super::device::GpiocdevLine::open(chip, *line, *active_high)?),
-            None,
-        )),
-        #[cfg(not(feature = "device"))]
-        LineConfig::Rppal { pin, .. } => {
-            anyhow::bail!("GPIO pin {pin}: this build has no rppal support (build with --features device)")
-        }
-        #[cfg(not(feature = "device"))]
-        LineConfig::Gpiocdev { chip, line, .. } => anyhow::bail!(
-            "{} line {line}: this build has no GPIO character device support (build with --features device)",
-            chip.display()
-        ),
-    }
+    Ok((routing.task, Some(routing)))
 }
 
 fn max_timing_error_ms(record: &SimRecord) -> Option<f64> {
@@ -607,4 +868,19 @@ fn max_timing_error_ms(record: &SimRecord) -> Option<f64> {
             (if a > b { a - b } else { b - a }).as_secs_f64() * 1e3
         })
         .reduce(f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_judging_is_contained_as_a_fault_like_an_error() {
+        super::super::alloc::report_panics_from_the_heap();
+        let panicked = contained(|| -> Result<()> { in_frame_pool(|| panic!("injected at frame {}", 7)) });
+        assert_eq!(panicked, Err(Fault::Panic("injected at frame 7".into())));
+        let failed = contained(|| -> Result<()> { anyhow::bail!("no features") });
+        assert_eq!(failed, Err(Fault::Error("no features".into())));
+        assert_eq!(contained(|| Ok(3)), Ok(3));
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod audit;
+pub mod capture;
 pub mod config;
 pub mod counters;
 #[cfg(feature = "device")]

@@ -9,7 +9,7 @@ use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::config::SourceConfig;
+use super::config::{frame_period, SourceConfig};
 use super::pixels::{copy_image, decode_jpeg, encode_jpeg};
 use crate::data::folder::{list_images, load_rgb};
 use crate::data::synthetic::{products, Product};
@@ -51,6 +51,13 @@ impl Frame {
             decode_jpeg(&self.encoded, &mut self.image)?;
         }
         Ok(())
+    }
+
+    /// Sizes this frame's buffers like `other`'s, so that frames sized on the first frame do
+    /// not allocate on a later one.
+    pub fn size_like(&mut self, other: &Frame) {
+        copy_image(&other.image, &mut self.image);
+        self.encoded.reserve(other.encoded.capacity());
     }
 
     fn set_pixels(&mut self, pixels: &RgbImage) {
@@ -106,7 +113,7 @@ impl Replay {
         clips: Vec<(Clip, Option<Truth>)>,
         order: impl FnMut(u64) -> Option<usize> + Send + 'static,
         fps: f64,
-    ) -> Replay {
+    ) -> Result<Replay> {
         let largest_jpeg = clips
             .iter()
             .map(|(clip, _)| match clip {
@@ -115,14 +122,14 @@ impl Replay {
             })
             .max()
             .unwrap_or(0);
-        Replay {
+        Ok(Replay {
             largest_jpeg,
             clips,
             order: Box::new(order),
-            period: Duration::from_secs_f64(1.0 / fps),
+            period: frame_period(fps)?,
             start: None,
             sequence: 0,
-        }
+        })
     }
 
     fn next_clip(&mut self) -> Option<usize> {
@@ -199,7 +206,7 @@ pub fn conveyor(config: &SourceConfig) -> Result<Replay> {
         let variant = rng.random_range(0..VARIANTS);
         Some((product * VARIANTS + variant) * 2 + defective as usize)
     };
-    Ok(Replay::new(clips, order, fps))
+    Replay::new(clips, order, fps)
 }
 
 /// The products of a conveyor source, for learning them.
@@ -227,7 +234,7 @@ pub fn folder(path: &Path, fps: f64, repeat: bool) -> Result<Replay> {
         .collect::<Result<_>>()?;
     let count = clips.len() as u64;
     let order = move |sequence: u64| (repeat || sequence < count).then_some((sequence % count) as usize);
-    Ok(Replay::new(clips, order, fps))
+    Replay::new(clips, order, fps)
 }
 
 /// JPEG files stay compressed (decoded per frame, as from an MJPEG camera) but are decoded once

@@ -1,13 +1,26 @@
 //! The device's side of over-the-air updates, part of `ucad run`: an HTTP listener that takes a
-//! signed bank (`POST /bank`), refuses anything not signed by a trusted key, damaged, for
-//! another backbone, beyond the device's capacity or not newer than the installed bank, installs
-//! the rest atomically and hands it to the loop between two frames; `GET /status` reports the
-//! installed bank and the loop's counters.
+//! signed bank (`POST /bank`), refuses anything not signed by a trusted key for this device's
+//! line, damaged, for another backbone, beyond the device's capacity or not newer than every
+//! bank installed before, installs the rest atomically and hands it to the loop between two
+//! frames; `GET /status` reports the installed bank and the loop's counters.
+//!
+//! Up to `MAX_CONNECTIONS` requests are served at once, each on its own thread and within the
+//! request deadline, so that slow clients delay nobody. One remote address gets at most
+//! `MAX_PER_PEER` of them; one more from it is answered 503 at once. When all are taken, a new
+//! connection takes the place of the oldest one still sending its request, which is cut and
+//! answered 503: holding a place for the whole deadline with a request that does not come
+//! would otherwise keep every client out for as long as it is repeated, while a cut request
+//! is only delayed (the pusher retries), and a request already received is never cut, so an
+//! install is never half answered. The price: a push slower than `MAX_CONNECTIONS` newer
+//! connections from at least three addresses is cut.
+//!
+//! One request body at a time is held in memory, from its first byte until its answer (the
+//! others wait within their deadline, then get 503), so that concurrent pushes cost one
+//! `max_bytes` body, not one per connection. Stopping cuts the connections being served and
+//! never waits on a client.
 
-use std::io::BufReader;
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,9 +31,9 @@ use log::{info, warn};
 use serde_json::json;
 
 use super::http;
-use super::signing::SignedUpdate;
+use super::signing::{Line, SignedUpdate};
 use super::store::{BankStore, Origin};
-use crate::bank::{Bank, BankError, Capacity};
+use crate::bank::{BackboneSpec, Bank, BankError, Capacity};
 use crate::detect::Detector;
 use crate::runtime::counters::Totals;
 
@@ -38,14 +51,26 @@ pub struct DeviceState {
     pub installed: ArcSwapOption<Installed>,
     /// The loop's counters, published after every frame.
     pub totals: Mutex<Totals>,
+    /// The last bank the loop sent back to the last-known-good one, and why.
+    pub demoted: Mutex<Option<Demotion>>,
 }
 
-/// What an update must satisfy on this device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Demotion {
+    pub version: u64,
+    pub reason: String,
+}
+
+/// What an update must satisfy on this device, and how long a request may take.
 pub struct UpdatePolicy {
     pub trusted: Vec<VerifyingKey>,
-    pub backbone_sha256: String,
+    /// The line (or device group) this device is on: updates signed for another are refused.
+    pub line: Line,
+    pub backbone: BackboneSpec,
     pub capacity: Capacity,
     pub max_bytes: usize,
+    /// The whole request, head and body, must arrive within this (`http::DEADLINE` on a device).
+    pub request_deadline: Duration,
 }
 
 /// Why an update was refused, with the HTTP status the pusher gets.
@@ -62,13 +87,14 @@ fn refuse(status: u16, message: impl ToString) -> Refusal {
     }
 }
 
-/// Everything short of installing (what the fuzz target drives): envelope, signature, bank
-/// file, backbone, capacity, anti-rollback. Returns the bank and its file's bytes. Never
-/// panics, whatever the bytes.
+/// Everything short of installing (what the fuzz target drives): envelope, signature, line,
+/// bank file, backbone, capacity, anti-rollback (the bank must be newer than
+/// `highest_installed`, 0 on a device that never had one). Returns the bank and its file's
+/// bytes. Never panics, whatever the bytes.
 pub fn validate<'a>(
     body: &'a [u8],
     policy: &UpdatePolicy,
-    installed_version: Option<u64>,
+    highest_installed: u64,
 ) -> Result<(Bank, &'a [u8]), Refusal> {
     if body.len() > policy.max_bytes {
         return Err(refuse(
@@ -78,21 +104,31 @@ pub fn validate<'a>(
     }
     let update = SignedUpdate::parse(body).map_err(|e| refuse(400, e))?;
     update.verify(&policy.trusted).map_err(|e| refuse(403, e))?;
+    if update.line != policy.line {
+        return Err(refuse(
+            403,
+            format!(
+                "the update is signed for line {}, this device is on line {}",
+                update.line, policy.line
+            ),
+        ));
+    }
     let bank = Bank::from_bytes(update.bank, "pushed bank").map_err(|e| match e {
-        BankError::NewerFormat { .. } | BankError::OlderFormat { .. } => refuse(422, e),
+        BankError::NewerFormat { .. } | BankError::OlderFormat { .. } | BankError::Invalid { .. } => refuse(422, e),
         _ => refuse(400, e),
     })?;
-    bank.check_backbone(&policy.backbone_sha256, "pushed bank")
+    bank.check_backbone(&policy.backbone, "pushed bank")
         .and_then(|()| bank.check_capacity(policy.capacity, "pushed bank"))
         .map_err(|e| refuse(422, e))?;
     if bank.tasks.is_empty() {
         return Err(refuse(422, "the pushed bank has no tasks"));
     }
-    if let Some(installed) = installed_version.filter(|v| bank.version <= *v) {
+    if bank.version <= highest_installed {
         return Err(refuse(
             409,
             format!(
-                "bank version {} is not newer than the installed version {installed}",
+                "bank version {} is not newer than version {highest_installed}, the highest installed on this \
+                 device: no rollback",
                 bank.version
             ),
         ));
@@ -100,10 +136,173 @@ pub fn validate<'a>(
     Ok((bank, update.bank))
 }
 
+/// Requests served at once.
+const MAX_CONNECTIONS: usize = 8;
+/// Requests served at once for one remote address.
+const MAX_PER_PEER: usize = 3;
+/// An answer (a few hundred bytes) must be taken within this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub struct UpdateListener {
-    address: std::net::SocketAddr,
-    stopping: Arc<AtomicBool>,
+    address: SocketAddr,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the listener's threads share.
+struct Shared {
+    policy: UpdatePolicy,
+    /// Held for a whole install: one version check and install at a time.
+    store: Mutex<BankStore>,
+    state: Arc<DeviceState>,
+    connections: Mutex<Connections>,
+    /// Signalled when the body turn is given back, a connection is cut or the listener stops.
+    turn_freed: Condvar,
+}
+
+/// The connections being served, so that stopping (or a newer connection) can cut them.
+struct Connections {
+    stopping: bool,
+    next_id: u64,
+    served: Vec<Connection>,
+    /// The connection whose body is in memory, from its first byte until it is answered.
+    body_turn: Option<u64>,
+}
+
+struct Connection {
+    id: u64,
+    peer: IpAddr,
+    since: Instant,
+    /// Still receiving its request: it may be cut to make room.
+    receiving: bool,
+    stream: TcpStream,
+}
+
+enum Admission {
+    Served(u64),
+    Refused(String),
+    Stopping,
+}
+
+impl Connections {
+    /// The oldest connection still receiving its request: it has had its chance.
+    fn oldest_receiving(&self) -> Option<usize> {
+        (self.served.iter().enumerate())
+            .filter(|(_, c)| c.receiving)
+            .min_by_key(|(_, c)| c.since)
+            .map(|(i, _)| i)
+    }
+
+    fn is_served(&self, id: u64) -> bool {
+        self.served.iter().any(|c| c.id == id)
+    }
+}
+
+impl Shared {
+    fn connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn admit(&self, stream: &TcpStream, peer: IpAddr) -> Admission {
+        let mut connections = self.connections();
+        if connections.stopping {
+            return Admission::Stopping;
+        }
+        if connections.served.iter().filter(|c| c.peer == peer).count() >= MAX_PER_PEER {
+            return Admission::Refused(format!("busy: {MAX_PER_PEER} requests from {peer} are being served"));
+        }
+        if connections.served.len() >= MAX_CONNECTIONS {
+            let Some(oldest) = connections.oldest_receiving() else {
+                return Admission::Refused(format!("busy: {MAX_CONNECTIONS} requests are being answered"));
+            };
+            let cut = connections.served.swap_remove(oldest);
+            // Its reads end at once; its thread answers 503 (the write side stays open).
+            let _ = cut.stream.shutdown(Shutdown::Read);
+            self.turn_freed.notify_all();
+        }
+        match stream.try_clone() {
+            Ok(handle) => {
+                let id = connections.next_id;
+                connections.next_id += 1;
+                connections.served.push(Connection {
+                    id,
+                    peer,
+                    since: Instant::now(),
+                    receiving: true,
+                    stream: handle,
+                });
+                Admission::Served(id)
+            }
+            Err(e) => Admission::Refused(format!("cannot serve the connection: {e}")),
+        }
+    }
+
+    /// Whether a connection whose request is read may be answered (it was not cut to make
+    /// room meanwhile); from then on it is not cut.
+    fn answering(&self, id: u64) -> bool {
+        let mut connections = self.connections();
+        let connection = connections.served.iter_mut().find(|c| c.id == id);
+        connection.map(|c| c.receiving = false).is_some()
+    }
+
+    /// Waits (until `deadline`) for the one turn to hold a request body in memory.
+    fn body_turn(self: &Arc<Self>, id: u64, deadline: Instant) -> Result<BodyTurn, Refusal> {
+        let mut connections = self.connections();
+        loop {
+            if connections.stopping || !connections.is_served(id) {
+                return Err(cut());
+            }
+            if connections.body_turn.is_none() {
+                connections.body_turn = Some(id);
+                return Ok(BodyTurn { shared: self.clone() });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(refuse(503, "busy: another update is being received; try again"));
+            }
+            connections = (self.turn_freed.wait_timeout(connections, left))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Refuses new connections and cuts the ones being served: their reads end at once.
+    fn close_all(&self) {
+        let mut connections = self.connections();
+        connections.stopping = true;
+        for connection in &connections.served {
+            let _ = connection.stream.shutdown(Shutdown::Both);
+        }
+        self.turn_freed.notify_all();
+    }
+}
+
+fn cut() -> Refusal {
+    refuse(503, "cut to make room for newer connections; try again")
+}
+
+/// A connection's place among those served, given back when its thread ends, however it ends.
+struct Served {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.shared.connections().served.retain(|c| c.id != self.id);
+    }
+}
+
+/// The turn to hold a request body in memory, given back when the request is answered.
+struct BodyTurn {
+    shared: Arc<Shared>,
+}
+
+impl Drop for BodyTurn {
+    fn drop(&mut self) {
+        self.shared.connections().body_turn = None;
+        self.shared.turn_freed.notify_all();
+    }
 }
 
 impl UpdateListener {
@@ -115,51 +314,129 @@ impl UpdateListener {
     ) -> Result<UpdateListener> {
         let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen for updates on {listen}"))?;
         let address = listener.local_addr()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stop = stopping.clone();
+        let shared = Arc::new(Shared {
+            policy,
+            store: Mutex::new(store),
+            state,
+            connections: Mutex::new(Connections {
+                stopping: false,
+                next_id: 0,
+                served: Vec::with_capacity(MAX_CONNECTIONS),
+                body_turn: None,
+            }),
+            turn_freed: Condvar::new(),
+        });
+        let accepting = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ucad-updates".into())
-            .spawn(move || {
-                // One connection at a time: an update is rare, and each waits at most DEADLINE.
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    match stream {
-                        Ok(stream) => serve(stream, &policy, &store, &state),
-                        Err(e) => warn!("update listener: {e}"),
-                    }
-                }
-            })
+            .spawn(move || accept(&listener, &accepting))
             .context("cannot start the update listener")?;
         info!("listening for signed bank updates on {address}");
         Ok(UpdateListener {
             address,
-            stopping,
+            shared,
             thread: Some(thread),
         })
     }
 
-    pub fn stop(mut self) {
-        self.stopping.store(true, Ordering::Release);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+    /// Where it listens (the port the system chose, for `ADDR:0`).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops listening and cuts the connections being served; never waits on a client. (Also
+    /// what dropping the listener does.)
+    pub fn stop(self) {}
+}
+
+impl Drop for UpdateListener {
+    fn drop(&mut self) {
+        self.shared.close_all();
+        // Wake the blocking accept; should that fail, it ends at the next connection instead.
+        let mut wake = self.address;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        match TcpStream::connect_timeout(&wake, Duration::from_millis(500)) {
+            Ok(_) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+            Err(e) => warn!("update listener: cannot wake it to stop ({e}); it stops at the next connection"),
         }
     }
 }
 
-fn serve(stream: TcpStream, policy: &UpdatePolicy, store: &BankStore, state: &DeviceState) {
-    let deadline = Instant::now() + http::DEADLINE;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(&stream);
-    let (status, body) = match http::read_request(&mut reader, policy.max_bytes, deadline) {
-        Ok(request) => answer(&request, policy, store, state),
-        Err(refusal) => refused(refusal),
+fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
+    for stream in listener.incoming() {
+        let (stream, peer) = match stream.and_then(|s| s.peer_addr().map(|peer| (s, peer))) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: try again shortly, without spinning.
+                warn!("update listener: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        match shared.admit(&stream, peer.ip().to_canonical()) {
+            Admission::Stopping => break,
+            Admission::Refused(message) => respond(&stream, refused(refuse(503, message))),
+            Admission::Served(id) => {
+                let served = Served {
+                    shared: shared.clone(),
+                    id,
+                };
+                let spawned = std::thread::Builder::new()
+                    .name("ucad-update-request".into())
+                    .spawn(move || serve(&stream, &served));
+                if let Err(e) = spawned {
+                    warn!("update listener: cannot serve a connection: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn serve(stream: &TcpStream, served: &Served) {
+    let answer = receive(stream, served).unwrap_or_else(refused);
+    respond(stream, answer);
+}
+
+/// Answers the request unless the connection was cut to make room before it was read.
+fn receive(stream: &TcpStream, served: &Served) -> Result<(u16, serde_json::Value), Refusal> {
+    let shared = &served.shared;
+    let read = read(stream, served);
+    if !shared.answering(served.id) {
+        return Err(cut());
+    }
+    let (request, _turn) = read?;
+    Ok(answer(&request, shared))
+}
+
+/// Reads a request, holding its body (if any) in memory only with the body turn, which comes
+/// back with it.
+fn read(stream: &TcpStream, served: &Served) -> Result<(http::HttpRequest, Option<BodyTurn>), Refusal> {
+    let shared = &served.shared;
+    let deadline = Instant::now() + shared.policy.request_deadline;
+    let max_bytes = shared.policy.max_bytes;
+    let mut source = stream;
+    let incoming = http::read_head(&mut source, deadline)?;
+    let turn = match incoming.holds_a_body(max_bytes) {
+        true => Some(shared.body_turn(served.id, deadline)?),
+        false => None,
     };
-    if let Err(e) = http::write_response(&mut &stream, status, &body.to_string()) {
+    Ok((incoming.read_body(max_bytes)?, turn))
+}
+
+fn respond(stream: &TcpStream, (status, body): (u16, serde_json::Value)) {
+    let written = stream
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        .and_then(|()| http::write_response(&mut &*stream, status, &body.to_string()));
+    if let Err(e) = written {
         warn!("update listener: cannot answer: {e}");
     }
 }
@@ -169,33 +446,29 @@ fn refused(refusal: Refusal) -> (u16, serde_json::Value) {
     (refusal.status, json!({"ok": false, "error": refusal.message}))
 }
 
-fn answer(
-    request: &http::HttpRequest,
-    policy: &UpdatePolicy,
-    store: &BankStore,
-    state: &DeviceState,
-) -> (u16, serde_json::Value) {
+fn answer(request: &http::HttpRequest, shared: &Shared) -> (u16, serde_json::Value) {
     match (request.method.as_str(), request.path.as_str()) {
-        ("POST", "/bank") => match install(&request.body, policy, store, state) {
+        ("POST", "/bank") => match install(&request.body, shared) {
             Ok(installed) => (200, json!({"ok": true, "installed": installed})),
             Err(refusal) => refused(refusal),
         },
-        ("GET", "/status") => (200, status(state)),
+        ("GET", "/status") => (200, status(&shared.state)),
         (method, path) => (404, json!({"ok": false, "error": format!("no {method} {path} here")})),
     }
 }
 
-fn install(
-    body: &[u8],
-    policy: &UpdatePolicy,
-    store: &BankStore,
-    state: &DeviceState,
-) -> Result<serde_json::Value, Refusal> {
-    let installed_version = state.installed.load().as_ref().map(|i| i.version);
-    let (bank, bank_bytes) = validate(body, policy, installed_version)?;
+fn install(body: &[u8], shared: &Shared) -> Result<serde_json::Value, Refusal> {
+    let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
+    let state = &shared.state;
+    let running = state.installed.load().as_ref().map_or(0, |i| i.version);
+    let highest = store
+        .highest_installed()
+        .map_err(|e| refuse(500, format!("{e:#}")))?
+        .max(running);
+    let (bank, bank_bytes) = validate(body, &shared.policy, highest)?;
     let detector = Detector::new(&bank).map_err(|e| refuse(422, format!("{e:#}")))?;
     store
-        .install(bank_bytes)
+        .install(bank_bytes, bank.version)
         .map_err(|e| refuse(500, format!("cannot install: {e:#}")))?;
     let summary = bank_summary(&bank);
     state.installed.store(Some(Arc::new(Installed {
@@ -223,5 +496,6 @@ fn status(state: &DeviceState) -> serde_json::Value {
             "tasks": i.detector.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         })
     });
-    json!({"bank": bank, "totals": totals})
+    let demoted = state.demoted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    json!({"bank": bank, "totals": totals, "demoted": demoted})
 }

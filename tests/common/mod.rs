@@ -92,3 +92,59 @@ impl TinyProduct {
         bank
     }
 }
+
+/// `task` with finite statistics, as a fit leaves them (an uncalibrated task is never stored).
+pub fn calibrated(mut task: ucad::bank::Task) -> ucad::bank::Task {
+    use ucad::detect::colour::{ColourStats, COLOUR_DIMS};
+    task.threshold = 0.5;
+    (task.normal.count, task.normal.std, task.normal.target_false_reject) = (4, 0.1, 0.01);
+    (task.routing.count, task.routing.unknown_above, task.routing.patch_limit) = (4, 15.0, 1.0);
+    task.routing.colour = ColourStats::fit(&[[100.0; COLOUR_DIMS]]);
+    task
+}
+
+/// A valid two-task bank of random rows for a backbone: task "plain" in f32 with a prompt, task
+/// "compact" with f16 key, a projection to 8 dims and int8 knowledge. Every stored kind of value
+/// is there for a mutation to reach.
+pub fn random_bank(spec: &ucad::bank::BackboneSpec) -> ucad::bank::Bank {
+    use rand::{Rng, SeedableRng};
+    use ucad::bank::{Bank, Precision, Projection, Rows, StoredPrompt, Task};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let dim = spec.feature_dim;
+    let mut bank = Bank::new(&spec.sha256, dim, spec.patches);
+    let mut plain = Task::uncalibrated(
+        "plain",
+        Rows::new(dim, values(12 * dim), Precision::F32),
+        None,
+        Rows::new(dim, values(40 * dim), Precision::F32),
+        2,
+    );
+    plain.prompt = Some(StoredPrompt {
+        blocks: spec.prompt_blocks as u32,
+        len: spec.prompt_len as u32,
+        rows: Rows::new(
+            spec.embed_dim,
+            values(2 * spec.prompt_blocks * spec.prompt_len * spec.embed_dim),
+            Precision::F32,
+        ),
+    });
+    bank.append(calibrated(plain)).expect("a valid task");
+    let projection = Projection::fit(&values(64 * dim), dim, 8, Precision::F16, 0);
+    let compact = Task::uncalibrated(
+        "compact",
+        Rows::new(dim, values(12 * dim), Precision::F16),
+        Some(projection),
+        Rows::new(8, values(40 * 8), Precision::I8),
+        1,
+    );
+    bank.append(calibrated(compact)).expect("a valid task");
+    bank
+}
+
+/// Host steal time of all CPUs so far (/proc/stat), in clock ticks: edge timing is evidence
+/// about our scheduling only while the hypervisor did not take the CPU away.
+pub fn host_steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
+}
