@@ -69,6 +69,16 @@ pub fn compare(path: &Path, backbone_sha256: &str, dim: usize, images: &[ImageFe
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
+            // A NaN cosine would be passed over by the minimum: a non-finite feature fails here.
+            ensure!(
+                want.iter().all(|v| v.is_finite()),
+                "{}: saved features of {name} are not all finite",
+                path.display()
+            );
+            ensure!(
+                got.iter().all(|v| v.is_finite()),
+                "features of {name} computed here are not all finite (NaN or infinite)"
+            );
             Ok(token_cosines(got, &want, dim))
         })
         .collect()
@@ -99,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn another_backbone_a_missing_image_or_another_shape_is_refused() {
+    fn another_backbone_a_missing_image_another_shape_or_a_nan_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.safetensors");
         save(&path, "abc", 4, &images()).unwrap();
@@ -111,6 +121,16 @@ mod tests {
         assert!(err.contains("no features of c/3.jpg"), "{err}");
         let err = compare(&path, "abc", 6, &images()).unwrap_err().to_string();
         assert!(err.contains("not F32 [2, 6]"), "{err}");
+        let mut broken = images();
+        broken[1].1[3] = f32::NAN;
+        let err = compare(&path, "abc", 4, &broken).unwrap_err().to_string();
+        assert!(
+            err.contains("features of b/2.jpg computed here are not all finite"),
+            "{err}"
+        );
+        save(&path, "abc", 4, &broken).unwrap();
+        let err = compare(&path, "abc", 4, &images()).unwrap_err().to_string();
+        assert!(err.contains("saved features of b/2.jpg are not all finite"), "{err}");
         std::fs::write(&path, b"junk").unwrap();
         let err = format!("{:#}", compare(&path, "abc", 4, &images()).unwrap_err());
         assert!(err.contains("not a features file"), "{err}");
