@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use log::info;
 use ucad::backbone::bench::{bench_backbones, print_table};
+use ucad::backbone::features_file;
 use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
 use ucad::backbone::parity::{check_parity, token_cosines, CosineStats};
@@ -196,6 +197,15 @@ enum Command {
         against: Option<String>,
         /// Images to read; none means one generated image.
         images: Vec<PathBuf>,
+        /// Write the features to this file (for `--compare` on another machine).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Compare with the features a `--save` wrote (per-patch cosine per image); fails below
+        /// --min-cosine.
+        #[arg(long, conflicts_with = "save")]
+        compare: Option<PathBuf>,
+        #[arg(long, default_value_t = 0.9999)]
+        min_cosine: f32,
     },
     /// Compare our plain-mode tokens with the original pretrained graph's hidden states (JSON).
     CheckParity {
@@ -582,7 +592,20 @@ fn run(cli: Cli) -> Result<()> {
             backbone,
             against,
             images,
-        } => features(&cache, &backbone, against.as_deref(), &images)?,
+            save,
+            compare,
+            min_cosine,
+        } => features(
+            &cache,
+            &backbone,
+            &images,
+            FeaturesOut {
+                against,
+                save,
+                compare,
+                min_cosine,
+            },
+        )?,
         Command::CheckParity { arch, blocks } => {
             let report = check_parity(&cache, arch, &blocks)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -598,7 +621,15 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &[PathBuf]) -> Result<()> {
+/// What `ucad features` does besides printing each image's features.
+struct FeaturesOut {
+    against: Option<String>,
+    save: Option<PathBuf>,
+    compare: Option<PathBuf>,
+    min_cosine: f32,
+}
+
+fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf], out: FeaturesOut) -> Result<()> {
     let load = |spec: &str| -> Result<Backbone> {
         let path = cache.resolve(spec)?;
         let backbone = Backbone::load(&path)?;
@@ -614,7 +645,7 @@ fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &
         Ok(backbone)
     };
     let backbone = load(backbone)?;
-    let other = against.map(load).transpose()?;
+    let other = out.against.as_deref().map(load).transpose()?;
     if let Some(other) = &other {
         anyhow::ensure!(
             other.meta.input_size == backbone.meta.input_size
@@ -635,9 +666,10 @@ fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &
             .collect::<Result<_>>()?
     };
     let mut compared = Vec::new();
-    for (name, img) in &inputs {
+    let mut computed = Vec::with_capacity(inputs.len());
+    for (name, img) in inputs {
         let start = Instant::now();
-        let f = backbone.features(pre.tensor(img)?, None)?;
+        let f = backbone.features(pre.tensor(&img)?, None)?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let mean = f.iter().sum::<f32>() / f.len() as f32;
         let rms = (f.iter().map(|v| v * v).sum::<f32>() / f.len() as f32).sqrt();
@@ -647,7 +679,7 @@ fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &
             meta.feature_dim()
         );
         if let Some(other) = &other {
-            let g = other.features(pre.tensor(img)?, None)?;
+            let g = other.features(pre.tensor(&img)?, None)?;
             let c = token_cosines(&f, &g, meta.feature_dim());
             line += &format!(
                 "; against it: token cosine min {:.6} mean {:.6}, max |diff| {:.3e}",
@@ -656,6 +688,7 @@ fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &
             compared.push(c);
         }
         println!("{line}");
+        computed.push((name, f));
     }
     if let Some(other) = &other {
         let c = CosineStats::over(&compared);
@@ -663,12 +696,53 @@ fn features(cache: &ModelCache, backbone: &str, against: Option<&str>, images: &
             "{} vs {} over {} image(s): min token cosine {:.6}, mean {:.6}, max |diff| {:.3e}",
             backbone.path.display(),
             other.path.display(),
-            inputs.len(),
+            computed.len(),
             c.min_cosine,
             c.mean_cosine,
             c.max_abs_diff
         );
     }
+    let dim = meta.feature_dim();
+    if let Some(path) = out.save {
+        features_file::save(&path, &backbone.file_sha256, dim, &computed)?;
+        println!("features written to {}", path.display());
+    }
+    if let Some(path) = out.compare {
+        compare_features(&path, &backbone.file_sha256, dim, &computed, out.min_cosine)?;
+    }
+    Ok(())
+}
+
+/// Prints the per-patch cosines of `computed` against the features saved at `path`; fails below
+/// `min_cosine`.
+fn compare_features(
+    path: &Path,
+    backbone_sha256: &str,
+    dim: usize,
+    computed: &[features_file::ImageFeatures],
+    min_cosine: f32,
+) -> Result<()> {
+    let stats = features_file::compare(path, backbone_sha256, dim, computed)?;
+    for ((name, _), s) in computed.iter().zip(&stats) {
+        println!(
+            "{name}: per-patch cosine with {} min {:.7} mean {:.7}, max |diff| {:.2e}",
+            path.display(),
+            s.min_cosine,
+            s.mean_cosine,
+            s.max_abs_diff
+        );
+    }
+    let min = stats.iter().map(|s| s.min_cosine).fold(f32::INFINITY, f32::min);
+    anyhow::ensure!(
+        min >= min_cosine,
+        "features differ from {}: min cosine {min:.7} < {min_cosine}",
+        path.display()
+    );
+    println!(
+        "features match {}: min cosine {min:.7} ≥ {min_cosine} over {} images",
+        path.display(),
+        stats.len()
+    );
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub mod arch;
 pub mod bench;
 pub mod dequant;
 pub mod export;
+pub mod features_file;
 pub mod import;
 pub mod meta;
 pub mod models;
