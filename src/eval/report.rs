@@ -155,6 +155,24 @@ pub struct Report {
     pub timing: Timing,
     /// How each task's prompt was learned (empty without prompts).
     pub prompts: Vec<PromptSummary>,
+    /// Every test image's judgement once all tasks are learned, in task and test-set order.
+    pub decisions: Vec<ImageDecision>,
+}
+
+/// One test image as the final bank judged it (routed, as a device would).
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageDecision {
+    pub image: String,
+    /// The task whose test set holds the image.
+    pub task: String,
+    /// The task it was judged against (for an unknown product: the one it is shown against).
+    pub judged_as: String,
+    pub unknown: bool,
+    /// Routed beyond the nearest task's limit: judged by a candidate that explains it, or unknown.
+    pub beyond_limit: bool,
+    pub rejected: bool,
+    /// Image score minus the judging task's threshold.
+    pub score_minus_threshold: f32,
 }
 
 impl Report {
@@ -228,6 +246,7 @@ impl Report {
                 aupro,
             },
             per_task,
+            decisions: Vec::new(),
             bank: BankSize {
                 bytes,
                 bytes_per_task: bytes / tasks.len().max(1),

@@ -7,21 +7,10 @@ use serde::Serialize;
 
 use super::inspection::PartRecord;
 use super::schedule::Late;
+use crate::detect::Stage;
 
 /// Latencies kept for the percentiles (the most recent ones).
 const LATENCY_WINDOW: usize = 4096;
-
-/// Where a judged frame's time goes, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Decode,
-    Preprocess,
-    PlainPass,
-    Routing,
-    PromptedPass,
-    Knn,
-    Decision,
-}
 
 const STAGES: usize = 7;
 
