@@ -31,23 +31,32 @@ fn ucad(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap() + &log
 }
 
-/// Moves the third product's test images into the second product's test set as defects (a
-/// foreign part on that line): the bank of the first two calls some of them unknown.
+/// Adds parts of other products to the second product's test set, as defects (foreign parts on
+/// that line): the third product's normal parts, and the first product's with red and blue
+/// swapped (its shapes in other colours). The bank of the first two calls some of them unknown.
 fn add_foreign_parts(data: &Path, names: &[String]) {
-    let (host, foreign) = (data.join(&names[1]), data.join(&names[2]));
-    let defect = "foreign_product";
-    for dir in ["test", "ground_truth"] {
-        std::fs::create_dir_all(host.join(dir).join(defect)).unwrap();
-    }
-    for entry in std::fs::read_dir(foreign.join("test/good")).unwrap() {
-        let path = entry.unwrap().path();
-        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
-        std::fs::copy(&path, host.join("test").join(defect).join(format!("{stem}.png"))).unwrap();
-        let (w, h) = image::image_dimensions(&path).unwrap();
-        image::GrayImage::from_pixel(w, h, image::Luma([255]))
-            .save(host.join("ground_truth").join(defect).join(format!("{stem}_mask.png")))
-            .unwrap();
-    }
+    let host = data.join(&names[1]);
+    let foreign = |name: &str, kind: &str, recolour: fn(&mut image::RgbImage)| {
+        for dir in ["test", "ground_truth"] {
+            std::fs::create_dir_all(host.join(dir).join(kind)).unwrap();
+        }
+        for entry in std::fs::read_dir(data.join(name).join("test/good")).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+            let mut image = image::open(&path).unwrap().to_rgb8();
+            recolour(&mut image);
+            image
+                .save(host.join("test").join(kind).join(format!("{stem}.png")))
+                .unwrap();
+            image::GrayImage::from_pixel(image.width(), image.height(), image::Luma([255]))
+                .save(host.join("ground_truth").join(kind).join(format!("{stem}_mask.png")))
+                .unwrap();
+        }
+    };
+    foreign(&names[2], "foreign_product", |_| {});
+    foreign(&names[0], "recoloured_product", |image| {
+        image.pixels_mut().for_each(|p| p.0.swap(0, 2))
+    });
 }
 
 /// `ucad eval` on the first two products: its bank and its final decision per image.

@@ -153,3 +153,29 @@ impl Detector {
         Ok(scores)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judgement(score: f32, unknown: bool) -> Judgement {
+        Judgement {
+            task: 0,
+            routing: None,
+            patch_scores: vec![score],
+            score,
+            threshold: 1.0,
+            unknown,
+        }
+    }
+
+    #[test]
+    fn an_unknown_product_is_rejected_whatever_its_score_and_a_known_one_beyond_its_threshold() {
+        assert!(!judgement(0.5, false).rejected());
+        assert!(!judgement(1.0, false).rejected(), "the threshold itself passes");
+        assert!(judgement(1.5, false).rejected());
+        assert!(judgement(0.5, true).rejected());
+        assert!(judgement(f32::NAN, false).rejected());
+        assert_eq!(judgement(1.5, false).relative(), 0.5);
+    }
+}
