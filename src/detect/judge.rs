@@ -79,8 +79,9 @@ impl Judgement {
 
     /// The reject rule: an unknown product, or a score not within the task's threshold.
     pub fn rejected(&self) -> bool {
-        // Written so that a NaN score (never made by `image_score`) would also reject.
-        self.unknown || !(self.score <= self.threshold)
+        // A NaN score (never made by `image_score`) would also reject: it is not within.
+        let within = self.score.partial_cmp(&self.threshold).is_some_and(|o| o.is_le());
+        self.unknown || !within
     }
 
     /// Image score relative to the threshold (0 = the decision boundary).

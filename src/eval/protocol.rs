@@ -12,12 +12,12 @@ use std::borrow::Cow;
 use anyhow::{ensure, Context, Result};
 use log::info;
 
-use super::aupro::aupro;
+use super::aupro::{aupro, AUPRO_MAX_FPR};
 use super::continual::Matrix;
 use super::feature_cache::FeatureCache;
 use super::learner::TaskLearner;
 use super::metrics::TieGroups;
-use super::report::{ImageDecision, Report, TaskMetrics, Timing};
+use super::report::{ImageDecision, Report, Settings, TaskMetrics, Timing};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::{Bank, Precision, Rows};
@@ -29,8 +29,6 @@ use crate::detect::heatmap::save_overlay;
 use crate::detect::knn::KnnIndex;
 use crate::detect::map::anomaly_map;
 use crate::detect::{image_score, Detector, Judgement, Views};
-
-pub const AUPRO_MAX_FPR: f64 = 0.3;
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -166,7 +164,7 @@ pub fn run(
         oracle,
         reference,
         timing,
-        options,
+        settings(options),
     );
     report.prompts = prompts;
     report.decisions = decisions(&sets, &final_scores, &detector);
@@ -388,6 +386,23 @@ fn write_heatmaps(
     }
     info!("heatmaps written to {}", dir.display());
     Ok(())
+}
+
+/// The settings a report states, from the options the run was made with.
+fn settings(options: &EvalOptions) -> Settings {
+    Settings {
+        key_rows: options.fit.key_rows,
+        knowledge_fraction: options.fit.knowledge_fraction,
+        knowledge_dims: options.fit.knowledge_dims,
+        task_budget_bytes: options.fit.task_budget_bytes,
+        k: options.fit.k,
+        holdout: options.fit.holdout,
+        target_false_reject: options.fit.target_false_reject,
+        precision: format!("{:?}", options.fit.precision).to_lowercase(),
+        seed: options.fit.seed,
+        reference_fraction: options.reference_fraction,
+        aupro_max_fpr: AUPRO_MAX_FPR,
+    }
 }
 
 fn decisions(sets: &[Prepared], scores: &[SetScores], detector: &Detector) -> Vec<ImageDecision> {

@@ -21,7 +21,7 @@ use super::alloc::{
 use super::audit::Auditor;
 use super::capture::{panic_message, Capture, CaptureCounts, Event, FramePool, Part};
 use super::config::{mib, FailsafeAction, RoutingConfig, RoutingMode, RunConfig};
-use super::counters::{Counters, Lap, MemoryReport, Summary};
+use super::counters::{Counters, Lap, MemoryReport, PartRecord, Summary};
 use super::pixels::copy_image;
 use super::reject::{assert_stop_line, open_line, open_stop_line, Actuator, SimRecord};
 use super::schedule::QUEUE_CAPACITY;
@@ -44,40 +44,6 @@ pub const DEMOTE_AFTER: u32 = 3;
 
 /// How often the loop looks at the stop flag while it waits for a frame.
 const STOP_POLL: Duration = Duration::from_millis(50);
-
-/// One judged (or fail-safed) part, for tests and audits.
-#[derive(Debug, Clone, Copy)]
-pub struct PartRecord {
-    pub sequence: u64,
-    pub captured: Instant,
-    pub truth: Option<super::source::Truth>,
-    /// Task the part was scored against; `None` when the fail-safe decided.
-    pub task: Option<usize>,
-    /// Version of the bank that judged the part.
-    pub bank_version: Option<u64>,
-    /// Image score minus the task's threshold.
-    pub relative_score: f32,
-    pub rejected: bool,
-    pub failsafe: bool,
-    /// When the reject pulse was scheduled to start.
-    pub reject_at: Option<Instant>,
-}
-
-impl PartRecord {
-    fn new(part: &Part) -> PartRecord {
-        PartRecord {
-            sequence: part.sequence,
-            captured: part.captured,
-            truth: part.truth,
-            task: None,
-            bank_version: None,
-            relative_score: f32::NAN,
-            rejected: false,
-            failsafe: false,
-            reject_at: None,
-        }
-    }
-}
 
 pub struct Outcome {
     pub summary: Summary,
