@@ -368,6 +368,9 @@ struct EvalArgs {
     /// Keep plain features in this folder between runs (a sweep re-runs no backbone).
     #[arg(long)]
     feature_cache: Option<PathBuf>,
+    /// Save the bank of all tasks, which made the report's final decisions, to this file.
+    #[arg(long)]
+    save_bank: Option<PathBuf>,
     #[command(flatten)]
     params: FitParamsArgs,
     #[cfg(feature = "train")]
@@ -803,27 +806,30 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
     let mut pre = Preprocessor::new(&backbone.meta);
     for path in images {
         let image = load_rgb(path)?;
-        let j = detector.judge(&backbone, pre.tensor(&image)?)?;
-        let threshold = detector.tasks[j.task].threshold;
-        let decision = match (j.unknown, j.anomalous) {
+        let j = detector.judge_image(&backbone, &pre.tensor(&image)?, None, &mut |_| {})?;
+        let decision = match (j.unknown, j.rejected()) {
             (true, _) => "REJECT (unknown product)",
             (false, true) => "REJECT",
             (false, false) => "pass",
         };
+        // Without a first guess every image is routed.
+        let (distance, margin) = j
+            .routing
+            .as_ref()
+            .map_or((f32::NAN, f32::NAN), |r| (r.distance, r.margin));
         println!(
-            "{}: {} {} (normalised routing distance {:.3}, margin {:.3}) score {:.4} threshold {threshold:.4} {decision}",
+            "{}: {} {} (normalised routing distance {distance:.3}, margin {margin:.3}) score {:.4} threshold {:.4} {decision}",
             path.display(),
             if j.unknown { "nearest task" } else { "task" },
-            j.task_name,
-            j.routing.distance,
-            j.routing.margin,
-            j.score
+            detector.tasks[j.task].name,
+            j.score,
+            j.threshold
         );
         if let Some(dir) = heatmaps {
             let relative: Vec<f32> = detector.tasks[j.task].relative(&j.patch_scores).collect();
             let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
             let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
-            save_overlay(&dir.join(format!("{stem}.png")), &pre.fit(&image)?, &map, threshold)?;
+            save_overlay(&dir.join(format!("{stem}.png")), &pre.fit(&image)?, &map, j.threshold)?;
         }
     }
     Ok(())
@@ -836,6 +842,7 @@ fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
         reference_fraction: args.reference_fraction,
         heatmaps: args.heatmaps,
         feature_cache: args.feature_cache,
+        save_bank: args.save_bank,
     };
     let start = Instant::now();
     #[cfg(feature = "train")]

@@ -86,6 +86,7 @@ fn the_protocol_reports_every_benchmark_key() {
         reference_fraction: 0.1,
         heatmaps: Some(dir.path().join("heat")),
         feature_cache: Some(dir.path().join("cache")),
+        save_bank: None,
     };
     let report = run(&backbone, dir.path(), &names, &options, &PlainLearner).unwrap();
     // Two sets × (train, test) entries; a second run reads them and measures the same.

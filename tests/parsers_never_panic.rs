@@ -147,7 +147,7 @@ fn re_sealed_mutations_of_a_bank_body_are_refused_or_judge_to_a_finite_score() {
         let detector = Detector::new(&bank).expect("a bank that loads makes a detector");
         for frame in &frames {
             let judgement = detector
-                .judge(&backbone, frame.clone())
+                .judge_image(&backbone, frame, None, &mut |_| {})
                 .expect("a bank that loads judges");
             assert!(
                 judgement.score.is_finite(),

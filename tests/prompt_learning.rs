@@ -98,7 +98,7 @@ fn a_learned_prompt_is_stored_in_the_bank_and_used_at_inference() {
     let prompted = backbone.features(image.clone(), Some(&fit.trained.prompt)).unwrap();
     assert_eq!(&scored[..], &prompted[..]);
     assert_ne!(&scored[..], &plain_features[..]);
-    let judgement = detector.judge(&backbone, image).unwrap();
+    let judgement = detector.judge_image(&backbone, &image, None, &mut |_| {}).unwrap();
     assert_eq!(
         judgement.patch_scores,
         detector.tasks[0].patch_scores(&prompted).unwrap()

@@ -42,6 +42,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let detector = Detector::new(&bank).expect("a bank that loads makes a detector");
     let tensor = Preprocessor::new(&backbone.meta).tensor(frame).expect("preprocess");
-    let judgement = detector.judge(backbone, tensor).expect("a bank that loads judges");
+    let judgement = detector
+        .judge_image(backbone, &tensor, None, &mut |_| {})
+        .expect("a bank that loads judges");
     assert!(judgement.score.is_finite(), "score {}", judgement.score);
 });

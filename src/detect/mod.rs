@@ -4,6 +4,7 @@
 pub mod colour;
 pub mod fit;
 pub mod heatmap;
+pub mod judge;
 pub mod knn;
 pub mod map;
 
@@ -15,7 +16,8 @@ use tract_core::prelude::Tensor;
 use crate::backbone::{Backbone, Prompt};
 use crate::bank::projection::ProjectionIndex;
 use crate::bank::{Bank, RoutingStats, Task};
-use colour::{colour_of, Colour};
+use colour::Colour;
+pub use judge::{Judgement, Stage, Views};
 use knn::KnnIndex;
 
 /// One task, ready to search.
@@ -140,21 +142,6 @@ pub struct Verdict {
     pub unknown: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct Judgement {
-    pub routing: Routing,
-    /// The task the image was judged against (the nearest, unless resolved otherwise).
-    pub task: usize,
-    pub task_name: String,
-    /// Max patch score.
-    pub score: f32,
-    pub patch_scores: Vec<f32>,
-    /// No learned product explains the image.
-    pub unknown: bool,
-    /// Rejected: over the task's threshold, or an unknown product.
-    pub anomalous: bool,
-}
-
 pub struct Detector {
     pub tasks: Vec<TaskIndex>,
 }
@@ -190,12 +177,6 @@ impl Detector {
             Some(prompt) => Cow::Owned(backbone.features(image.clone(), Some(prompt))?),
             None => Cow::Borrowed(plain),
         })
-    }
-
-    /// Scores an image against a given task (the oracle path) from its plain features.
-    pub fn score_task(&self, backbone: &Backbone, image: &Tensor, plain: &[f32], task: usize) -> Result<Vec<f32>> {
-        let features = self.task_features(backbone, image, plain, task)?;
-        self.tasks[task].patch_scores(&features)
     }
 
     /// The verdict on a routed image from the nearest task's patch scores. Within its limit,
@@ -239,27 +220,6 @@ impl Detector {
             task,
             patch_scores,
             unknown: true,
-        })
-    }
-
-    /// Plain pass → route → (prompted pass) → patch scores → decision. An unknown product is
-    /// scored against its nearest candidate for information, and rejected.
-    pub fn judge(&self, backbone: &Backbone, image: Tensor) -> Result<Judgement> {
-        let plain = backbone.features(image.clone(), None)?;
-        let colour = colour_of(image.try_as_plain_ram()?.as_slice::<f32>()?, &backbone.meta);
-        let routing = self.route(&plain, &colour)?;
-        let nearest = self.score_task(backbone, &image, &plain, routing.task)?;
-        let verdict = self.resolve(&routing, nearest, |t| self.score_task(backbone, &image, &plain, t))?;
-        let task = &self.tasks[verdict.task];
-        let score = image_score(&verdict.patch_scores);
-        Ok(Judgement {
-            task: verdict.task,
-            task_name: task.name.clone(),
-            unknown: verdict.unknown,
-            anomalous: score > task.threshold || verdict.unknown,
-            score,
-            patch_scores: verdict.patch_scores,
-            routing,
         })
     }
 }

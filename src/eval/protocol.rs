@@ -12,12 +12,12 @@ use std::borrow::Cow;
 use anyhow::{ensure, Context, Result};
 use log::info;
 
-use super::aupro::aupro;
+use super::aupro::{aupro, AUPRO_MAX_FPR};
 use super::continual::Matrix;
 use super::feature_cache::FeatureCache;
 use super::learner::TaskLearner;
 use super::metrics::TieGroups;
-use super::report::{Report, TaskMetrics, Timing};
+use super::report::{ImageDecision, Report, Settings, TaskMetrics, Timing};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::{Bank, Precision, Rows};
@@ -28,9 +28,7 @@ use crate::detect::fit::{extract_features, FitParams};
 use crate::detect::heatmap::save_overlay;
 use crate::detect::knn::KnnIndex;
 use crate::detect::map::anomaly_map;
-use crate::detect::{image_score, Detector};
-
-pub const AUPRO_MAX_FPR: f64 = 0.3;
+use crate::detect::{image_score, Detector, Judgement, Views};
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -41,6 +39,8 @@ pub struct EvalOptions {
     pub heatmaps: Option<PathBuf>,
     /// Keep plain features here between runs.
     pub feature_cache: Option<PathBuf>,
+    /// Where to save the bank of all tasks (the one the final decisions were made with).
+    pub save_bank: Option<PathBuf>,
 }
 
 /// A task's data with its features computed once.
@@ -67,6 +67,11 @@ struct Scored {
     margin: Option<f32>,
     /// Routed as an unknown product (the runtime would fail-safe it).
     unknown: bool,
+    /// Routed beyond the nearest task's limit (then judged by a candidate, or unknown).
+    beyond: bool,
+    /// The judgement's decision ([`Judgement::rejected`]); the reference, which has no
+    /// threshold, decides nothing (false) and reports no rates.
+    rejected: bool,
     patches: Vec<f32>,
 }
 
@@ -159,9 +164,13 @@ pub fn run(
         oracle,
         reference,
         timing,
-        options,
+        settings(options),
     );
     report.prompts = prompts;
+    report.decisions = decisions(&sets, &final_scores, &detector);
+    if let Some(path) = &options.save_bank {
+        bank.save(path)?;
+    }
     Ok(report)
 }
 
@@ -216,53 +225,57 @@ fn total_test_images(sets: &[Prepared]) -> usize {
     sets.iter().map(|s| s.test.len()).sum()
 }
 
-impl Prepared {
-    /// Test image `i` as `task` scores it: under that task's prompt when it has one.
-    fn view(
-        &self,
-        backbone: &Backbone,
-        detector: &Detector,
-        own: usize,
-        task: usize,
-        i: usize,
-    ) -> Result<Cow<'_, [f32]>> {
-        match &self.test_knowledge {
-            Some(knowledge) if task == own => return Ok(Cow::Borrowed(&knowledge[i])),
-            _ if !detector.tasks[task].prompted() => return Ok(Cow::Borrowed(&self.test[i])),
+/// Test image `i` of a prepared set (of task `own`), as the judge sees it: cached plain
+/// features, the set's own prompted features for its own task, other prompts run on demand.
+struct TestImage<'a> {
+    backbone: &'a Backbone,
+    set: &'a Prepared,
+    own: usize,
+    i: usize,
+}
+
+impl Views for TestImage<'_> {
+    fn plain(&self) -> &[f32] {
+        &self.set.test[self.i]
+    }
+
+    fn for_task(&self, detector: &Detector, task: usize) -> Result<Cow<'_, [f32]>> {
+        match &self.set.test_knowledge {
+            Some(knowledge) if task == self.own => return Ok(Cow::Borrowed(&knowledge[self.i])),
+            _ if !detector.tasks[task].prompted() => return Ok(Cow::Borrowed(self.plain())),
             _ => {}
         }
-        let image = Preprocessor::new(&backbone.meta).tensor(&load_rgb(&self.data.test[i].image)?)?;
-        detector.task_features(backbone, &image, &self.test[i], task)
+        let path = &self.set.data.test[self.i].image;
+        let image = Preprocessor::new(&self.backbone.meta).tensor(&load_rgb(path)?)?;
+        detector.task_features(self.backbone, &image, self.plain(), task)
+    }
+}
+
+impl Scored {
+    fn new(detector: &Detector, judgement: Judgement) -> Scored {
+        let task = &detector.tasks[judgement.task];
+        Scored {
+            task: judgement.task,
+            margin: judgement.routing.as_ref().map(|r| r.margin),
+            unknown: judgement.unknown,
+            beyond: judgement.routing.as_ref().is_some_and(|r| r.beyond),
+            rejected: judgement.rejected(),
+            patches: task.relative(&judgement.patch_scores).collect(),
+        }
     }
 }
 
 /// Test image `i` of `set` (task `own`), routed over the bank.
 fn routed(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
-    let routing = detector.route(&set.test[i], &set.test_colours[i])?;
-    let scores =
-        |t: usize| -> Result<Vec<f32>> { detector.tasks[t].patch_scores(&set.view(backbone, detector, own, t, i)?) };
-    let verdict = detector.resolve(&routing, scores(routing.task)?, scores)?;
-    let task = &detector.tasks[verdict.task];
-    Ok(Scored {
-        task: verdict.task,
-        margin: Some(routing.margin),
-        unknown: verdict.unknown,
-        patches: task.relative(&verdict.patch_scores).collect(),
-    })
+    let image = TestImage { backbone, set, own, i };
+    let judgement = detector.judge(&image, &set.test_colours[i], None, &mut |_| {})?;
+    Ok(Scored::new(detector, judgement))
 }
 
 /// Test image `i` of `set`, scored by its own task `own`.
 fn oracle(backbone: &Backbone, detector: &Detector, set: &Prepared, own: usize, i: usize) -> Result<Scored> {
-    let t = &detector.tasks[own];
-    let patches = t
-        .relative(&t.patch_scores(&set.view(backbone, detector, own, own, i)?)?)
-        .collect();
-    Ok(Scored {
-        task: own,
-        margin: None,
-        unknown: false,
-        patches,
-    })
+    let image = TestImage { backbone, set, own, i };
+    Ok(Scored::new(detector, detector.judge_as(&image, own)?))
 }
 
 fn score_set(backbone: &Backbone, set: &Prepared, scorer: impl Fn(usize) -> Result<Scored>) -> Result<SetScores> {
@@ -285,11 +298,12 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         .map(|(m, t)| (&m[..], &t[..]))
         .collect();
     let rate = |anomalous: bool, rejected: bool| {
-        let chosen: Vec<bool> = image
+        let chosen: Vec<bool> = scores
+            .scored
             .iter()
             .zip(&labels)
             .filter(|(_, l)| **l == anomalous)
-            .map(|(s, _)| (*s > 0.0) == rejected)
+            .map(|(s, _)| s.rejected == rejected)
             .collect();
         (!chosen.is_empty()).then(|| chosen.iter().filter(|c| **c).count() as f64 / chosen.len() as f64)
     };
@@ -335,6 +349,8 @@ fn upper_reference(backbone: &Backbone, sets: &[Prepared], options: &EvalOptions
                     task: 0,
                     margin: None,
                     unknown: false,
+                    beyond: false,
+                    rejected: false,
                     patches: index.search(&set.test[i], 1, None)?,
                 })
             })?;
@@ -370,6 +386,41 @@ fn write_heatmaps(
     }
     info!("heatmaps written to {}", dir.display());
     Ok(())
+}
+
+/// The settings a report states, from the options the run was made with.
+fn settings(options: &EvalOptions) -> Settings {
+    Settings {
+        key_rows: options.fit.key_rows,
+        knowledge_fraction: options.fit.knowledge_fraction,
+        knowledge_dims: options.fit.knowledge_dims,
+        task_budget_bytes: options.fit.task_budget_bytes,
+        k: options.fit.k,
+        holdout: options.fit.holdout,
+        target_false_reject: options.fit.target_false_reject,
+        precision: format!("{:?}", options.fit.precision).to_lowercase(),
+        seed: options.fit.seed,
+        reference_fraction: options.reference_fraction,
+        aupro_max_fpr: AUPRO_MAX_FPR,
+    }
+}
+
+fn decisions(sets: &[Prepared], scores: &[SetScores], detector: &Detector) -> Vec<ImageDecision> {
+    let mut decisions = Vec::new();
+    for (set, scores) in sets.iter().zip(scores) {
+        for (item, scored) in set.data.test.iter().zip(&scores.scored) {
+            decisions.push(ImageDecision {
+                image: item.image.display().to_string(),
+                task: set.data.name.clone(),
+                judged_as: detector.tasks[scored.task].name.clone(),
+                unknown: scored.unknown,
+                beyond_limit: scored.beyond,
+                rejected: scored.rejected,
+                score_minus_threshold: image_score(&scored.patches),
+            });
+        }
+    }
+    decisions
 }
 
 /// `route_score_ms`: routing, scoring and map per image in the final stage (all tasks learned).

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use super::continual::{backward_transfer, final_mean, forgetting, mean, Matrix};
 use super::learner::PromptSummary;
-use super::protocol::EvalOptions;
 use crate::backbone::Backbone;
 use crate::bank::Bank;
 
@@ -155,6 +154,24 @@ pub struct Report {
     pub timing: Timing,
     /// How each task's prompt was learned (empty without prompts).
     pub prompts: Vec<PromptSummary>,
+    /// Every test image's judgement once all tasks are learned, in task and test-set order.
+    pub decisions: Vec<ImageDecision>,
+}
+
+/// One test image as the final bank judged it (routed, as a device would).
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageDecision {
+    pub image: String,
+    /// The task whose test set holds the image.
+    pub task: String,
+    /// The task it was judged against (for an unknown product: the one it is shown against).
+    pub judged_as: String,
+    pub unknown: bool,
+    /// Routed beyond the nearest task's limit: judged by a candidate that explains it, or unknown.
+    pub beyond_limit: bool,
+    pub rejected: bool,
+    /// Image score minus the judging task's threshold.
+    pub score_minus_threshold: f32,
 }
 
 impl Report {
@@ -168,7 +185,7 @@ impl Report {
         oracle: Vec<TaskMetrics>,
         reference: Vec<TaskMetrics>,
         timing: Timing,
-        options: &EvalOptions,
+        settings: Settings,
     ) -> Report {
         let [image_auroc, pixel_auroc, aupro]: [Matrix; 3] = matrices.try_into().expect("three matrices");
         let over = |f: fn(&Matrix) -> Option<f64>| PerMetric {
@@ -186,6 +203,7 @@ impl Report {
         let routing_accuracy = routed / images.max(1) as f64;
         let bytes = bank.to_bytes().len();
         let meta = &backbone.meta;
+        let reference_fraction = settings.reference_fraction;
         Report {
             tasks: tasks.to_vec(),
             backbone: BackboneInfo {
@@ -196,19 +214,7 @@ impl Report {
                 input_size: meta.input_size,
                 quant: meta.quant.name().to_string(),
             },
-            settings: Settings {
-                key_rows: options.fit.key_rows,
-                knowledge_fraction: options.fit.knowledge_fraction,
-                knowledge_dims: options.fit.knowledge_dims,
-                task_budget_bytes: options.fit.task_budget_bytes,
-                k: options.fit.k,
-                holdout: options.fit.holdout,
-                target_false_reject: options.fit.target_false_reject,
-                precision: format!("{:?}", options.fit.precision).to_lowercase(),
-                seed: options.fit.seed,
-                reference_fraction: options.reference_fraction,
-                aupro_max_fpr: super::protocol::AUPRO_MAX_FPR,
-            },
+            settings,
             final_: Summary::of(&per_task),
             forgetting,
             bwt,
@@ -218,7 +224,7 @@ impl Report {
                 per_task: oracle,
             },
             reference: Reference {
-                coreset_fraction: options.reference_fraction,
+                coreset_fraction: reference_fraction,
                 summary: Summary::of(&reference),
                 per_task: reference,
             },
@@ -228,6 +234,7 @@ impl Report {
                 aupro,
             },
             per_task,
+            decisions: Vec::new(),
             bank: BankSize {
                 bytes,
                 bytes_per_task: bytes / tasks.len().max(1),

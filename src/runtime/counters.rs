@@ -5,23 +5,47 @@ use std::time::{Duration, Instant};
 use heapless::HistoryBuffer;
 use serde::Serialize;
 
-use super::inspection::PartRecord;
+use super::capture::Part;
 use super::schedule::Late;
+use super::source::Truth;
+use crate::detect::Stage;
+
+/// One judged (or fail-safed) part, for tests and audits.
+#[derive(Debug, Clone, Copy)]
+pub struct PartRecord {
+    pub sequence: u64,
+    pub captured: Instant,
+    pub truth: Option<Truth>,
+    /// Task the part was scored against; `None` when the fail-safe decided.
+    pub task: Option<usize>,
+    /// Version of the bank that judged the part.
+    pub bank_version: Option<u64>,
+    /// Image score minus the task's threshold.
+    pub relative_score: f32,
+    pub rejected: bool,
+    pub failsafe: bool,
+    /// When the reject pulse was scheduled to start.
+    pub reject_at: Option<Instant>,
+}
+
+impl PartRecord {
+    pub fn new(part: &Part) -> PartRecord {
+        PartRecord {
+            sequence: part.sequence,
+            captured: part.captured,
+            truth: part.truth,
+            task: None,
+            bank_version: None,
+            relative_score: f32::NAN,
+            rejected: false,
+            failsafe: false,
+            reject_at: None,
+        }
+    }
+}
 
 /// Latencies kept for the percentiles (the most recent ones).
 const LATENCY_WINDOW: usize = 4096;
-
-/// Where a judged frame's time goes, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Decode,
-    Preprocess,
-    PlainPass,
-    Routing,
-    PromptedPass,
-    Knn,
-    Decision,
-}
 
 const STAGES: usize = 7;
 

@@ -21,14 +21,13 @@ use super::alloc::{
 use super::audit::Auditor;
 use super::capture::{panic_message, Capture, CaptureCounts, Event, FramePool, Part};
 use super::config::{mib, FailsafeAction, RoutingConfig, RoutingMode, RunConfig};
-use super::counters::{Counters, Lap, MemoryReport, Stage, Summary};
+use super::counters::{Counters, Lap, MemoryReport, PartRecord, Summary};
 use super::pixels::copy_image;
 use super::reject::{assert_stop_line, open_line, open_stop_line, Actuator, SimRecord};
 use super::schedule::QUEUE_CAPACITY;
 use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
-use crate::detect::colour::{colour_of, Colour};
-use crate::detect::{image_score, Detector, Routing};
+use crate::detect::{Detector, Judgement, Stage};
 use crate::update::listener::{Demotion, DeviceState, Installed, UpdateListener, UpdatePolicy};
 use crate::update::signing::read_public_key;
 use crate::update::store::{BankStore, Origin};
@@ -45,40 +44,6 @@ pub const DEMOTE_AFTER: u32 = 3;
 
 /// How often the loop looks at the stop flag while it waits for a frame.
 const STOP_POLL: Duration = Duration::from_millis(50);
-
-/// One judged (or fail-safed) part, for tests and audits.
-#[derive(Debug, Clone, Copy)]
-pub struct PartRecord {
-    pub sequence: u64,
-    pub captured: Instant,
-    pub truth: Option<super::source::Truth>,
-    /// Task the part was scored against; `None` when the fail-safe decided.
-    pub task: Option<usize>,
-    /// Version of the bank that judged the part.
-    pub bank_version: Option<u64>,
-    /// Image score minus the task's threshold.
-    pub relative_score: f32,
-    pub rejected: bool,
-    pub failsafe: bool,
-    /// When the reject pulse was scheduled to start.
-    pub reject_at: Option<Instant>,
-}
-
-impl PartRecord {
-    fn new(part: &Part) -> PartRecord {
-        PartRecord {
-            sequence: part.sequence,
-            captured: part.captured,
-            truth: part.truth,
-            task: None,
-            bank_version: None,
-            relative_score: f32::NAN,
-            rejected: false,
-            failsafe: false,
-            reject_at: None,
-        }
-    }
-}
 
 pub struct Outcome {
     pub summary: Summary,
@@ -97,6 +62,23 @@ pub struct Outcome {
 struct Sticky {
     task: Option<usize>,
     since_reroute: u32,
+}
+
+impl Sticky {
+    /// Per frame: route every time. Sticky: the last task, for up to `reroute_every` frames.
+    fn first_guess(&self, config: RoutingConfig) -> Option<usize> {
+        let sticky = config.mode == RoutingMode::Sticky && self.since_reroute < config.reroute_every;
+        self.task.filter(|_| sticky)
+    }
+
+    /// Follows a frame's judgement; returns the task it followed before.
+    fn follow(&mut self, judgement: &Judgement) -> Option<usize> {
+        self.since_reroute = match judgement.routing {
+            Some(_) => 0,
+            None => self.since_reroute + 1,
+        };
+        std::mem::replace(&mut self.task, (!judgement.unknown).then_some(judgement.task))
+    }
 }
 
 /// How a bank has done since it was adopted.
@@ -541,11 +523,11 @@ impl Inspector {
         };
         let in_time = part.captured.elapsed() <= deadline;
         match judged {
-            Some((task, relative)) if in_time => {
-                record.task = Some(task);
+            Some(judgement) if in_time => {
+                record.task = Some(judgement.task);
                 record.bank_version = self.current.as_ref().map(|i| i.version);
-                record.relative_score = relative;
-                record.rejected = relative > 0.0;
+                record.relative_score = judgement.relative();
+                record.rejected = judgement.rejected();
             }
             Some(_) => {
                 error!(
@@ -589,10 +571,10 @@ impl Inspector {
         record
     }
 
-    /// (task, image score − threshold) for a frame; `None` — the fail-safe — for an unknown
-    /// product or a fault, an error or a panic alike (logged and counted). A bank that faults on
-    /// each of its first frames is demoted.
-    fn judge_guarded(&mut self, frame: &mut Frame, counters: &mut Counters) -> Option<(usize, f32)> {
+    /// The frame's judgement; `None` — the fail-safe — for an unknown product or a fault, an
+    /// error or a panic alike (logged and counted). A bank that faults on each of its first
+    /// frames is demoted.
+    fn judge_guarded(&mut self, frame: &mut Frame, counters: &mut Counters) -> Option<Judgement> {
         let Some(installed) = self.current.clone() else {
             error!("frame {}: no bank loaded", frame.sequence);
             return None;
@@ -713,55 +695,24 @@ impl Inspector {
         Ok(tensor)
     }
 
-    /// (task, image score − threshold) for a frame, `None` for an unknown product; its patch
-    /// scores are left in `self.patch_scores`.
-    fn judge(&mut self, detector: &Detector, tensor: &Tensor, counters: &mut Counters) -> Result<Option<(usize, f32)>> {
+    /// The frame's judgement (the sticky task as the first guess while routing is sticky),
+    /// `None` for an unknown product; its patch scores are moved to `self.patch_scores`.
+    fn judge(&mut self, detector: &Detector, tensor: &Tensor, counters: &mut Counters) -> Result<Option<Judgement>> {
+        let first_guess = self.sticky.first_guess(self.config.routing);
         let mut lap = Lap::start();
-        let plain = self.backbone.features(tensor.clone(), None)?;
-        lap.mark(counters, Stage::PlainPass);
-        let colour = colour_of(tensor.try_as_plain_ram()?.as_slice::<f32>()?, &self.backbone.meta);
-        let (mut task, mut fresh) = route(
-            &mut self.sticky,
-            self.config.routing,
-            detector,
-            (&plain, &colour),
-            counters,
-        )?;
-        lap.mark(counters, Stage::Routing);
-        let mut relative = self.score(detector, tensor, &plain, task, &mut lap, counters)?;
-        if relative > 0.0 && fresh.is_none() {
-            // A would-be reject in sticky mode: make sure it is not a different product.
-            let routing = detector.route(&plain, &colour)?;
-            lap.mark(counters, Stage::Routing);
-            self.sticky.since_reroute = 0;
-            if routing.task != task {
-                counters.routing_switches += 1;
-                self.sticky.task = Some(routing.task);
-                task = routing.task;
-                relative = self.score(detector, tensor, &plain, task, &mut lap, counters)?;
-            }
-            fresh = Some(routing);
+        let mut judgement = detector.judge_image(&self.backbone, tensor, first_guess, &mut |stage| {
+            lap.mark(counters, stage)
+        })?;
+        self.patch_scores = std::mem::take(&mut judgement.patch_scores);
+        let previous = self.sticky.follow(&judgement);
+        if judgement.unknown {
+            return Ok(None);
         }
-        if let Some(routing) = fresh.filter(|r| r.beyond) {
-            let backbone = &self.backbone;
-            let verdict = detector.resolve(&routing, self.patch_scores.clone(), |t| {
-                detector.tasks[t].patch_scores(&detector.task_features(backbone, tensor, &plain, t)?)
-            })?;
-            lap.mark(counters, Stage::Knn);
-            if verdict.unknown {
-                self.sticky.task = None;
-                return Ok(None);
-            }
-            if verdict.task != task {
-                counters.routing_switches += 1;
-                (task, self.sticky.task) = (verdict.task, Some(verdict.task));
-            }
-            relative = image_score(&verdict.patch_scores) - detector.tasks[task].threshold;
-            self.patch_scores.clear();
-            self.patch_scores.extend_from_slice(&verdict.patch_scores);
+        if previous.is_some_and(|task| task != judgement.task) {
+            counters.routing_switches += 1;
         }
         counters.judged += 1;
-        Ok(Some((task, relative)))
+        Ok(Some(judgement))
     }
 
     /// The region of interest as the network's input tensor.
@@ -772,25 +723,6 @@ impl Inspector {
         roi.check(Some(image.dimensions()))?;
         self.roi_view = image::imageops::crop_imm(image, roi.x, roi.y, roi.width, roi.height).to_image();
         self.pre.tensor(&self.roi_view)
-    }
-
-    /// Scores the frame against `task` into `self.patch_scores`; returns image score − threshold.
-    fn score(
-        &mut self,
-        detector: &Detector,
-        image: &Tensor,
-        plain: &[f32],
-        task: usize,
-        lap: &mut Lap,
-        counters: &mut Counters,
-    ) -> Result<f32> {
-        let features = detector.task_features(&self.backbone, image, plain, task)?;
-        lap.mark(counters, Stage::PromptedPass);
-        let index = &detector.tasks[task];
-        self.patch_scores.clear();
-        self.patch_scores.extend(index.patch_scores(&features)?);
-        lap.mark(counters, Stage::Knn);
-        Ok(image_score(&self.patch_scores) - index.threshold)
     }
 }
 
@@ -834,32 +766,6 @@ fn memory_report(steady: Option<(AllocationCounts, u64)>, frames: u64) -> Memory
         frame_pool_peak_bytes: pool_peak as u64,
         peak_rss_bytes: peak_rss_bytes(),
     }
-}
-
-/// Per frame: route every time. Sticky: keep the last task for up to `reroute_every` frames.
-/// The routing comes back when it was done for this frame (`None`: the sticky task).
-fn route(
-    sticky: &mut Sticky,
-    config: RoutingConfig,
-    detector: &Detector,
-    (plain, colour): (&[f32], &Colour),
-    counters: &mut Counters,
-) -> Result<(usize, Option<Routing>)> {
-    if config.mode == RoutingMode::Sticky && sticky.since_reroute < config.reroute_every {
-        if let Some(task) = sticky.task {
-            sticky.since_reroute += 1;
-            return Ok((task, None));
-        }
-    }
-    let routing = detector.route(plain, colour)?;
-    if sticky.task.is_some_and(|t| t != routing.task) {
-        counters.routing_switches += 1;
-    }
-    *sticky = Sticky {
-        task: Some(routing.task),
-        since_reroute: 0,
-    };
-    Ok((routing.task, Some(routing)))
 }
 
 fn max_timing_error_ms(record: &SimRecord) -> Option<f64> {

@@ -11,8 +11,6 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::listener::Refusal;
-
 /// Request line and headers together.
 const MAX_HEAD: usize = 16 << 10;
 const MAX_HEADERS: usize = 64;
@@ -46,7 +44,14 @@ impl Source for &[u8] {
     }
 }
 
-fn bad(status: u16, message: &str) -> Refusal {
+/// Why a request was refused, with the HTTP status the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+pub fn refuse(status: u16, message: impl ToString) -> Refusal {
     Refusal {
         status,
         message: message.to_string(),
@@ -65,11 +70,11 @@ impl<S: Source> Timed<'_, S> {
         loop {
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(bad(408, "the request took too long"));
+                return Err(refuse(408, "the request took too long"));
             }
             self.source
                 .wait_at_most(left)
-                .map_err(|e| bad(500, &format!("cannot bound the read: {e}")))?;
+                .map_err(|e| refuse(500, format!("cannot bound the read: {e}")))?;
             match self.source.read(buf) {
                 Ok(n) => return Ok(n),
                 // A timeout or a signal: the deadline decides.
@@ -78,7 +83,7 @@ impl<S: Source> Timed<'_, S> {
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => return Err(bad(400, &format!("cannot read the request: {e}"))),
+                Err(e) => return Err(refuse(400, format!("cannot read the request: {e}"))),
             }
         }
     }
@@ -114,11 +119,11 @@ pub fn read_head<S: Source>(source: &mut S, deadline: Instant) -> Result<Incomin
     let mut filled = 0;
     let (head, head_len) = loop {
         if filled == MAX_HEAD {
-            return Err(bad(431, "request head too large"));
+            return Err(refuse(431, "request head too large"));
         }
         let read = input.read(&mut buffer[filled..])?;
         if read == 0 {
-            return Err(bad(400, "the request ended inside its head"));
+            return Err(refuse(400, "the request ended inside its head"));
         }
         filled += read;
         // A head can only be complete at the end of a line.
@@ -130,9 +135,9 @@ pub fn read_head<S: Source>(source: &mut S, deadline: Instant) -> Result<Incomin
         match request.parse(&buffer[..filled]) {
             Ok(httparse::Status::Complete(len)) => break (parse_head(&request)?, len),
             Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::Version) => return Err(bad(505, "only HTTP/1.x is spoken here")),
-            Err(httparse::Error::TooManyHeaders) => return Err(bad(431, "too many headers")),
-            Err(e) => return Err(bad(400, &format!("malformed request: {e}"))),
+            Err(httparse::Error::Version) => return Err(refuse(505, "only HTTP/1.x is spoken here")),
+            Err(httparse::Error::TooManyHeaders) => return Err(refuse(431, "too many headers")),
+            Err(e) => return Err(refuse(400, format!("malformed request: {e}"))),
         }
     };
     buffer.truncate(filled);
@@ -157,9 +162,9 @@ impl<S: Source> Incoming<'_, S> {
         if head.content_length > max_body as u64 {
             let limit = head.content_length.min(max_body.saturating_mul(2) as u64);
             discard(&mut self.input, limit.saturating_sub(early.len() as u64));
-            return Err(bad(
+            return Err(refuse(
                 413,
-                &format!("{} bytes, at most {max_body} accepted", head.content_length),
+                format!("{} bytes, at most {max_body} accepted", head.content_length),
             ));
         }
         let length = head.content_length as usize;
@@ -169,11 +174,11 @@ impl<S: Source> Incoming<'_, S> {
             let start = body.len();
             let want = (length - start).min(CHUNK);
             body.try_reserve(want)
-                .map_err(|_| bad(503, "no memory for the body now"))?;
+                .map_err(|_| refuse(503, "no memory for the body now"))?;
             body.resize(start + want, 0);
             let read = self.input.read(&mut body[start..])?;
             if read == 0 {
-                return Err(bad(400, "the request ended inside its body"));
+                return Err(refuse(400, "the request ended inside its body"));
             }
             body.truncate(start + read);
         }
@@ -189,22 +194,22 @@ fn parse_head(request: &httparse::Request) -> Result<Head, Refusal> {
     let mut content_length = None;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(bad(411, "send the body with a Content-Length"));
+            return Err(refuse(411, "send the body with a Content-Length"));
         }
         if !header.name.eq_ignore_ascii_case("content-length") {
             continue;
         }
         let value = decimal(header.value).ok_or_else(|| {
-            bad(
+            refuse(
                 400,
-                &format!(
+                format!(
                     "Content-Length {:?} is not a decimal number",
                     String::from_utf8_lossy(header.value)
                 ),
             )
         })?;
         if content_length.is_some_and(|first| first != value) {
-            return Err(bad(400, "conflicting Content-Length headers"));
+            return Err(refuse(400, "conflicting Content-Length headers"));
         }
         content_length = Some(value);
     }
@@ -328,7 +333,7 @@ mod tests {
         }
         let conflicting = b"POST /bank HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 5\r\n\r\nabcde";
         let refusal = read(conflicting, 10).unwrap_err();
-        assert_eq!(refusal, bad(400, "conflicting Content-Length headers"));
+        assert_eq!(refusal, refuse(400, "conflicting Content-Length headers"));
         assert_eq!(
             read(b"POST /b HTTP/1.1\r\nContent-Length:  5 \r\n\r\nabcde", 10)
                 .unwrap()

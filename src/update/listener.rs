@@ -31,7 +31,7 @@ use ed25519_dalek::VerifyingKey;
 use log::{info, warn};
 use serde_json::json;
 
-use super::http;
+use super::http::{self, refuse, Refusal};
 use super::signing::{Line, SignedUpdate};
 use super::store::{BankStore, Origin};
 use crate::bank::{BackboneSpec, Bank, BankError, Capacity};
@@ -72,20 +72,6 @@ pub struct UpdatePolicy {
     pub max_bytes: usize,
     /// The whole request, head and body, must arrive within this (`http::DEADLINE` on a device).
     pub request_deadline: Duration,
-}
-
-/// Why an update was refused, with the HTTP status the pusher gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub message: String,
-}
-
-fn refuse(status: u16, message: impl ToString) -> Refusal {
-    Refusal {
-        status,
-        message: message.to_string(),
-    }
 }
 
 /// Everything short of installing (what the fuzz target drives): envelope, signature, line,
