@@ -57,7 +57,10 @@ impl FrameCost {
     pub fn of_bytes(bytes: Vec<u8>, path: &Path) -> Result<FrameCost> {
         let origin = path.display().to_string();
         let (_, mut proto, _) = decode(&bytes, path)?;
-        let graph = proto.graph.as_mut().with_context(|| format!("{origin}: the model has no graph"))?;
+        let graph = proto
+            .graph
+            .as_mut()
+            .with_context(|| format!("{origin}: the model has no graph"))?;
         let stored_weight_bytes = initializer_bytes(graph, &origin)?;
         fold_constant_dequantize(graph, &origin)?;
         let weight_bytes = initializer_bytes(graph, &origin)?;
@@ -111,7 +114,9 @@ fn is_matrix_product(op: &str) -> bool {
 }
 
 fn concrete(dim: &TDim) -> Result<u64> {
-    let value = dim.to_i64().with_context(|| format!("dimension {dim} is not a number"))?;
+    let value = dim
+        .to_i64()
+        .with_context(|| format!("dimension {dim} is not a number"))?;
     u64::try_from(value).with_context(|| format!("dimension {dim} is negative"))
 }
 
@@ -218,7 +223,10 @@ mod tests {
         let int8_cost = FrameCost::of_bytes(exported(&int8_opts), Path::new("int8.onnx")).unwrap();
         assert_eq!(f32_cost.stored_weight_bytes, f32_cost.weight_bytes);
         assert_eq!(int8_cost.weight_bytes, f32_cost.weight_bytes);
-        assert!(int8_cost.stored_weight_bytes < f32_cost.stored_weight_bytes / 2, "{int8_cost:?}");
+        assert!(
+            int8_cost.stored_weight_bytes < f32_cost.stored_weight_bytes / 2,
+            "{int8_cost:?}"
+        );
         assert_eq!(int8_cost.ops, f32_cost.ops);
     }
 }

@@ -21,7 +21,10 @@ pub fn render(backbone: &Path, sha256: &str, frames: u64, times: &[FrameTime]) -
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let mut lines = vec![
         ("paste", "these lines back (grep '^ucad-board')".to_string()),
-        ("ucad", format!("{} ({})", env!("CARGO_PKG_VERSION"), env!("UCAD_COMMIT"))),
+        (
+            "ucad",
+            format!("{} ({})", env!("CARGO_PKG_VERSION"), env!("UCAD_COMMIT")),
+        ),
         ("board", board_model()),
         ("cpu", cpu_summary(&cpuinfo)),
         ("max_mhz", max_mhz()),
@@ -29,11 +32,7 @@ pub fn render(backbone: &Path, sha256: &str, frames: u64, times: &[FrameTime]) -
         ("features", cpu_features().join(" ")),
         (
             "backbone",
-            format!(
-                "{} sha256 {}",
-                backbone.display(),
-                sha256.get(..12).unwrap_or(sha256)
-            ),
+            format!("{} sha256 {}", backbone.display(), sha256.get(..12).unwrap_or(sha256)),
         ),
         ("frames", frames.to_string()),
     ];
