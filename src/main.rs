@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use log::info;
 use ucad::backbone::bench::{bench_backbones, print_table};
+use ucad::backbone::cost::FrameCost;
 use ucad::backbone::features_file;
 use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
@@ -24,6 +25,7 @@ use ucad::detect::map::anomaly_map;
 use ucad::detect::Detector;
 use ucad::eval::learner::PlainLearner;
 use ucad::eval::protocol::{self, EvalOptions};
+use ucad::runtime::board_report;
 use ucad::runtime::config::{FailsafeAction, RunConfig, SourceConfig};
 use ucad::runtime::counters::StageMeans;
 use ucad::runtime::inspection::Inspector;
@@ -218,6 +220,17 @@ enum Command {
     BenchBackbone {
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Also write the rows as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// What one frame costs each backbone, counted from the graph tract runs: multiply-accumulates,
+    /// other ops, weight bytes (stored, and loaded as f32) and activation bytes (board/README.md's
+    /// latency budget).
+    BackboneCost {
+        /// Files, `default` or arch names (add `.int8` for the int8 export).
+        #[arg(default_values_t = ["default".to_string(), "vit-b16-clip".to_string(), "vit-s14-dinov2".to_string()])]
+        backbones: Vec<String>,
         /// Also write the rows as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -620,6 +633,16 @@ fn run(cli: Cli) -> Result<()> {
                 ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
             }
         }
+        Command::BackboneCost { backbones, json } => {
+            let rows = backbones
+                .iter()
+                .map(|spec| FrameCost::of_file(&cache.resolve(spec)?))
+                .collect::<Result<Vec<_>>>()?;
+            ucad::backbone::cost::print_table(&rows);
+            if let Some(path) = json {
+                ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            }
+        }
     }
     Ok(())
 }
@@ -925,7 +948,10 @@ fn demo_run(
     summary: Option<PathBuf>,
     threads: usize,
 ) -> Result<(RunConfig, RunArgs)> {
-    cache.fetch_all()?;
+    // A backbone file needs nothing from the model cache.
+    if !Path::new(backbone).is_file() {
+        cache.fetch_all()?;
+    }
     let mut config: RunConfig = toml::from_str(SIM_CONFIG).context("the embedded board/sim.toml")?;
     let dir = std::env::temp_dir().join(format!("ucad-demo-{}", std::process::id()));
     config.bank.path = dir.join("bank.ucad");
@@ -956,18 +982,28 @@ fn bench_runtime(cache: &ModelCache, backbone: &str, frames: u64, json: Option<P
         println!("== backbone on {threads} thread(s)");
         config.runtime.threads = threads;
         let stages = run_loop(cache, config.clone(), &args)?.stages_ms;
-        times.push((threads, stages.total(), stages.backbone()));
+        times.push(board_report::FrameTime {
+            threads,
+            frame_ms: stages.total(),
+            backbone_ms: stages.backbone(),
+        });
         args.learn = false;
         if all == 1 {
             break;
         }
     }
-    for (threads, frame, backbone) in &times {
+    for t in &times {
         println!(
-            "frame time on {threads} thread(s): {frame:.1} ms (backbone {backbone:.1} ms, {:.2}× the 1-thread frame time)",
-            frame / times[0].1
+            "frame time on {} thread(s): {:.1} ms (backbone {:.1} ms, {:.2}× the 1-thread frame time)",
+            t.threads,
+            t.frame_ms,
+            t.backbone_ms,
+            t.frame_ms / times[0].frame_ms
         );
     }
+    let path = cache.resolve(&config.backbone)?;
+    let spec = Backbone::read_spec(&path)?;
+    print!("{}", board_report::render(&path, &spec.sha256, frames, &times));
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod cost;
 pub mod dequant;
 pub mod export;
 pub mod features_file;

@@ -97,6 +97,11 @@ impl Backbone {
         self.batch
     }
 
+    /// The optimised graph tract runs, shapes concrete.
+    pub fn model(&self) -> &TypedModel {
+        self.plan.model()
+    }
+
     /// Patch features [batch, N, F] for a batch of normalised images [batch, 3, S, S]; each
     /// sample gets its own prompt (None = plain pass).
     pub fn run(&self, images: Tensor, prompts: &[Option<&Prompt>]) -> Result<Tensor> {
@@ -158,7 +163,7 @@ impl Backbone {
 }
 
 /// An ONNX file's sha256, graph and ucad metadata.
-fn decode(bytes: &[u8], path: &Path) -> Result<(String, ModelProto, BackboneMeta)> {
+pub(super) fn decode(bytes: &[u8], path: &Path) -> Result<(String, ModelProto, BackboneMeta)> {
     let sha256 = {
         use sha2::{Digest, Sha256};
         hex::encode(Sha256::digest(bytes))

@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod audit;
+pub mod board_report;
 pub mod capture;
 pub mod config;
 pub mod counters;
