@@ -14,7 +14,10 @@ use ucad::backbone::features_file;
 use ucad::backbone::import::import_weights;
 use ucad::backbone::models::ModelCache;
 use ucad::backbone::parity::{check_parity, token_cosines, CosineStats};
-use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor, Quant, Resize, VitWeights};
+use ucad::backbone::{
+    export_to_file, Arch, Arithmetic, ArithmeticChoice, Backbone, ExportOptions, Preprocessor, Quant, Resize,
+    VitWeights,
+};
 use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Precision};
 use ucad::data::folder::{list_images, load_rgb};
@@ -26,7 +29,7 @@ use ucad::detect::Detector;
 use ucad::eval::learner::PlainLearner;
 use ucad::eval::protocol::{self, EvalOptions};
 use ucad::runtime::board_report;
-use ucad::runtime::config::{FailsafeAction, RunConfig, SourceConfig};
+use ucad::runtime::config::{FailsafeAction, RunConfig, RuntimeConfig, SourceConfig};
 use ucad::runtime::counters::StageMeans;
 use ucad::runtime::inspection::Inspector;
 use ucad::runtime::learn::learn_conveyor;
@@ -46,10 +49,37 @@ static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// How the backbone runs: `[runtime]` of a config, for every command.
+#[derive(clap::Args)]
+struct RuntimeArgs {
     /// Cores a backbone pass spreads over, and batch work too; 0 = all. `run` takes
     /// `[runtime] threads` from its config unless this is given.
     #[arg(long, global = true, value_parser = threads_arg)]
     threads: Option<usize>,
+    /// What the backbone computes in: auto (f16 where the CPU has FP16 arithmetic, else f32),
+    /// f32 or f16. `run` takes `[runtime] precision` from its config unless this is given. (Not
+    /// `--precision` of `fit` and `eval`: how a bank stores its rows.)
+    #[arg(long, global = true, value_enum)]
+    compute_precision: Option<ArithmeticChoice>,
+    /// Use a bank fitted in another precision than the backbone computes in (`run`: also
+    /// `[runtime] allow_precision_mismatch`); re-fitting the bank is the better way out.
+    #[arg(long, global = true)]
+    allow_precision_mismatch: bool,
+}
+
+impl RuntimeArgs {
+    /// `[runtime]` as the flags set it, over `config`'s.
+    fn over(&self, config: RuntimeConfig) -> RuntimeConfig {
+        RuntimeConfig {
+            threads: self.threads.unwrap_or(config.threads),
+            precision: self.compute_precision.unwrap_or(config.precision),
+            allow_precision_mismatch: self.allow_precision_mismatch || config.allow_precision_mismatch,
+        }
+    }
 }
 
 fn threads_arg(value: &str) -> Result<usize, String> {
@@ -197,6 +227,9 @@ enum Command {
         /// Also run this backbone and print the per-token cosine of the two (min, mean).
         #[arg(long)]
         against: Option<String>,
+        /// What --against computes in (default: --compute-precision's).
+        #[arg(long, value_enum, requires = "against")]
+        against_compute_precision: Option<ArithmeticChoice>,
         /// Images to read; none means one generated image.
         images: Vec<PathBuf>,
         /// Write the features to this file (for `--compare` on another machine).
@@ -490,20 +523,22 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let cache = ModelCache::locate();
-    let threads = cli.threads.unwrap_or(0);
+    let runtime = cli.runtime.over(RuntimeConfig::default());
+    let threads = runtime.threads;
     if !matches!(cli.command, Command::Run(_)) {
         ucad::parallel::use_threads(threads)?;
     }
+    let arithmetic = runtime.precision.resolve();
     match cli.command {
         Command::Demo {
             backbone,
             products,
             frames,
         } => {
-            let (config, args) = demo_run(&cache, &backbone, products, frames, None, threads)?;
+            let (config, args) = demo_run(&cache, &backbone, products, frames, None, runtime)?;
             run_loop(&cache, config, &args)?;
         }
-        Command::BenchRuntime { backbone, frames, json } => bench_runtime(&cache, &backbone, frames, json, threads)?,
+        Command::BenchRuntime { backbone, frames, json } => bench_runtime(&cache, &backbone, frames, json, runtime)?,
         Command::Models {
             action: ModelsAction::Fetch,
         } => {
@@ -543,22 +578,29 @@ fn run(cli: Cli) -> Result<()> {
             export_to_file(&weights, &opts, &out)?;
             println!("wrote {}", out.display());
         }
-        Command::Fit(args) => fit(&cache, args)?,
+        Command::Fit(args) => fit(&cache, args, arithmetic)?,
         Command::Run(args) => {
             let mut config = RunConfig::load(&args.config)?;
-            config.runtime.threads = cli.threads.unwrap_or(config.runtime.threads);
+            config.runtime = cli.runtime.over(config.runtime);
             run_loop(&cache, config, &args)?;
         }
-        Command::Eval(args) => eval(&cache, args)?,
-        Command::BenchBank(args) => bench_bank(&cache, args)?,
-        Command::BenchRouting(args) => bench_routing(&cache, args)?,
+        Command::Eval(args) => eval(&cache, args, arithmetic)?,
+        Command::BenchBank(args) => bench_bank(&cache, args, arithmetic)?,
+        Command::BenchRouting(args) => bench_routing(&cache, args, arithmetic)?,
         Command::Generate(args) => generate(&args)?,
         Command::Score {
             backbone,
             bank,
             heatmaps,
             images,
-        } => score(&cache, &backbone, &bank, heatmaps.as_deref(), &images)?,
+        } => {
+            let backbone = Backbone::load_as(&cache.resolve(&backbone)?, 1, arithmetic)?;
+            let spec = backbone
+                .spec()
+                .allowing_precision_mismatch(runtime.allow_precision_mismatch);
+            let detector = Detector::new(&load_for_backbone(&bank, &spec)?)?;
+            score(&backbone, &detector, heatmaps.as_deref(), &images)?
+        }
         Command::Inspect { bank } => inspect(&bank)?,
         Command::Keygen { out } => {
             signing::write_key_pair(&out, &signing::generate_key()?)?;
@@ -607,16 +649,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Features {
             backbone,
             against,
+            against_compute_precision,
             images,
             save,
             compare,
             min_cosine,
         } => features(
             &cache,
-            &backbone,
+            (&backbone, arithmetic),
             &images,
             FeaturesOut {
-                against,
+                against: against.map(|a| {
+                    (
+                        a,
+                        against_compute_precision.map_or(arithmetic, ArithmeticChoice::resolve),
+                    )
+                }),
                 save,
                 compare,
                 min_cosine,
@@ -649,19 +697,19 @@ fn run(cli: Cli) -> Result<()> {
 
 /// What `ucad features` does besides printing each image's features.
 struct FeaturesOut {
-    against: Option<String>,
+    against: Option<(String, Arithmetic)>,
     save: Option<PathBuf>,
     compare: Option<PathBuf>,
     min_cosine: f32,
 }
 
-fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf], out: FeaturesOut) -> Result<()> {
-    let load = |spec: &str| -> Result<Backbone> {
+fn features(cache: &ModelCache, backbone: (&str, Arithmetic), images: &[PathBuf], out: FeaturesOut) -> Result<()> {
+    let load = |(spec, arithmetic): (&str, Arithmetic)| -> Result<Backbone> {
         let path = cache.resolve(spec)?;
-        let backbone = Backbone::load(&path)?;
+        let backbone = Backbone::load_as(&path, 1, arithmetic)?;
         let meta = &backbone.meta;
         info!(
-            "{}: {} blocks {:?}, {} ({})",
+            "{}: {} blocks {:?}, {} ({}), computing in {arithmetic}",
             path.display(),
             meta.arch,
             meta.feature_blocks,
@@ -671,7 +719,7 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf], out: Feature
         Ok(backbone)
     };
     let backbone = load(backbone)?;
-    let other = out.against.as_deref().map(load).transpose()?;
+    let other = out.against.as_ref().map(|(spec, a)| load((spec, *a))).transpose()?;
     if let Some(other) = &other {
         anyhow::ensure!(
             other.meta.input_size == backbone.meta.input_size
@@ -719,9 +767,11 @@ fn features(cache: &ModelCache, backbone: &str, images: &[PathBuf], out: Feature
     if let Some(other) = &other {
         let c = CosineStats::over(&compared);
         println!(
-            "{} vs {} over {} image(s): min token cosine {:.6}, mean {:.6}, max |diff| {:.3e}",
+            "{} ({}) vs {} ({}) over {} image(s): min token cosine {:.6}, mean {:.6}, max |diff| {:.3e}",
             backbone.path.display(),
+            backbone.arithmetic,
             other.path.display(),
+            other.arithmetic,
             computed.len(),
             c.min_cosine,
             c.mean_cosine,
@@ -772,17 +822,14 @@ fn compare_features(
     Ok(())
 }
 
-fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
+fn fit(cache: &ModelCache, args: FitArgs, arithmetic: Arithmetic) -> Result<()> {
     let params = args.params.params()?;
-    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
+    let backbone = Backbone::load_as(&cache.resolve(&args.backbone)?, 1, arithmetic)?;
+    // Never --allow-precision-mismatch here: a bank holds features of one arithmetic.
     let mut bank = if args.bank.exists() {
-        load_for_backbone(&args.bank, &backbone.spec())?
+        load_for_backbone(&args.bank, &backbone.spec()).context("fit appends only to a bank of its own precision")?
     } else {
-        Bank::new(
-            &backbone.file_sha256,
-            backbone.meta.feature_dim(),
-            backbone.meta.patches(),
-        )
+        backbone.empty_bank()
     };
     let images = list_images(&args.train)?;
     let start = Instant::now();
@@ -823,13 +870,11 @@ fn fit(cache: &ModelCache, args: FitArgs) -> Result<()> {
     Ok(())
 }
 
-fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path>, images: &[PathBuf]) -> Result<()> {
-    let backbone = Backbone::load(&cache.resolve(backbone)?)?;
-    let detector = Detector::new(&load_for_backbone(bank, &backbone.spec())?)?;
+fn score(backbone: &Backbone, detector: &Detector, heatmaps: Option<&Path>, images: &[PathBuf]) -> Result<()> {
     let mut pre = Preprocessor::new(&backbone.meta);
     for path in images {
         let image = load_rgb(path)?;
-        let j = detector.judge_image(&backbone, &pre.tensor(&image)?, None, &mut |_| {})?;
+        let j = detector.judge_image(backbone, &pre.tensor(&image)?, None, &mut |_| {})?;
         let decision = match (j.unknown, j.rejected()) {
             (true, _) => "REJECT (unknown product)",
             (false, true) => "REJECT",
@@ -858,8 +903,8 @@ fn score(cache: &ModelCache, backbone: &str, bank: &Path, heatmaps: Option<&Path
     Ok(())
 }
 
-fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
-    let backbone = Backbone::load(&cache.resolve(&args.backbone)?)?;
+fn eval(cache: &ModelCache, args: EvalArgs, arithmetic: Arithmetic) -> Result<()> {
+    let backbone = Backbone::load_as(&cache.resolve(&args.backbone)?, 1, arithmetic)?;
     let options = EvalOptions {
         fit: args.params.params()?,
         reference_fraction: args.reference_fraction,
@@ -887,8 +932,8 @@ fn eval(cache: &ModelCache, args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_bank(cache: &ModelCache, args: BenchBankArgs) -> Result<()> {
-    let (backbone, params) = args.common.load(cache)?;
+fn bench_bank(cache: &ModelCache, args: BenchBankArgs, arithmetic: Arithmetic) -> Result<()> {
+    let (backbone, params) = args.common.load(cache, arithmetic)?;
     let start = Instant::now();
     let features = ucad::eval::feature_cache::FeatureCache::new(&args.common.feature_cache);
     let points = ucad::eval::bank_sweep::run(&backbone, &args.data, &args.tasks, &features, &params)?;
@@ -899,8 +944,8 @@ fn bench_bank(cache: &ModelCache, args: BenchBankArgs) -> Result<()> {
     args.common.finish("bench-bank", start, &points)
 }
 
-fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
-    let (backbone, fit) = args.common.load(cache)?;
+fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs, arithmetic: Arithmetic) -> Result<()> {
+    let (backbone, fit) = args.common.load(cache, arithmetic)?;
     let options = ucad::eval::routing_stress::StressOptions {
         synthetic: args.synthetic,
         seed: args.synthetic_seed,
@@ -920,9 +965,12 @@ fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs) -> Result<()> {
 }
 
 impl BenchCommonArgs {
-    fn load(&self, cache: &ModelCache) -> Result<(Backbone, FitParams)> {
+    fn load(&self, cache: &ModelCache, arithmetic: Arithmetic) -> Result<(Backbone, FitParams)> {
         let params = self.params.params()?;
-        Ok((Backbone::load(&cache.resolve(&self.backbone)?)?, params))
+        Ok((
+            Backbone::load_as(&cache.resolve(&self.backbone)?, 1, arithmetic)?,
+            params,
+        ))
     }
 
     /// Prints the run time and writes the JSON report when asked for.
@@ -939,14 +987,14 @@ impl BenchCommonArgs {
 const SIM_CONFIG: &str = include_str!("../board/sim.toml");
 
 /// The simulated board's config and run (learning its products into a fresh bank first), with
-/// the backbone on `threads` threads.
+/// the backbone run as `runtime` says.
 fn demo_run(
     cache: &ModelCache,
     backbone: &str,
     products: usize,
     frames: u64,
     summary: Option<PathBuf>,
-    threads: usize,
+    runtime: RuntimeConfig,
 ) -> Result<(RunConfig, RunArgs)> {
     // A backbone file needs nothing from the model cache.
     if !Path::new(backbone).is_file() {
@@ -959,7 +1007,7 @@ fn demo_run(
         audit.dir = dir.join("audit");
     }
     config.backbone = backbone.to_string();
-    config.runtime.threads = threads;
+    config.runtime = runtime;
     if let SourceConfig::Conveyor { products: count, .. } = &mut config.source {
         *count = products;
     }
@@ -973,10 +1021,16 @@ fn demo_run(
     Ok((config, args))
 }
 
-/// The demo's loop on one thread, then (same bank) on `threads` (0: all cores).
-fn bench_runtime(cache: &ModelCache, backbone: &str, frames: u64, json: Option<PathBuf>, threads: usize) -> Result<()> {
-    let all = ucad::parallel::resolve(threads)?;
-    let (mut config, mut args) = demo_run(cache, backbone, 3, frames, json, 1)?;
+/// The demo's loop on one thread, then (same bank) on `runtime.threads` (0: all cores).
+fn bench_runtime(
+    cache: &ModelCache,
+    backbone: &str,
+    frames: u64,
+    json: Option<PathBuf>,
+    runtime: RuntimeConfig,
+) -> Result<()> {
+    let all = ucad::parallel::resolve(runtime.threads)?;
+    let (mut config, mut args) = demo_run(cache, backbone, 3, frames, json, runtime)?;
     let mut times = Vec::new();
     for threads in [1, all] {
         println!("== backbone on {threads} thread(s)");
@@ -1085,7 +1139,7 @@ fn check_bank(cache: &ModelCache, origin: &Path, bytes: &[u8], backbone: &BankBa
 
 /// The backbone (after learning the conveyor's products, with `--learn`) and the frame source.
 fn open_run(cache: &ModelCache, config: &RunConfig, args: &RunArgs) -> Result<(Backbone, Box<dyn FrameSource>)> {
-    let backbone = Backbone::load(&cache.resolve(&config.backbone)?)?;
+    let backbone = Backbone::load_as(&cache.resolve(&config.backbone)?, 1, config.runtime.precision.resolve())?;
     if args.learn {
         if let Some(dir) = config.bank.path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

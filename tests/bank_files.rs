@@ -24,6 +24,7 @@ fn spec(sha256: &str) -> BackboneSpec {
         prompt_blocks: 1,
         prompt_len: 1,
         embed_dim: 4,
+        arithmetic: Some(ucad::backbone::Arithmetic::F32),
     }
 }
 
@@ -89,6 +90,30 @@ fn older_formats_are_refused_with_a_re_fit_error() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn a_format_4_bank_still_loads_as_one_fitted_in_f32() {
+    use ucad::backbone::Arithmetic;
+    let bank = small_bank();
+    // Format 4: today's fields but the arithmetic, in order.
+    let body = postcard::to_allocvec(&(
+        bank.version,
+        &bank.backbone_sha256,
+        bank.feature_dim,
+        bank.patches,
+        &bank.tasks,
+    ))
+    .unwrap();
+    let mut bytes = ucad::bank::format::seal(&body);
+    bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
+    let old = Bank::from_bytes(&bytes, "v4.ucad").unwrap();
+    assert_eq!(old.arithmetic, Arithmetic::F32);
+    assert_eq!(old, bank);
+    // Saved again, it is a bank of today's format that says f32.
+    let again = old.to_bytes();
+    assert_eq!(&again[8..12], &ucad::bank::format::FORMAT_VERSION.to_le_bytes());
+    assert_eq!(Bank::from_bytes(&again, "v5.ucad").unwrap(), bank);
 }
 
 #[test]

@@ -179,6 +179,21 @@ fn odd_config_values_are_refused_naming_the_file_and_the_key() {
             "frame_pool_mib = 64\n[runtime]\nthreads = \"all\"",
             "runtime.threads",
         ),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 64\n[runtime]\nprecision = \"f64\"",
+            "runtime.precision",
+        ),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 64\n[runtime]\nprecision = 16",
+            "runtime.precision",
+        ),
+        (
+            "frame_pool_mib = 64",
+            "frame_pool_mib = 64\n[runtime]\nallow_precision_mismatch = \"yes\"",
+            "runtime.allow_precision_mismatch",
+        ),
         ("log_every_s = 5.0", "log_every_s = nan", "log_every_s"),
         ("log_every_s = 5.0", "log_every_s = -1.0", "log_every_s"),
         ("log_every_s = 5.0", "log_every_s = 1e300", "log_every_s"),
@@ -223,6 +238,29 @@ fn runtime_threads_default_to_all_cores_and_take_any_count_up_to_the_bound() {
     let all = ucad::parallel::resolve(0).unwrap();
     assert_eq!(all, std::thread::available_parallelism().unwrap().get());
     assert_eq!(ucad::parallel::resolve(3).unwrap(), 3);
+}
+
+#[test]
+fn runtime_precision_defaults_to_auto_and_takes_each_choice() {
+    use ucad::backbone::ArithmeticChoice;
+    let base = std::path::Path::new(".");
+    let runtime = RunConfig::parse(SIM, base).unwrap().runtime;
+    assert_eq!(runtime.precision, ArithmeticChoice::Auto);
+    assert!(!runtime.allow_precision_mismatch);
+    for (text, choice) in [
+        ("auto", ArithmeticChoice::Auto),
+        ("f32", ArithmeticChoice::F32),
+        ("f16", ArithmeticChoice::F16),
+    ] {
+        let config = SIM.replacen(
+            "frame_pool_mib = 64",
+            &format!("frame_pool_mib = 64\n[runtime]\nprecision = \"{text}\"\nallow_precision_mismatch = true"),
+            1,
+        );
+        let runtime = RunConfig::parse(&config, base).unwrap().runtime;
+        assert_eq!(runtime.precision, choice);
+        assert!(runtime.allow_precision_mismatch);
+    }
 }
 
 #[test]

@@ -304,6 +304,7 @@ fn spec() -> BackboneSpec {
         prompt_blocks: 1,
         prompt_len: 1,
         embed_dim: 8,
+        arithmetic: Some(ucad::backbone::Arithmetic::F32),
     }
 }
 

@@ -26,6 +26,7 @@ fn small_spec() -> BackboneSpec {
         prompt_blocks: 1,
         prompt_len: 1,
         embed_dim: 8,
+        arithmetic: Some(ucad::backbone::Arithmetic::F32),
     }
 }
 

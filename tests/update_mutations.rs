@@ -31,6 +31,7 @@ fn spec() -> BackboneSpec {
         prompt_blocks: 1,
         prompt_len: 1,
         embed_dim: DIM,
+        arithmetic: Some(ucad::backbone::Arithmetic::F32),
     }
 }
 
@@ -152,4 +153,34 @@ fn resealed_mutations_of_an_update_reach_every_check_without_a_panic() {
         accepted > 0,
         "no mutation was accepted: the mutations do not reach the checks after decoding"
     );
+}
+
+#[test]
+fn a_pushed_bank_of_another_precision_is_refused_like_any_mismatched_bank() {
+    use ucad::backbone::Arithmetic;
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let line = Line::new("line-a").unwrap();
+    let mut policy = UpdatePolicy {
+        trusted: vec![key.verifying_key()],
+        line: line.clone(),
+        backbone: spec(),
+        capacity: Capacity {
+            tasks: 8,
+            bytes_per_task: 1 << 20,
+        },
+        max_bytes: 1 << 20,
+        request_deadline: std::time::Duration::from_secs(1),
+    };
+    let mut bank = common::random_bank(&spec());
+    bank.version = 5;
+    bank.arithmetic = Arithmetic::F16;
+    let update = sign(&bank.to_bytes(), &line, &key);
+    let refusal = validate(&update, &policy, 4).unwrap_err();
+    assert_eq!(refusal.status, 422);
+    for part in ["pushed bank", "f16 features", "computes in f32"] {
+        assert!(refusal.message.contains(part), "{part:?} missing: {}", refusal.message);
+    }
+    // A device configured to allow the mismatch takes it.
+    policy.backbone = spec().allowing_precision_mismatch(true);
+    assert_eq!(validate(&update, &policy, 4).unwrap().0.arithmetic, Arithmetic::F16);
 }

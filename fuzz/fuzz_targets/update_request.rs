@@ -24,6 +24,7 @@ fn policy() -> &'static UpdatePolicy {
             prompt_blocks: 1,
             prompt_len: 1,
             embed_dim: 8,
+            arithmetic: Some(ucad::backbone::Arithmetic::F32),
         },
         capacity: Capacity {
             tasks: 8,

@@ -2,6 +2,7 @@
 //! runner with its preprocessing.
 
 pub mod arch;
+pub mod arithmetic;
 pub mod bench;
 pub mod cost;
 pub mod dequant;
@@ -18,6 +19,7 @@ pub mod runner;
 pub mod weights;
 
 pub use arch::{Arch, ArchSpec};
+pub use arithmetic::{Arithmetic, ArithmeticChoice};
 pub use export::{export_model, export_to_file, ExportOptions};
 pub use meta::{BackboneMeta, Quant, Resize};
 pub use preprocess::Preprocessor;

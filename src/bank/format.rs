@@ -11,14 +11,17 @@ use sha2::{Digest, Sha256};
 use super::projection::Projection;
 use super::rows::{Precision, Rows};
 use super::validate::{check_task, BackboneSpec};
-use crate::backbone::Prompt;
+use crate::backbone::{Arithmetic, Prompt};
 use crate::detect::colour::{ColourStats, COLOUR_DIMS};
 
 const MAGIC: &[u8; 8] = b"UCADBANK";
 /// 2: compact knowledge (projection, int8) and routing statistics; 3: the tasks' colour
-/// statistics; 4: chroma quartiles in the colour statistics. Older banks are refused with a
-/// re-fit error: what they lack needs the training images.
-pub const FORMAT_VERSION: u32 = 4;
+/// statistics; 4: chroma quartiles in the colour statistics; 5: the arithmetic of the features.
+/// Format 4 banks are read as f32 ones (all there was); older banks are refused with a re-fit
+/// error: what they lack needs the training images.
+pub const FORMAT_VERSION: u32 = 5;
+/// The oldest format read.
+const OLDEST_READ: u32 = 4;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 
@@ -38,6 +41,17 @@ pub enum BankError {
     Checksum { path: String },
     #[error("{path}: bank body does not decode: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error(
+        "{path}: bank was fitted on {bank} features, but the backbone computes in {backbone} and thresholds \
+         move between the two: re-fit the bank in {backbone} (--compute-precision {backbone}), or use it anyway \
+         with --allow-precision-mismatch \
+         ([runtime] allow_precision_mismatch = true for `ucad run`)"
+    )]
+    OtherArithmetic {
+        path: String,
+        bank: Arithmetic,
+        backbone: Arithmetic,
+    },
     #[error("{path}: bank was fitted on backbone {bank}, not on the loaded backbone {backbone}")]
     WrongBackbone {
         path: String,
@@ -182,7 +196,32 @@ pub struct Bank {
     pub backbone_sha256: String,
     pub feature_dim: u32,
     pub patches: u32,
+    /// What the backbone computed the features in: the thresholds hold for it alone.
+    pub arithmetic: Arithmetic,
     pub tasks: Vec<Task>,
+}
+
+/// A format 4 bank: one of today's without `arithmetic`, fitted on f32 features.
+#[derive(Deserialize)]
+struct BankV4 {
+    version: u64,
+    backbone_sha256: String,
+    feature_dim: u32,
+    patches: u32,
+    tasks: Vec<Task>,
+}
+
+impl From<BankV4> for Bank {
+    fn from(old: BankV4) -> Bank {
+        Bank {
+            version: old.version,
+            backbone_sha256: old.backbone_sha256,
+            feature_dim: old.feature_dim,
+            patches: old.patches,
+            arithmetic: Arithmetic::F32,
+            tasks: old.tasks,
+        }
+    }
 }
 
 /// Limits a device reserves memory for; a bank beyond them is refused, never truncated.
@@ -199,6 +238,7 @@ impl Bank {
             backbone_sha256: backbone_sha256.to_string(),
             feature_dim: feature_dim as u32,
             patches: patches as u32,
+            arithmetic: Arithmetic::F32,
             tasks: Vec::new(),
         }
     }
@@ -251,7 +291,7 @@ impl Bank {
                 supported: FORMAT_VERSION,
             });
         }
-        if version < FORMAT_VERSION {
+        if version < OLDEST_READ {
             return Err(BankError::OlderFormat { path, found: version });
         }
         let body_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -273,7 +313,11 @@ impl Bank {
             path: path.clone(),
             reason,
         };
-        let (bank, rest): (Bank, _) = postcard::take_from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+        let (bank, rest) = match version {
+            4 => postcard::take_from_bytes::<BankV4>(body).map(|(old, rest)| (Bank::from(old), rest)),
+            _ => postcard::take_from_bytes::<Bank>(body),
+        }
+        .map_err(|e| corrupt(e.to_string()))?;
         if !rest.is_empty() {
             return Err(corrupt(format!("{} bytes follow the bank", rest.len())));
         }

@@ -1,12 +1,12 @@
 //! What a bank must mean before anything judges with it. Intrinsic ([`Bank::validate`], part of
 //! every load): every number finite and in the range its use needs, every row count and
 //! dimension consistent with the declared shapes. For a backbone ([`Bank::check_backbone`]): the
-//! same file, feature dim, patch count and prompt shape. A bank that passes both cannot make the
+//! same file, feature dim, patch count, prompt shape and arithmetic. A bank that passes both cannot make the
 //! detector panic, read out of bounds or pass a part on a NaN.
 
 use super::format::{Bank, BankError, NormalStats, RoutingStats, StoredPrompt, Task};
 use super::rows::Rows;
-use crate::backbone::BackboneMeta;
+use crate::backbone::{Arithmetic, BackboneMeta};
 use crate::detect::colour::{ColourStats, SPREAD_FLOOR};
 
 /// Largest magnitude a stored feature value (row, int8 scale × 128, projection mean, prompt) may
@@ -35,9 +35,13 @@ pub struct BackboneSpec {
     pub prompt_blocks: usize,
     pub prompt_len: usize,
     pub embed_dim: usize,
+    /// What the backbone computes in; `None`: a bank of either is accepted (a backbone file not
+    /// yet running, or a mismatch the user allowed).
+    pub arithmetic: Option<Arithmetic>,
 }
 
 impl BackboneSpec {
+    /// A backbone file's spec, with its arithmetic unchecked.
     pub fn new(sha256: &str, meta: &BackboneMeta) -> BackboneSpec {
         BackboneSpec {
             sha256: sha256.to_string(),
@@ -46,6 +50,19 @@ impl BackboneSpec {
             prompt_blocks: meta.prompt_blocks,
             prompt_len: meta.prompt_len,
             embed_dim: meta.embed_dim,
+            arithmetic: None,
+        }
+    }
+
+    /// With `allow`, banks fitted in another arithmetic than the backbone's are accepted
+    /// (`--allow-precision-mismatch`, `[runtime] allow_precision_mismatch`).
+    pub fn allowing_precision_mismatch(self, allow: bool) -> BackboneSpec {
+        match allow {
+            true => BackboneSpec {
+                arithmetic: None,
+                ..self
+            },
+            false => self,
         }
     }
 }
@@ -139,7 +156,14 @@ impl Bank {
                 }
             }
         }
-        Ok(())
+        match spec.arithmetic {
+            Some(backbone) if backbone != self.arithmetic => Err(BankError::OtherArithmetic {
+                path: origin.to_string(),
+                bank: self.arithmetic,
+                backbone,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

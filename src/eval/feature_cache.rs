@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use log::info;
 use sha2::{Digest, Sha256};
 
-use crate::backbone::Backbone;
+use crate::backbone::{Arithmetic, Backbone};
 use crate::detect::fit::extract_features;
 
 pub struct FeatureCache {
@@ -42,6 +42,10 @@ impl FeatureCache {
 fn entry_name(backbone: &Backbone, images: &[PathBuf]) -> Result<String> {
     let mut hash = Sha256::new();
     hash.update(backbone.file_sha256.as_bytes());
+    // f32 entries keep the names they had before there was a choice.
+    if backbone.arithmetic != Arithmetic::F32 {
+        hash.update(backbone.arithmetic.name().as_bytes());
+    }
     for image in images {
         let meta = std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?;
         let modified = meta

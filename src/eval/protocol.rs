@@ -20,7 +20,7 @@ use super::metrics::TieGroups;
 use super::report::{ImageDecision, Report, Settings, TaskMetrics, Timing};
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
-use crate::bank::{Bank, Precision, Rows};
+use crate::bank::{Precision, Rows};
 use crate::data::dataset::{ground_truth, load_task, TaskData};
 use crate::data::folder::load_rgb;
 use crate::detect::colour::{image_colours, Colour};
@@ -96,7 +96,7 @@ pub fn run(
         .map(|d| prepare(backbone, cache.as_ref(), d))
         .collect::<Result<_>>()?;
     let dim = backbone.meta.feature_dim();
-    let mut bank = Bank::new(&backbone.file_sha256, dim, backbone.meta.patches());
+    let mut bank = backbone.empty_bank();
     let mut matrices: Vec<Matrix> = vec![Vec::new(); 3];
     let mut fit_s = Vec::new();
     let mut final_scores = Vec::new();

@@ -58,6 +58,8 @@ pub struct BackboneInfo {
     pub blocks: Vec<usize>,
     pub input_size: usize,
     pub quant: String,
+    /// What the backbone computed in.
+    pub arithmetic: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -213,6 +215,7 @@ impl Report {
                 blocks: meta.feature_blocks.clone(),
                 input_size: meta.input_size,
                 quant: meta.quant.name().to_string(),
+                arithmetic: backbone.arithmetic.name().to_string(),
             },
             settings,
             final_: Summary::of(&per_task),
@@ -251,10 +254,11 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "backbone {} blocks {:?} ({}), {} key rows, knowledge {}% coreset in ≤ {} dims ({}), ≤ {} bytes/task, k {}",
+            "backbone {} blocks {:?} ({}, computing in {}), {} key rows, knowledge {}% coreset in ≤ {} dims ({}), ≤ {} bytes/task, k {}",
             self.backbone.arch,
             self.backbone.blocks,
             self.backbone.quant,
+            self.backbone.arithmetic,
             self.settings.key_rows,
             self.settings.knowledge_fraction * 100.0,
             self.settings.knowledge_dims,

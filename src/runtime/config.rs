@@ -73,6 +73,14 @@ pub struct RuntimeConfig {
     /// Cores one frame's backbone pass spreads over; 0 (the default) = all cores.
     #[serde(default)]
     pub threads: usize,
+    /// What the backbone computes in: `auto` (the default: f16 where the CPU has FP16
+    /// arithmetic), `f32` or `f16`.
+    #[serde(default)]
+    pub precision: crate::backbone::ArithmeticChoice,
+    /// Use a bank fitted in another precision than the backbone's (thresholds move: re-fitting
+    /// is the better way out).
+    #[serde(default)]
+    pub allow_precision_mismatch: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -27,6 +27,7 @@ use super::reject::{assert_stop_line, open_line, open_stop_line, Actuator, SimRe
 use super::schedule::QUEUE_CAPACITY;
 use super::source::{Frame, FrameSource};
 use crate::backbone::{Backbone, Preprocessor};
+use crate::bank::BackboneSpec;
 use crate::detect::{Detector, Judgement, Stage};
 use crate::update::listener::{Demotion, DeviceState, Installed, UpdateListener, UpdatePolicy};
 use crate::update::signing::read_public_key;
@@ -371,7 +372,7 @@ impl Inspector {
         // first frame.
         info!(
             "inspecting with {} task(s) of {}, {:?} routing, reject {:?} after capture for {:?}, \
-             fail-safe {:?} after {:?}, frame pool {} MiB, backbone on {threads} thread(s), audit {}",
+             fail-safe {:?} after {:?}, frame pool {} MiB, backbone on {threads} thread(s) in {}, audit {}",
             tasks,
             c.bank.path.display(),
             c.routing.mode,
@@ -380,6 +381,7 @@ impl Inspector {
             c.failsafe.action,
             c.failsafe.deadline,
             c.memory.frame_pool_mib,
+            self.backbone.arithmetic,
             c.audit
                 .as_ref()
                 .map_or("off".into(), |a| format!("{} (≤ {} MiB)", a.dir.display(), a.max_mib)),
@@ -464,7 +466,7 @@ impl Inspector {
         let policy = UpdatePolicy {
             trusted,
             line: update.line.clone(),
-            backbone: self.backbone.spec(),
+            backbone: backbone_spec(&self.config, &self.backbone),
             capacity: self.config.bank.capacity(),
             max_bytes: mib(update.max_mib)?,
             request_deadline: crate::update::http::DEADLINE,
@@ -745,7 +747,18 @@ fn contained<T>(judge: impl FnOnce() -> Result<T>) -> Result<T, Fault> {
 
 /// The device's bank files, for the configured bank and this backbone.
 fn bank_store(config: &RunConfig, backbone: &Backbone) -> BankStore {
-    BankStore::new(&config.bank.path, backbone.spec(), config.bank.capacity())
+    BankStore::new(
+        &config.bank.path,
+        backbone_spec(config, backbone),
+        config.bank.capacity(),
+    )
+}
+
+/// What installed and pushed banks are checked against.
+fn backbone_spec(config: &RunConfig, backbone: &Backbone) -> BackboneSpec {
+    backbone
+        .spec()
+        .allowing_precision_mismatch(config.runtime.allow_precision_mismatch)
 }
 
 /// Heap and pool allocations per frame since warm-up, pool use and peak RSS.

@@ -30,7 +30,7 @@ pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, p
         anyhow::bail!("only a conveyor source has generated products to learn");
     };
     let dim = backbone.meta.feature_dim();
-    let mut bank = Bank::new(&backbone.file_sha256, dim, backbone.meta.patches());
+    let mut bank = backbone.empty_bank();
     for product in conveyor_products(source)? {
         let start = Instant::now();
         let indices: Vec<usize> = (0..train_images).collect();

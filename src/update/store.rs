@@ -184,6 +184,7 @@ mod tests {
             prompt_blocks: 1,
             prompt_len: 1,
             embed_dim: 2,
+            arithmetic: Some(crate::backbone::Arithmetic::F32),
         }
     }
 
