@@ -176,13 +176,24 @@ impl Backbone {
             Tensor::from_shape(&prompt_shape, &prompt)?,
             Tensor::from_shape(&[self.batch], &gate)?,
         ];
+        // f32 tensors go in and come out as they are: no copy on the f32 path.
         let dt = self.arithmetic.datum_type();
         let inputs = inputs
             .into_iter()
-            .map(|t| Ok(t.cast_to_dt(dt)?.into_owned().into()))
+            .map(|t| {
+                Ok(if dt == t.datum_type() {
+                    t
+                } else {
+                    t.cast_to_dt(dt)?.into_owned()
+                }
+                .into())
+            })
             .collect::<Result<TVec<TValue>>>()?;
         let out = self.plan.run(inputs)?.remove(0).into_tensor();
-        Ok(out.cast_to::<f32>()?.into_owned())
+        Ok(match out.datum_type() {
+            DatumType::F32 => out,
+            _ => out.cast_to::<f32>()?.into_owned(),
+        })
     }
 
     /// Features of one image as a row-major [N, F] vector.
