@@ -87,12 +87,9 @@ fn mutate_body(body: &mut Vec<u8>, rng: &mut ChaCha8Rng) {
     }
 }
 
-#[test]
-fn resealed_mutations_of_an_update_reach_every_check_without_a_panic() {
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let line = Line::new("line-a").unwrap();
-    let other_line = Line::new("line-b").unwrap();
-    let policy = UpdatePolicy {
+/// What a device on `line` trusting `key` accepts: banks of `spec()` up to 8 tasks of 1 MiB.
+fn policy(line: &Line, key: &SigningKey) -> UpdatePolicy {
+    UpdatePolicy {
         trusted: vec![key.verifying_key()],
         line: line.clone(),
         backbone: spec(),
@@ -102,7 +99,15 @@ fn resealed_mutations_of_an_update_reach_every_check_without_a_panic() {
         },
         max_bytes: 1 << 20,
         request_deadline: std::time::Duration::from_secs(1),
-    };
+    }
+}
+
+#[test]
+fn resealed_mutations_of_an_update_reach_every_check_without_a_panic() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let line = Line::new("line-a").unwrap();
+    let other_line = Line::new("line-b").unwrap();
+    let policy = policy(&line, &key);
     let mut bank = common::random_bank(&spec());
     bank.version = 5;
     let valid = bank.to_bytes();
@@ -160,17 +165,7 @@ fn a_pushed_bank_of_another_precision_is_refused_like_any_mismatched_bank() {
     use ucad::backbone::Arithmetic;
     let key = SigningKey::from_bytes(&[7; 32]);
     let line = Line::new("line-a").unwrap();
-    let mut policy = UpdatePolicy {
-        trusted: vec![key.verifying_key()],
-        line: line.clone(),
-        backbone: spec(),
-        capacity: Capacity {
-            tasks: 8,
-            bytes_per_task: 1 << 20,
-        },
-        max_bytes: 1 << 20,
-        request_deadline: std::time::Duration::from_secs(1),
-    };
+    let mut policy = policy(&line, &key);
     let mut bank = common::random_bank(&spec());
     bank.version = 5;
     bank.arithmetic = Arithmetic::F16;
