@@ -214,7 +214,7 @@ fn int8_export_stores_int8_weights_and_stays_close_to_f32() {
     let img = image(5);
     let (a, b) = (features(&f32_path, &img), features(&int8_path, &img));
     for (ta, tb) in a.chunks(32).zip(b.chunks(32)) {
-        let cos = common::cosine(ta, tb);
+        let cos = ucad::backbone::parity::cosine(ta, tb);
         assert!(cos > 0.999, "int8 token cosine {cos}");
     }
     assert_ne!(a, b, "the int8 file really holds quantised weights");

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use ucad::backbone::parity::{token_cosines, CosineStats};
 use ucad::backbone::{Arithmetic, Backbone, Preprocessor};
 use ucad::bank::format::{load_for_backbone, BankError};
 use ucad::data::synthetic::textured_image;
@@ -37,23 +38,21 @@ fn f16_features_are_close_to_f32_features_but_not_equal() {
     let f16_backbone = Backbone::load_as(&path, 1, Arithmetic::F16).unwrap();
     let dim = f32_backbone.meta.feature_dim();
     let mut pre = Preprocessor::new(&f32_backbone.meta);
-    let (mut min, mut sum, mut tokens, mut max_diff) = (f32::INFINITY, 0f64, 0usize, 0f32);
+    let mut per_image = Vec::new();
     for seed in 0..3 {
         let image = textured_image(96, 96, seed);
         let a = f32_backbone.features(pre.tensor(&image).unwrap(), None).unwrap();
         let b = f16_backbone.features(pre.tensor(&image).unwrap(), None).unwrap();
         assert_eq!(a.len(), b.len());
-        for (x, y) in a.chunks(dim).zip(b.chunks(dim)) {
-            let c = common::cosine(x, y);
-            min = min.min(c);
-            sum += c as f64;
-            tokens += 1;
-        }
-        max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+        per_image.push(token_cosines(&a, &b, dim));
     }
+    let CosineStats {
+        min_cosine: min,
+        mean_cosine: mean,
+        max_abs_diff: max_diff,
+    } = CosineStats::over(&per_image);
     println!(
-        "tiny backbone, f16 vs f32 over 3 images: token cosine min {min:.6} mean {:.6}, max |diff| {max_diff:.3e}",
-        sum / tokens as f64
+        "tiny backbone, f16 vs f32 over 3 images: token cosine min {min:.6} mean {mean:.6}, max |diff| {max_diff:.3e}"
     );
     assert!(min >= MIN_COSINE, "min token cosine {min} < {MIN_COSINE}");
     // Equal features would mean the f16 plan never computed in f16.
@@ -88,11 +87,7 @@ fn a_prompted_pass_in_f16_is_close_to_f32_too() {
         a, plain,
         "the prompt changes nothing: the test would not see a lost prompt"
     );
-    let min = a
-        .chunks(dim)
-        .zip(b.chunks(dim))
-        .map(|(x, y)| common::cosine(x, y))
-        .fold(f32::INFINITY, f32::min);
+    let min = token_cosines(&a, &b, dim).min_cosine;
     println!("tiny backbone, prompted, f16 vs f32: min token cosine {min:.6}");
     assert!(min >= MIN_COSINE, "min token cosine {min} < {MIN_COSINE}");
 }

@@ -8,8 +8,9 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use common::{cosine, models_present};
+use common::models_present;
 use ucad::backbone::models::ModelCache;
+use ucad::backbone::parity::cosine;
 use ucad::backbone::{Prompt, Quant};
 use ucad::data::synthetic::textured_image;
 use ucad::train::{initial_prompt, PromptedVit};

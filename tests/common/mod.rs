@@ -3,13 +3,6 @@
 pub mod device;
 pub mod reference;
 
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    (dot / (na * nb).max(1e-30)) as f32
-}
-
 /// Whether `arch`'s weights and original graph are fetched; when they are not, the caller skips,
 /// unless UCAD_REQUIRE_MODELS is set (CI), which fails instead.
 pub fn models_present(cache: &ucad::backbone::models::ModelCache, arch: ucad::backbone::Arch) -> bool {
