@@ -1,6 +1,7 @@
 //! The key–prompt–knowledge memory bank: its file format and the coreset that fills it.
 
 pub mod coreset;
+mod describe;
 pub mod format;
 pub mod projection;
 pub mod rows;

@@ -1,5 +1,6 @@
 //! What the loop counts, in fixed memory, and the summary it writes on exit.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use heapless::HistoryBuffer;
@@ -147,6 +148,79 @@ pub struct Summary {
     pub stages_ms: StageMeans,
     #[serde(flatten)]
     pub memory: MemoryReport,
+}
+
+impl fmt::Display for Summary {
+    /// What `ucad run` prints when the loop ends.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let show = |v: Option<u64>| v.map_or("—".to_string(), |v| v.to_string());
+        writeln!(
+            f,
+            "parts {} rejected {} (per task {:?}) escapes {} false rejects {} fail-safe {} (rejected by default {}, \
+             judging panics {}, bank demotions {}); late reject pulses {}",
+            self.parts,
+            self.rejects,
+            self.rejects_per_task,
+            show(self.escapes),
+            show(self.false_rejects),
+            self.failsafe_rejects,
+            self.rejected_by_default,
+            self.judging_panics,
+            self.bank_demotions,
+            self.late_pulses
+        )?;
+        writeln!(
+            f,
+            "latency p50 {:.1} ms p99 {:.1} ms; reject timing error max {} ms; dropped frames {}; audit not saved {}",
+            self.p50_ms.unwrap_or(f64::NAN),
+            self.p99_ms.unwrap_or(f64::NAN),
+            self.reject_timing_error_ms_max
+                .map_or("—".into(), |e| format!("{e:.3}")),
+            self.dropped_frames,
+            self.audit_not_saved
+        )?;
+        write!(f, "{}", self.stages_ms)?;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let m = &self.memory;
+        writeln!(
+            f,
+            "memory: {} heap allocations/frame, {} frame-pool allocations/frame (pool peak {:.1} of {:.0} MiB); peak RSS {}",
+            m.allocations_per_frame.map_or("—".into(), |a| format!("{a:.3}")),
+            m.pool_allocations_per_frame.map_or("—".into(), |a| format!("{a:.0}")),
+            mib(m.frame_pool_peak_bytes),
+            mib(m.frame_pool_bytes),
+            m.peak_rss_bytes.map_or("—".into(), |b| format!("{:.0} MiB", mib(b)))
+        )
+    }
+}
+
+impl fmt::Display for StageMeans {
+    /// A table of the stages' mean ms per frame and their shares.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let total = self.total();
+        writeln!(f, "{:<22} {:>9} {:>7}", "stage (mean per frame)", "ms", "share")?;
+        for (name, ms) in [
+            ("decode", self.decode),
+            ("preprocess", self.preprocess),
+            ("backbone, plain pass", self.plain_pass),
+            ("routing", self.routing),
+            ("backbone, prompted", self.prompted_pass),
+            ("kNN scoring", self.knn),
+            ("decision", self.decision),
+        ] {
+            writeln!(
+                f,
+                "{name:<22} {ms:>9.3} {:>6.1}%",
+                100.0 * ms / total.max(f64::MIN_POSITIVE)
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<22} {total:>9.3}   frame time / backbone time = {:.3}",
+            "total",
+            total / self.backbone().max(f64::MIN_POSITIVE)
+        )
+    }
 }
 
 /// The counters a device reports on `GET /status` (copied after every frame).

@@ -1,0 +1,164 @@
+//! Commands that make a bank and use it off the line: `fit`, `score`, `inspect`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use ucad::backbone::Preprocessor;
+use ucad::bank::format::load_for_backbone;
+use ucad::bank::Bank;
+use ucad::data::dataset::TaskData;
+use ucad::data::folder::{list_images, load_rgb};
+use ucad::detect::colour::image_colours;
+use ucad::detect::fit::extract_features;
+use ucad::detect::heatmap::save_overlay;
+use ucad::detect::map::anomaly_map;
+use ucad::detect::{Detector, Judgement};
+use ucad::eval::learner::PromptSummary;
+
+use super::args::{BackboneArg, FitParamsArgs};
+use super::learner::LearnerArgs;
+use super::Context;
+
+#[derive(clap::Args)]
+pub struct FitArgs {
+    #[command(flatten)]
+    backbone: BackboneArg,
+    /// The bank to append to (created when missing).
+    #[arg(long)]
+    bank: PathBuf,
+    /// The product's name.
+    #[arg(long)]
+    task: String,
+    /// A folder of normal images of the product.
+    #[arg(long)]
+    train: PathBuf,
+    #[command(flatten)]
+    params: FitParamsArgs,
+    #[command(flatten)]
+    learner: LearnerArgs,
+}
+
+impl FitArgs {
+    pub fn execute(self, ctx: &Context) -> Result<()> {
+        let params = self.params.params()?;
+        let backbone = self.backbone.load(ctx)?;
+        // Never --allow-precision-mismatch here: a bank holds features of one arithmetic.
+        let mut bank = if self.bank.exists() {
+            load_for_backbone(&self.bank, &backbone.spec())
+                .context("fit appends only to a bank of its own precision")?
+        } else {
+            backbone.empty_bank()
+        };
+        let images = list_images(&self.train)?;
+        let start = Instant::now();
+        let learner = self.learner.learner(ctx, &backbone, params.seed)?;
+        let plain = extract_features(&backbone, &images, &format!("{}: features", self.task))?;
+        let colours = image_colours(&backbone.meta, &images, |p| load_rgb(p))?;
+        let count = images.len();
+        let data = TaskData {
+            name: self.task.clone(),
+            train: images,
+            test: Vec::new(),
+        };
+        let learned = learner.learn(&backbone, &data, &plain, &colours, &params)?;
+        if let Some(prompt) = &learned.prompt {
+            print_prompt(prompt);
+        }
+        bank.append(learned.task)?;
+        bank.save(&self.bank)?;
+        println!(
+            "fitted {} on {count} images in {:.1} s; {} now holds {} task(s), version {}",
+            self.task,
+            start.elapsed().as_secs_f64(),
+            self.bank.display(),
+            bank.tasks.len(),
+            bank.version
+        );
+        Ok(())
+    }
+}
+
+fn print_prompt(p: &PromptSummary) {
+    println!(
+        "prompt for {}: {:.1} s on {} images ({} held out), epoch {} of {} kept, held-out SCL loss {:.4} → {:.4}",
+        p.task, p.train_s, p.train_images, p.held_images, p.best_epoch, p.epochs, p.initial_held_loss, p.best_held_loss
+    );
+}
+
+#[derive(clap::Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    backbone: BackboneArg,
+    #[arg(long)]
+    bank: PathBuf,
+    /// Write a heatmap PNG per image here.
+    #[arg(long)]
+    heatmaps: Option<PathBuf>,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+impl ScoreArgs {
+    pub fn execute(self, ctx: &Context) -> Result<()> {
+        let backbone = self.backbone.load(ctx)?;
+        let spec = backbone
+            .spec()
+            .allowing_precision_mismatch(ctx.runtime.allow_precision_mismatch);
+        let detector = Detector::new(&load_for_backbone(&self.bank, &spec)?)?;
+        let mut pre = Preprocessor::new(&backbone.meta);
+        for path in &self.images {
+            let image = load_rgb(path)?;
+            let judgement = detector.judge_image(&backbone, &pre.tensor(&image)?, None, &mut |_| {})?;
+            println!("{}: {}", path.display(), describe(&detector, &judgement));
+            if let Some(dir) = &self.heatmaps {
+                let relative: Vec<f32> = detector.tasks[judgement.task]
+                    .relative(&judgement.patch_scores)
+                    .collect();
+                let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
+                let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
+                save_overlay(
+                    &dir.join(format!("{stem}.png")),
+                    &pre.fit(&image)?,
+                    &map,
+                    judgement.threshold,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A judgement as `ucad score` prints it: task, routing, score against threshold, decision.
+fn describe(detector: &Detector, j: &Judgement) -> String {
+    let decision = match (j.unknown, j.rejected()) {
+        (true, _) => "REJECT (unknown product)",
+        (false, true) => "REJECT",
+        (false, false) => "pass",
+    };
+    // Without a first guess every image is routed.
+    let (distance, margin) = j
+        .routing
+        .as_ref()
+        .map_or((f32::NAN, f32::NAN), |r| (r.distance, r.margin));
+    format!(
+        "{} {} (normalised routing distance {distance:.3}, margin {margin:.3}) score {:.4} threshold {:.4} {decision}",
+        if j.unknown { "nearest task" } else { "task" },
+        detector.tasks[j.task].name,
+        j.score,
+        j.threshold
+    )
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    bank: PathBuf,
+}
+
+impl InspectArgs {
+    pub fn execute(self) -> Result<()> {
+        let bank = Bank::load(&self.bank)?;
+        print!("{}: {bank}", self.bank.display());
+        Ok(())
+    }
+}
