@@ -6,7 +6,7 @@ mod cli;
 use clap::Parser;
 
 #[global_allocator]
-static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
+static ALLOCATOR: ucad::alloc::CountingAllocator = ucad::alloc::CountingAllocator;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

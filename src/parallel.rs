@@ -52,7 +52,7 @@ pub fn executor(threads: usize) -> Result<Executor> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("ucad-tract-{i}"))
-        .start_handler(|_| crate::runtime::alloc::serve_this_thread_from_frame_pool())
+        .start_handler(|_| crate::alloc::serve_this_thread_from_frame_pool())
         .build()
         .with_context(|| format!("cannot start {threads} threads for the backbone"))?;
     Ok(Executor::MultiThread(std::sync::Arc::new(pool)))

@@ -2,8 +2,10 @@
 
 mod common;
 
-use ucad::bank::format::{load_for_backbone, BankError};
-use ucad::bank::{BackboneSpec, Bank, Capacity, Precision, Rows, Task};
+use ucad::backbone::BackboneSpec;
+use ucad::bank::format::load_for_backbone;
+use ucad::bank::BankError;
+use ucad::bank::{Bank, Capacity, Precision, Rows, Task};
 
 fn task(name: &str, rows: usize, precision: Precision) -> Task {
     let data: Vec<f32> = (0..rows * 4).map(|i| (i as f32 * 0.37).sin()).collect();

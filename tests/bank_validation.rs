@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ed25519_dalek::SigningKey;
+use ucad::backbone::BackboneSpec;
 use ucad::backbone::{Backbone, Preprocessor, Prompt};
 use ucad::bank::format::load_for_backbone;
-use ucad::bank::{BackboneSpec, Bank, Capacity, Precision, Rows};
+use ucad::bank::{Bank, Capacity, Precision, Rows};
 use ucad::data::synthetic::textured_image;
 use ucad::update::listener::{validate, UpdatePolicy};
 use ucad::update::signing::{sign, write_key_pair, Line};

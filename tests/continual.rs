@@ -3,14 +3,15 @@
 
 mod common;
 
+use ucad::backbone::extract::extract_features;
 use ucad::backbone::Backbone;
 use ucad::bank::Bank;
 use ucad::data::dataset::load_task;
 use ucad::data::synthetic::SplitCounts;
-use ucad::detect::fit::{extract_features, fit_task, FitParams};
 use ucad::detect::{Detector, TaskIndex};
-use ucad::eval::learner::PlainLearner;
 use ucad::eval::protocol::{run, EvalOptions};
+use ucad::fit::learner::PlainLearner;
+use ucad::fit::{fit_task, FitParams};
 
 const COUNTS: SplitCounts = SplitCounts {
     train: 12,

@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 
 use ucad::backbone::parity::{token_cosines, CosineStats};
 use ucad::backbone::{Arithmetic, Backbone, Preprocessor};
-use ucad::bank::format::{load_for_backbone, BankError};
+use ucad::bank::format::load_for_backbone;
+use ucad::bank::BankError;
 use ucad::data::synthetic::textured_image;
 
 /// Lowest per-token cosine of f16 features with f32 ones that passes. f16 keeps 11 significant
@@ -198,8 +199,8 @@ fn a_bank_fitted_in_f16_records_it_and_scores_in_f16() {
     let dir = tempfile::tempdir().unwrap();
     let product = common::TinyProduct::new(dir.path());
     let f16 = Backbone::load_as(&product.backbone, 1, Arithmetic::F16).unwrap();
-    let mut bank = f16.empty_bank();
-    bank.append(ucad::detect::fit::fit_task(&f16, "tiny", &product.data.train, &Default::default()).unwrap())
+    let mut bank = ucad::bank::Bank::for_backbone(&f16.spec());
+    bank.append(ucad::fit::fit_task(&f16, "tiny", &product.data.train, &Default::default()).unwrap())
         .unwrap();
     let path = dir.path().join("f16.ucad");
     bank.save(&path).unwrap();

@@ -15,13 +15,14 @@ use ucad::backbone::{Prompt, Quant};
 use ucad::data::synthetic::textured_image;
 use ucad::train::{initial_prompt, PromptedVit};
 
+use ucad::backbone::colour::image_colours;
+use ucad::backbone::extract::extract_features;
 use ucad::backbone::{export_to_file, Arch, Backbone, ExportOptions, Preprocessor, VitWeights};
 use ucad::bank::Bank;
 use ucad::data::folder::load_rgb;
 use ucad::data::synthetic::products;
-use ucad::detect::colour::image_colours;
-use ucad::detect::fit::{extract_features, FitParams};
 use ucad::detect::Detector;
+use ucad::fit::FitParams;
 use ucad::train::fit::PromptLearner;
 use ucad::train::masks::MaskSource;
 use ucad::train::scl::SclLoss;

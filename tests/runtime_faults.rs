@@ -19,7 +19,7 @@ use ucad::runtime::pixels::encode_jpeg;
 use ucad::runtime::source::{Frame, FrameSource};
 
 #[global_allocator]
-static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
+static ALLOCATOR: ucad::alloc::CountingAllocator = ucad::alloc::CountingAllocator;
 
 /// Allocation counts are process-wide: these tests run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use ucad::backbone::models::ModelCache;
 use ucad::backbone::Backbone;
-use ucad::detect::fit::FitParams;
+use ucad::fit::FitParams;
 use ucad::runtime::config::{RunConfig, SourceConfig};
 use ucad::runtime::inspection::Inspector;
 use ucad::runtime::learn::learn_conveyor;
 use ucad::runtime::source::conveyor;
 
 #[global_allocator]
-static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
+static ALLOCATOR: ucad::alloc::CountingAllocator = ucad::alloc::CountingAllocator;
 
 const FRAMES: u64 = 18;
 /// Runs of the loop allowed when the host steals CPU time during them

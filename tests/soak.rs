@@ -18,7 +18,7 @@ use ucad::update::client;
 use common::device::{wait_for_listener, Device, SlowClient};
 
 #[global_allocator]
-static ALLOCATOR: ucad::runtime::alloc::CountingAllocator = ucad::runtime::alloc::CountingAllocator;
+static ALLOCATOR: ucad::alloc::CountingAllocator = ucad::alloc::CountingAllocator;
 
 const FRAMES: u64 = 20_000;
 const PUSH_EVERY: u64 = 500;
@@ -44,7 +44,7 @@ fn twenty_thousand_frames_with_pushes_damaged_pushes_and_a_slow_client() {
 
     let backbone_path = device.product.backbone.clone();
     let inspector = std::thread::spawn(move || {
-        let mut source = ucad::runtime::source::open(&config.source, config.failsafe.stall).unwrap();
+        let mut source = ucad::runtime::open_source(&config.source, config.failsafe.stall).unwrap();
         let mut inspector = Inspector::new(Backbone::load(&backbone_path).unwrap(), config);
         inspector.run(source.as_mut(), Some(FRAMES)).unwrap()
     });
@@ -176,7 +176,7 @@ impl Memory {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let counts = ucad::runtime::alloc::allocation_counts().expect("the counting allocator");
+        let counts = ucad::alloc::allocation_counts().expect("the counting allocator");
         Memory {
             frame,
             resident: kib * 1024,

@@ -17,7 +17,7 @@ fn policy() -> &'static UpdatePolicy {
     POLICY.get_or_init(|| UpdatePolicy {
         trusted: vec![ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key()],
         line: Line::new("fuzz").expect("a line name"),
-        backbone: ucad::bank::BackboneSpec {
+        backbone: ucad::backbone::BackboneSpec {
             sha256: "f0".repeat(32),
             feature_dim: 8,
             patches: 4,

@@ -1,6 +1,6 @@
 //! The float type the backbone computes in (`[runtime] precision`, `--compute-precision`): f32, or f16
 //! where the CPU has FP16 arithmetic (ARMv8.2: a Pi 5's Cortex-A76, an Orin's A78AE). Not to be
-//! confused with [`crate::bank::Precision`], how a bank *stores* its rows.
+//! confused with the bank's `Precision`, how a bank *stores* its rows.
 
 use std::fmt;
 

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, ensure, Context, Result};
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 
-use super::import::{float_values, int8_values};
+use super::onnx_graph::{float_values, int8_values};
 
 /// codes · scale per channel, channel = (index / inner) mod channels (`inner`: the product of
 /// the dimensions after the channel axis).

@@ -13,9 +13,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use prost::Message;
-use tract_onnx::pb::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 
 use super::arch::Arch;
+use super::onnx_graph::{float_values, int8_values};
 use super::weights::{Int8Weight, MappingError, Param, VitWeights};
 
 /// The initializers and nodes of an ONNX file, with the problems met while mapping them.
@@ -179,31 +180,6 @@ impl OnnxSource {
         weights.validate(arch, &self.origin)?;
         Ok(weights)
     }
-}
-
-pub(super) fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
-    if t.data_type != DataType::Float as i32 {
-        return None;
-    }
-    if !t.raw_data.is_empty() {
-        return Some(
-            t.raw_data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        );
-    }
-    Some(t.float_data.clone())
-}
-
-pub(super) fn int8_values(t: &TensorProto) -> Option<Vec<i8>> {
-    if t.data_type != DataType::Int8 as i32 {
-        return None;
-    }
-    if !t.raw_data.is_empty() {
-        return Some(t.raw_data.iter().map(|b| *b as i8).collect());
-    }
-    Some(t.int32_data.iter().map(|v| *v as i8).collect())
 }
 
 /// Imports the pretrained graph at `path` as weights for `arch` (CLIP B/16 or DINOv2 S/14).

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tract_onnx::pb::StringStringEntryProto;
 
 use super::arch::Arch;
+use super::Arithmetic;
 
 /// Bumped when the graph's inputs or outputs change meaning.
 pub const GRAPH_FORMAT: u32 = 1;
@@ -101,5 +102,46 @@ impl BackboneMeta {
             .get("ucad.backbone")
             .with_context(|| format!("{origin}: ucad.backbone metadata missing"))?;
         serde_json::from_str(json).with_context(|| format!("{origin}: bad ucad.backbone metadata"))
+    }
+}
+
+/// What a bank is checked against: the backbone it will be used with, as its file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackboneSpec {
+    pub sha256: String,
+    pub feature_dim: usize,
+    pub patches: usize,
+    pub prompt_blocks: usize,
+    pub prompt_len: usize,
+    pub embed_dim: usize,
+    /// What the backbone computes in; `None`: a bank of either is accepted (a backbone file not
+    /// yet running, or a mismatch the user allowed).
+    pub arithmetic: Option<Arithmetic>,
+}
+
+impl BackboneSpec {
+    /// A backbone file's spec, with its arithmetic unchecked.
+    pub fn new(sha256: &str, meta: &BackboneMeta) -> BackboneSpec {
+        BackboneSpec {
+            sha256: sha256.to_string(),
+            feature_dim: meta.feature_dim(),
+            patches: meta.patches(),
+            prompt_blocks: meta.prompt_blocks,
+            prompt_len: meta.prompt_len,
+            embed_dim: meta.embed_dim,
+            arithmetic: None,
+        }
+    }
+
+    /// With `allow`, banks fitted in another arithmetic than the backbone's are accepted
+    /// (`--allow-precision-mismatch`, `[runtime] allow_precision_mismatch`).
+    pub fn allowing_precision_mismatch(self, allow: bool) -> BackboneSpec {
+        match allow {
+            true => BackboneSpec {
+                arithmetic: None,
+                ..self
+            },
+            false => self,
+        }
     }
 }

@@ -189,3 +189,30 @@ pub fn attr_float(name: &str, f: f32) -> AttributeProto {
         ..Default::default()
     }
 }
+
+/// A float tensor's values (raw or typed storage); `None` for another type.
+pub(super) fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != DataType::Float as i32 {
+        return None;
+    }
+    if !t.raw_data.is_empty() {
+        return Some(
+            t.raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        );
+    }
+    Some(t.float_data.clone())
+}
+
+/// An int8 tensor's values (raw or typed storage); `None` for another type.
+pub(super) fn int8_values(t: &TensorProto) -> Option<Vec<i8>> {
+    if t.data_type != DataType::Int8 as i32 {
+        return None;
+    }
+    if !t.raw_data.is_empty() {
+        return Some(t.raw_data.iter().map(|b| *b as i8).collect());
+    }
+    Some(t.int32_data.iter().map(|v| *v as i8).collect())
+}

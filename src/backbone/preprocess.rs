@@ -45,6 +45,15 @@ impl Preprocessor {
         self.fit_with(mask, FilterType::Nearest)
     }
 
+    /// The binary ground truth in the network's view (mask > 0.5 after [`Preprocessor::fit_mask`]);
+    /// all false without a mask (a normal part).
+    pub fn truth(&self, mask: Option<&GrayImage>) -> Result<Vec<bool>> {
+        match mask {
+            Some(mask) => Ok(self.fit_mask(mask)?.pixels().map(|p| p.0[0] > 127).collect()),
+            None => Ok(vec![false; self.size * self.size]),
+        }
+    }
+
     /// A segment label map in the same geometry as [`Preprocessor::fit`] (nearest neighbour).
     pub fn fit_labels(&self, labels: &Image<Luma<u16>>) -> Result<Image<Luma<u16>>> {
         self.fit_with(labels, FilterType::Nearest)

@@ -11,8 +11,7 @@ use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::{Framework, InferenceFact, InferenceModelExt};
 
 use super::arithmetic::Arithmetic;
-use super::meta::BackboneMeta;
-use crate::bank::{BackboneSpec, Bank};
+use super::meta::{BackboneMeta, BackboneSpec};
 
 /// A learned prefix prompt for every prompted block: row-major [blocks, 2 (key, value), len, dim].
 #[derive(Debug, Clone, PartialEq)]
@@ -100,14 +99,6 @@ impl Backbone {
         BackboneSpec {
             arithmetic: Some(self.arithmetic),
             ..BackboneSpec::new(&self.file_sha256, &self.meta)
-        }
-    }
-
-    /// A bank with no task yet for this backbone's features.
-    pub fn empty_bank(&self) -> Bank {
-        Bank {
-            arithmetic: self.arithmetic,
-            ..Bank::new(&self.file_sha256, self.meta.feature_dim(), self.meta.patches())
         }
     }
 

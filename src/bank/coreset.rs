@@ -116,7 +116,7 @@ fn project(rows: &[f32], dim: usize, seed: u64) -> Vec<f32> {
         .collect();
     let n = rows.len() / dim;
     let mut out = vec![0f32; n * PROJECTION_DIM];
-    crate::detect::knn::matmul(rows, &matrix, &mut out, n, dim, PROJECTION_DIM);
+    crate::linalg::matmul(rows, &matrix, &mut out, n, dim, PROJECTION_DIM);
     out
 }
 

@@ -1,5 +1,7 @@
 //! The key–prompt–knowledge memory bank: its file format and the coreset that fills it.
 
+pub mod colour;
+mod contents;
 pub mod coreset;
 mod describe;
 pub mod format;
@@ -7,7 +9,6 @@ pub mod projection;
 pub mod rows;
 pub mod validate;
 
-pub use format::{Bank, BankError, Capacity, NormalStats, RoutingStats, StoredPrompt, Task};
+pub use contents::{Bank, BankError, Capacity, NormalStats, RoutingStats, StoredPrompt, Task};
 pub use projection::Projection;
 pub use rows::{Precision, Rows};
-pub use validate::BackboneSpec;

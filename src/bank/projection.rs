@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::rows::{Precision, Rows};
-use crate::detect::knn::{matmul, squared_distance};
+use crate::linalg::{matmul, squared_distance};
 
 /// Rows the covariance is estimated from (a seeded sample when there are more).
 const COVARIANCE_ROWS: usize = 16_384;

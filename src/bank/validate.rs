@@ -4,10 +4,10 @@
 //! same file, feature dim, patch count, prompt shape and arithmetic. A bank that passes both cannot make the
 //! detector panic, read out of bounds or pass a part on a NaN.
 
-use super::format::{Bank, BankError, NormalStats, RoutingStats, StoredPrompt, Task};
+use super::colour::{ColourStats, SPREAD_FLOOR};
+use super::contents::{Bank, BankError, NormalStats, RoutingStats, StoredPrompt, Task};
 use super::rows::Rows;
-use crate::backbone::{Arithmetic, BackboneMeta};
-use crate::detect::colour::{ColourStats, SPREAD_FLOOR};
+use crate::backbone::BackboneSpec;
 
 /// Largest magnitude a stored feature value (row, int8 scale × 128, projection mean, prompt) may
 /// have: far beyond any ViT activation (tens to a few thousand), and small enough that every
@@ -25,47 +25,6 @@ const COMPONENT_LIMIT: f32 = 1.01;
 
 /// Colour quartiles and chroma differences lie in −255..=255.
 const COLOUR_RANGE: f32 = 255.0;
-
-/// What a bank is checked against: the backbone it will be used with, as its file describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackboneSpec {
-    pub sha256: String,
-    pub feature_dim: usize,
-    pub patches: usize,
-    pub prompt_blocks: usize,
-    pub prompt_len: usize,
-    pub embed_dim: usize,
-    /// What the backbone computes in; `None`: a bank of either is accepted (a backbone file not
-    /// yet running, or a mismatch the user allowed).
-    pub arithmetic: Option<Arithmetic>,
-}
-
-impl BackboneSpec {
-    /// A backbone file's spec, with its arithmetic unchecked.
-    pub fn new(sha256: &str, meta: &BackboneMeta) -> BackboneSpec {
-        BackboneSpec {
-            sha256: sha256.to_string(),
-            feature_dim: meta.feature_dim(),
-            patches: meta.patches(),
-            prompt_blocks: meta.prompt_blocks,
-            prompt_len: meta.prompt_len,
-            embed_dim: meta.embed_dim,
-            arithmetic: None,
-        }
-    }
-
-    /// With `allow`, banks fitted in another arithmetic than the backbone's are accepted
-    /// (`--allow-precision-mismatch`, `[runtime] allow_precision_mismatch`).
-    pub fn allowing_precision_mismatch(self, allow: bool) -> BackboneSpec {
-        match allow {
-            true => BackboneSpec {
-                arithmetic: None,
-                ..self
-            },
-            false => self,
-        }
-    }
-}
 
 /// A field of a bank and what is wrong with it.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use ucad::backbone::{ArithmeticChoice, Backbone};
 use ucad::bank::Precision;
-use ucad::detect::fit::FitParams;
+use ucad::fit::FitParams;
 use ucad::runtime::config::RuntimeConfig;
 
 use super::Context;

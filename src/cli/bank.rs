@@ -4,17 +4,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
+use ucad::backbone::colour::image_colours;
+use ucad::backbone::extract::extract_features;
 use ucad::backbone::Preprocessor;
 use ucad::bank::format::load_for_backbone;
 use ucad::bank::Bank;
 use ucad::data::dataset::TaskData;
 use ucad::data::folder::{list_images, load_rgb};
-use ucad::detect::colour::image_colours;
-use ucad::detect::fit::extract_features;
 use ucad::detect::heatmap::save_overlay;
 use ucad::detect::map::anomaly_map;
 use ucad::detect::{Detector, Judgement};
-use ucad::eval::learner::PromptSummary;
+use ucad::fit::learner::PromptSummary;
 
 use super::args::{BackboneArg, FitParamsArgs};
 use super::learner::LearnerArgs;
@@ -48,7 +48,7 @@ impl FitArgs {
             load_for_backbone(&self.bank, &backbone.spec())
                 .context("fit appends only to a bank of its own precision")?
         } else {
-            backbone.empty_bank()
+            Bank::for_backbone(&backbone.spec())
         };
         let images = list_images(&self.train)?;
         let start = Instant::now();

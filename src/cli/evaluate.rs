@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::Result;
 use ucad::backbone::Backbone;
 use ucad::data::synthetic::{products, SplitCounts};
-use ucad::detect::fit::FitParams;
 use ucad::eval::feature_cache::FeatureCache;
 use ucad::eval::protocol::{self, EvalOptions};
 use ucad::eval::{bank_sweep, routing_stress};
+use ucad::fit::FitParams;
 
 use super::args::{BackboneArg, FitParamsArgs};
 use super::learner::LearnerArgs;

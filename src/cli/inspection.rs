@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use ucad::backbone::Backbone;
-use ucad::detect::fit::FitParams;
+use ucad::fit::FitParams;
 use ucad::runtime::board_report::{self, FrameTime};
 use ucad::runtime::config::{FailsafeAction, RunConfig, SourceConfig};
 use ucad::runtime::counters::Summary;
 use ucad::runtime::inspection::Inspector;
 use ucad::runtime::learn::learn_conveyor;
-use ucad::runtime::reject::assert_stop_line;
 use ucad::runtime::source::FrameSource;
+use ucad::runtime::stop_line::assert_stop_line;
 
 use super::args::BackboneArg;
 use super::Context;
@@ -188,7 +188,7 @@ fn open_run(ctx: &Context, config: &RunConfig, options: &LoopOptions) -> Result<
         }
         learn_conveyor(&backbone, &config.source, &config.bank.path, &FitParams::default())?;
     }
-    let source = ucad::runtime::source::open(&config.source, config.failsafe.stall)?;
+    let source = ucad::runtime::open_source(&config.source, config.failsafe.stall)?;
     Ok((backbone, source))
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use ucad::backbone::Backbone;
-use ucad::eval::learner::{PlainLearner, TaskLearner};
+use ucad::fit::learner::{PlainLearner, TaskLearner};
 use ucad::train::fit::PromptLearner;
 use ucad::train::masks::MaskSource;
 use ucad::train::scl::SclLoss;

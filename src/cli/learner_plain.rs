@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use ucad::backbone::Backbone;
-use ucad::eval::learner::{PlainLearner, TaskLearner};
+use ucad::fit::learner::{PlainLearner, TaskLearner};
 
 use super::Context;
 

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use image::GrayImage;
 
 use super::folder::list_images;
-use crate::backbone::Preprocessor;
 
 /// The name test items of normal parts carry as their defect.
 pub const GOOD: &str = "good";
@@ -184,12 +184,10 @@ fn visa(root: &Path, split: &Path, name: &str) -> Result<TaskData> {
     })
 }
 
-/// The binary ground truth of `item` in the network's view of the image (mask > 0.5 after the
-/// preprocessor's nearest-neighbour resize); all false for a normal part. The mask must have its
-/// image's size.
-pub fn ground_truth(item: &TestItem, image_dims: (u32, u32), pre: &Preprocessor) -> Result<Vec<bool>> {
+/// `item`'s ground-truth mask (`None` for a normal part), checked to have its image's size.
+pub fn read_mask(item: &TestItem, image_dims: (u32, u32)) -> Result<Option<GrayImage>> {
     let Some(path) = &item.mask else {
-        return Ok(vec![false; pre.size() * pre.size()]);
+        return Ok(None);
     };
     let mask = image::open(path)
         .with_context(|| format!("cannot read mask {}", path.display()))?
@@ -204,7 +202,7 @@ pub fn ground_truth(item: &TestItem, image_dims: (u32, u32), pre: &Preprocessor)
         image_dims.0,
         image_dims.1
     );
-    Ok(pre.fit_mask(&mask)?.pixels().map(|p| p.0[0] > 127).collect())
+    Ok(Some(mask))
 }
 
 #[cfg(test)]

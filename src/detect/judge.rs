@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use anyhow::Result;
 use tract_core::prelude::Tensor;
 
-use super::colour::{colour_of, Colour};
 use super::{image_score, Detector, Routing};
+use crate::backbone::colour::{colour_of, Colour};
 use crate::backbone::Backbone;
 
 /// Where a judged frame's time goes, in order.

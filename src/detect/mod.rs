@@ -1,8 +1,6 @@
 //! Task-agnostic inference over a bank: route an image to the product it looks like, score its
 //! patches against that product's knowledge, decide against that product's threshold.
 
-pub mod colour;
-pub mod fit;
 pub mod heatmap;
 pub mod judge;
 pub mod knn;
@@ -13,10 +11,10 @@ use std::borrow::Cow;
 use anyhow::{ensure, Context, Result};
 use tract_core::prelude::Tensor;
 
+use crate::backbone::colour::Colour;
 use crate::backbone::{Backbone, Prompt};
 use crate::bank::projection::ProjectionIndex;
 use crate::bank::{Bank, RoutingStats, Task};
-use colour::Colour;
 pub use judge::{Judgement, Stage, Views};
 use knn::KnnIndex;
 

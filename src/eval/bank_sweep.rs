@@ -12,13 +12,13 @@ use serde::Serialize;
 
 use super::feature_cache::FeatureCache;
 use super::metrics::TieGroups;
+use crate::backbone::colour::image_colours;
 use crate::backbone::Backbone;
 use crate::bank::Precision;
 use crate::data::dataset::load_task;
 use crate::data::folder::load_rgb;
-use crate::detect::colour::image_colours;
-use crate::detect::fit::{FitParams, Fitting, TaskFeatures};
 use crate::detect::{image_score, TaskIndex};
+use crate::fit::{FitParams, Fitting, TaskFeatures};
 
 /// One storage setting.
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use log::info;
 use sha2::{Digest, Sha256};
 
+use crate::backbone::extract::extract_features;
 use crate::backbone::{Arithmetic, Backbone};
-use crate::detect::fit::extract_features;
 
 pub struct FeatureCache {
     dir: PathBuf,

@@ -4,7 +4,6 @@ pub mod aupro;
 pub mod bank_sweep;
 pub mod continual;
 pub mod feature_cache;
-pub mod learner;
 pub mod metrics;
 pub mod protocol;
 pub mod report;

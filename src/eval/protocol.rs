@@ -15,20 +15,21 @@ use log::info;
 use super::aupro::{aupro, AUPRO_MAX_FPR};
 use super::continual::Matrix;
 use super::feature_cache::FeatureCache;
-use super::learner::TaskLearner;
 use super::metrics::TieGroups;
 use super::report::{ImageDecision, Report, Settings, TaskMetrics, Timing};
+use crate::backbone::colour::{image_colours, Colour};
+use crate::backbone::extract::extract_features;
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
-use crate::bank::{Precision, Rows};
-use crate::data::dataset::{ground_truth, load_task, TaskData};
+use crate::bank::{Bank, Precision, Rows};
+use crate::data::dataset::{load_task, read_mask, TaskData};
 use crate::data::folder::load_rgb;
-use crate::detect::colour::{image_colours, Colour};
-use crate::detect::fit::{extract_features, FitParams};
 use crate::detect::heatmap::save_overlay;
 use crate::detect::knn::KnnIndex;
 use crate::detect::map::anomaly_map;
 use crate::detect::{image_score, Detector, Judgement, Views};
+use crate::fit::learner::TaskLearner;
+use crate::fit::FitParams;
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -96,7 +97,7 @@ pub fn run(
         .map(|d| prepare(backbone, cache.as_ref(), d))
         .collect::<Result<_>>()?;
     let dim = backbone.meta.feature_dim();
-    let mut bank = backbone.empty_bank();
+    let mut bank = Bank::for_backbone(&backbone.spec());
     let mut matrices: Vec<Matrix> = vec![Vec::new(); 3];
     let mut fit_s = Vec::new();
     let mut final_scores = Vec::new();
@@ -204,7 +205,7 @@ fn prepare(backbone: &Backbone, cache: Option<&FeatureCache>, data: TaskData) ->
         .map(|item| {
             let dims = image::image_dimensions(&item.image)
                 .with_context(|| format!("cannot read image {}", item.image.display()))?;
-            ground_truth(item, dims, &pre)
+            pre.truth(read_mask(item, dims)?.as_ref())
         })
         .collect::<Result<_>>()?;
     Ok(Prepared {

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::continual::{backward_transfer, final_mean, forgetting, mean, Matrix};
-use super::learner::PromptSummary;
 use crate::backbone::Backbone;
 use crate::bank::Bank;
+use crate::fit::learner::PromptSummary;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskMetrics {

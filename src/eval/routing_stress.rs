@@ -12,13 +12,13 @@ use log::info;
 use serde::Serialize;
 
 use super::feature_cache::FeatureCache;
+use crate::backbone::colour::image_colours;
 use crate::backbone::Backbone;
 use crate::data::dataset::{load_task, TaskData};
 use crate::data::folder::load_rgb;
 use crate::data::synthetic::{products, SplitCounts};
-use crate::detect::colour::image_colours;
-use crate::detect::fit::{fit_from_features, FitParams};
 use crate::detect::{decide_route, Detector, Routing, TaskIndex};
+use crate::fit::{fit_from_features, FitParams};
 
 pub struct StressOptions {
     /// Generated products added to the real sets.

@@ -16,9 +16,9 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use log::{error, warn};
 
-use super::alloc::in_frame_pool;
 use super::config::AuditConfig;
 use super::pixels::{decode_jpeg, encode_jpeg};
+use crate::alloc::in_frame_pool;
 use crate::backbone::{BackboneMeta, Preprocessor};
 use crate::data::folder::save_image;
 use crate::detect::heatmap::overlay;

@@ -13,9 +13,10 @@ use anyhow::{anyhow, Result};
 use log::{error, warn};
 
 use super::config::{FailsafeAction, RunConfig};
-use super::reject::{assert_stop_line, raise_priority, Actuator};
+use super::reject::{raise_priority, Actuator};
 use super::schedule::{Pulse, Ticket};
 use super::source::{Frame, FrameSource, Truth};
+use super::stop_line::assert_stop_line;
 
 /// Real-time priority of the capture thread (below the edge thread's 50).
 const CAPTURE_PRIORITY: i32 = 40;

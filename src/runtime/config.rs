@@ -87,7 +87,7 @@ pub struct RuntimeConfig {
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Reserved at start-up for everything a frame allocates while it is judged (tract's
-    /// intermediate tensors above all); see `runtime::alloc`.
+    /// intermediate tensors above all); see `crate::alloc`.
     pub frame_pool_mib: usize,
 }
 

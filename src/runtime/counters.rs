@@ -10,6 +10,7 @@ use super::capture::Part;
 use super::schedule::Late;
 use super::source::Truth;
 use crate::detect::Stage;
+use crate::update::state::Totals;
 
 /// One judged (or fail-safed) part, for tests and audits.
 #[derive(Debug, Clone, Copy)]
@@ -221,22 +222,6 @@ impl fmt::Display for StageMeans {
             total / self.backbone().max(f64::MIN_POSITIVE)
         )
     }
-}
-
-/// The counters a device reports on `GET /status` (copied after every frame).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Totals {
-    pub frames: u64,
-    pub rejects: u64,
-    pub failsafe_rejects: u64,
-    pub rejected_by_default: u64,
-    pub judging_panics: u64,
-    pub bank_demotions: u64,
-    pub unknown_products: u64,
-    pub stalls: u64,
-    pub dropped_frames: u64,
-    pub routing_switches: u64,
-    pub bank_swaps: u64,
 }
 
 /// What the allocator reports for a run's summary.

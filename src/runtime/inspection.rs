@@ -14,23 +14,26 @@ use image::RgbImage;
 use log::{debug, error, info, warn};
 use tract_core::prelude::Tensor;
 
-use super::alloc::{
-    allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, report_panics_from_the_heap,
-    reserve_frame_pool, AllocationCounts,
-};
 use super::audit::Auditor;
 use super::capture::{panic_message, Capture, CaptureCounts, Event, FramePool, Part};
 use super::config::{mib, FailsafeAction, RoutingConfig, RoutingMode, RunConfig};
 use super::counters::{Counters, Lap, MemoryReport, PartRecord, Summary};
+use super::open_line;
 use super::pixels::copy_image;
-use super::reject::{assert_stop_line, open_line, open_stop_line, Actuator, SimRecord};
+use super::reject::{Actuator, SimRecord};
 use super::schedule::QUEUE_CAPACITY;
 use super::source::{Frame, FrameSource};
+use super::stop_line::{assert_stop_line, open_stop_line};
+use crate::alloc::{
+    allocation_counts, frame_pool_bytes, in_frame_pool, peak_rss_bytes, report_panics_from_the_heap,
+    reserve_frame_pool, AllocationCounts,
+};
+use crate::backbone::BackboneSpec;
 use crate::backbone::{Backbone, Preprocessor};
-use crate::bank::BackboneSpec;
 use crate::detect::{Detector, Judgement, Stage};
-use crate::update::listener::{Demotion, DeviceState, Installed, UpdateListener, UpdatePolicy};
+use crate::update::listener::{UpdateListener, UpdatePolicy};
 use crate::update::signing::read_public_key;
+use crate::update::state::{Demotion, DeviceState, Installed};
 use crate::update::store::{BankStore, Origin};
 
 /// Frames before allocation counting starts (buffers and caches fill on the first ones).
@@ -798,7 +801,7 @@ mod tests {
 
     #[test]
     fn a_panic_in_judging_is_contained_as_a_fault_like_an_error() {
-        super::super::alloc::report_panics_from_the_heap();
+        crate::alloc::report_panics_from_the_heap();
         let panicked = contained(|| -> Result<()> { in_frame_pool(|| panic!("injected at frame {}", 7)) });
         assert_eq!(panicked, Err(Fault::Panic("injected at frame 7".into())));
         let failed = contained(|| -> Result<()> { anyhow::bail!("no features") });

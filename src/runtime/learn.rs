@@ -11,10 +11,11 @@ use image::RgbImage;
 use super::config::SourceConfig;
 use super::pixels::{decode_jpeg, encode_jpeg};
 use super::source::conveyor_products;
+use crate::backbone::colour::image_colours;
+use crate::backbone::extract::extract_features_with;
 use crate::backbone::Backbone;
 use crate::bank::Bank;
-use crate::detect::colour::image_colours;
-use crate::detect::fit::{extract_features_with, fit_from_features, FitParams};
+use crate::fit::{fit_from_features, FitParams};
 
 /// Learns each product of the conveyor one after another from its normal training images (as
 /// the camera delivers them: JPEG-compressed for an MJPEG source) and writes a new bank to
@@ -30,7 +31,7 @@ pub fn learn_conveyor(backbone: &Backbone, source: &SourceConfig, path: &Path, p
         anyhow::bail!("only a conveyor source has generated products to learn");
     };
     let dim = backbone.meta.feature_dim();
-    let mut bank = backbone.empty_bank();
+    let mut bank = Bank::for_backbone(&backbone.spec());
     for product in conveyor_products(source)? {
         let start = Instant::now();
         let indices: Vec<usize> = (0..train_images).collect();

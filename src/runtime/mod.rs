@@ -1,6 +1,5 @@
 //! The device runtime (`ucad run`): frames in, decisions out on a reject line, in fixed memory.
 
-pub mod alloc;
 pub mod audit;
 pub mod board_report;
 pub mod capture;
@@ -16,3 +15,71 @@ pub mod pixels;
 pub mod reject;
 pub mod schedule;
 pub mod source;
+pub mod stop_line;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use config::{LineConfig, SourceConfig};
+use reject::{RejectLine, SimRecord};
+use source::FrameSource;
+
+// The factories of sources and lines live here, so that no source or line file needs another.
+
+/// The source a config names; `stall` bounds how long a camera may go without a frame.
+pub fn open_source(config: &SourceConfig, stall: Duration) -> Result<Box<dyn FrameSource>> {
+    Ok(match config {
+        SourceConfig::Conveyor { .. } => Box::new(source::conveyor(config)?),
+        SourceConfig::Folder { path, fps, repeat } => Box::new(source::folder(path, *fps, *repeat)?),
+        #[cfg(feature = "device")]
+        SourceConfig::V4l2 {
+            device,
+            width,
+            height,
+            fps,
+            format,
+        } => Box::new(device::V4l2Source::open(device, *width, *height, *fps, *format, stall)?),
+        #[cfg(not(feature = "device"))]
+        SourceConfig::V4l2 { device, .. } => {
+            let _ = stall;
+            anyhow::bail!(
+                "{}: this build has no V4L2 support (build with --features device)",
+                device.display()
+            )
+        }
+    })
+}
+
+/// Edge capacity of a simulated line (reserved at start-up).
+const SIM_EDGES: usize = 1 << 16;
+
+pub type OpenedLine = (Box<dyn RejectLine>, Option<Arc<Mutex<SimRecord>>>);
+
+/// The line a config names, and the record of a simulated one.
+pub fn open_line(config: &LineConfig) -> Result<OpenedLine> {
+    match config {
+        LineConfig::Simulated => {
+            let (line, record) = reject::SimulatedLine::new(SIM_EDGES);
+            Ok((Box::new(line), Some(record)))
+        }
+        #[cfg(feature = "device")]
+        LineConfig::Rppal { pin, active_high } => Ok((Box::new(device::RppalLine::open(*pin, *active_high)?), None)),
+        #[cfg(feature = "device")]
+        LineConfig::Gpiocdev {
+            chip,
+            line,
+            active_high,
+        } => Ok((Box::new(device::GpiocdevLine::open(chip, *line, *active_high)?), None)),
+        #[cfg(not(feature = "device"))]
+        LineConfig::Rppal { pin, .. } => {
+            anyhow::bail!("GPIO pin {pin}: this build has no rppal support (build with --features device)")
+        }
+        #[cfg(not(feature = "device"))]
+        LineConfig::Gpiocdev { chip, line, .. } => anyhow::bail!(
+            "{} line {line}: this build has no GPIO character device support (build with --features device)",
+            chip.display()
+        ),
+    }
+}

@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use log::{error, warn};
 
-use super::config::LineConfig;
 use super::schedule::{Late, Pulse, PulseQueue, Ticket};
 
 /// An output that rejects a part while active.
@@ -66,81 +65,6 @@ impl RejectLine for SimulatedLine {
             record.overflow += 1;
         }
         Ok(())
-    }
-}
-
-/// Edge capacity of a simulated line (reserved at start-up).
-const SIM_EDGES: usize = 1 << 16;
-
-pub type OpenedLine = (Box<dyn RejectLine>, Option<Arc<Mutex<SimRecord>>>);
-
-/// The line a config names, and the record of a simulated one.
-pub fn open_line(config: &LineConfig) -> Result<OpenedLine> {
-    match config {
-        LineConfig::Simulated => {
-            let (line, record) = SimulatedLine::new(SIM_EDGES);
-            Ok((Box::new(line), Some(record)))
-        }
-        #[cfg(feature = "device")]
-        LineConfig::Rppal { pin, active_high } => {
-            Ok((Box::new(super::device::RppalLine::open(*pin, *active_high)?), None))
-        }
-        #[cfg(feature = "device")]
-        LineConfig::Gpiocdev {
-            chip,
-            line,
-            active_high,
-        } => Ok((
-            Box::new(super::device::GpiocdevLine::open(chip, *line, *active_high)?),
-            None,
-        )),
-        #[cfg(not(feature = "device"))]
-        LineConfig::Rppal { pin, .. } => {
-            anyhow::bail!("GPIO pin {pin}: this build has no rppal support (build with --features device)")
-        }
-        #[cfg(not(feature = "device"))]
-        LineConfig::Gpiocdev { chip, line, .. } => anyhow::bail!(
-            "{} line {line}: this build has no GPIO character device support (build with --features device)",
-            chip.display()
-        ),
-    }
-}
-
-/// The stop-line output, held from when it is opened to the end of the process: a released GPIO
-/// line may fall back to its idle level, ending the stop it was asserted for.
-static STOP_LINE: Mutex<Option<Box<dyn RejectLine>>> = Mutex::new(None);
-
-fn held_stop_line() -> std::sync::MutexGuard<'static, Option<Box<dyn RejectLine>>> {
-    STOP_LINE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Opens the stop-line output, when the config has one, at start-up: a stop line that cannot
-/// work is an error before the first part, not when a fault needs it.
-pub fn open_stop_line(config: Option<&LineConfig>) -> Result<()> {
-    let Some(config) = config else {
-        return Ok(());
-    };
-    let mut held = held_stop_line();
-    if held.is_none() {
-        *held = Some(open_line(config).context("failsafe.stop_line")?.0);
-    }
-    Ok(())
-}
-
-/// Asserts the stop-line output, when the config has one (opening it, if start-up did not get
-/// that far), and keeps it asserted; says so in the log.
-pub fn assert_stop_line(config: Option<&LineConfig>) {
-    let Some(config) = config else {
-        return;
-    };
-    let mut held = held_stop_line();
-    let asserted = match held.as_mut() {
-        Some(line) => line.set(true, Instant::now()),
-        None => open_line(config).and_then(|(line, _)| held.insert(line).set(true, Instant::now())),
-    };
-    match asserted {
-        Ok(()) => warn!("stop line asserted"),
-        Err(e) => error!("cannot assert the stop line: {e:#}"),
     }
 }
 

@@ -255,32 +255,6 @@ fn folder_clip(path: &Path) -> Result<Clip> {
     })
 }
 
-/// The source a config names; `stall` bounds how long a camera may go without a frame.
-pub fn open(config: &SourceConfig, stall: Duration) -> Result<Box<dyn FrameSource>> {
-    Ok(match config {
-        SourceConfig::Conveyor { .. } => Box::new(conveyor(config)?),
-        SourceConfig::Folder { path, fps, repeat } => Box::new(folder(path, *fps, *repeat)?),
-        #[cfg(feature = "device")]
-        SourceConfig::V4l2 {
-            device,
-            width,
-            height,
-            fps,
-            format,
-        } => Box::new(super::device::V4l2Source::open(
-            device, *width, *height, *fps, *format, stall,
-        )?),
-        #[cfg(not(feature = "device"))]
-        SourceConfig::V4l2 { device, .. } => {
-            let _ = stall;
-            bail!(
-                "{}: this build has no V4L2 support (build with --features device)",
-                device.display()
-            )
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

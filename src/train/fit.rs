@@ -11,13 +11,14 @@ use log::info;
 
 use super::masks::Segmenter;
 use super::{learn_prompt, PromptedVit, Prompting, Recipe, Trained};
+use crate::backbone::colour::Colour;
+use crate::backbone::extract::extract_features_with;
 use crate::backbone::{Backbone, VitWeights};
 use crate::bank::{StoredPrompt, Task};
 use crate::data::dataset::TaskData;
 use crate::data::folder::load_rgb;
-use crate::detect::colour::Colour;
-use crate::detect::fit::{extract_features_with, fit_from_views, split, FitParams, TaskFeatures};
-use crate::eval::learner::{Learned, PromptSummary, TaskLearner};
+use crate::fit::learner::{Learned, PromptSummary, TaskLearner};
+use crate::fit::{fit_from_views, split, FitParams, TaskFeatures};
 
 pub struct PromptLearner {
     vit: PromptedVit,

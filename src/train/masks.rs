@@ -94,19 +94,6 @@ impl std::fmt::Display for MaskSource {
     }
 }
 
-impl MaskSource {
-    pub fn segmenter(&self) -> Result<Box<dyn Segmenter>> {
-        Ok(match self {
-            MaskSource::Superpixel => Box::new(Superpixels::default()),
-            MaskSource::Sam(weights) => Box::new(super::sam::SamSegmenter::load(weights)?),
-            MaskSource::Folder(dir) => {
-                ensure!(dir.is_dir(), "mask folder {} does not exist", dir.display());
-                Box::new(LabelMapFolder { dir: dir.clone() })
-            }
-        })
-    }
-}
-
 /// SLIC superpixels on the network's view: weight-free and deterministic. 16 segments of about
 /// 12 patches each on a 14×14 grid; compactness 10 (CIELAB units) lets them follow colour edges.
 pub struct Superpixels {

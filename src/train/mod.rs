@@ -28,6 +28,20 @@ use masks::{MaskSource, Segmenter};
 use scl::SclLoss;
 pub use vit::PromptedVit;
 
+/// The segment sources' factory (here, so that a source's file needs no other's).
+impl MaskSource {
+    pub fn segmenter(&self) -> Result<Box<dyn Segmenter>> {
+        Ok(match self {
+            MaskSource::Superpixel => Box::new(masks::Superpixels::default()),
+            MaskSource::Sam(weights) => Box::new(sam::SamSegmenter::load(weights)?),
+            MaskSource::Folder(dir) => {
+                ensure!(dir.is_dir(), "mask folder {} does not exist", dir.display());
+                Box::new(masks::LabelMapFolder { dir: dir.clone() })
+            }
+        })
+    }
+}
+
 /// How a prompt is trained: the paper's optimiser (Adam, gradient-norm clip 1, batch 8, init
 /// U(−1, 1)), a fixed number of epochs, and the epoch kept chosen by the loss on the held-out
 /// normal images. The paper's lr of 5e-4 over 25 epochs of all images (about 650 steps for

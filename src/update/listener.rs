@@ -26,41 +26,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use arc_swap::ArcSwapOption;
 use ed25519_dalek::VerifyingKey;
 use log::{info, warn};
 use serde_json::json;
 
 use super::http::{self, refuse, Refusal};
 use super::signing::{Line, SignedUpdate};
+use super::state::{DeviceState, Installed};
 use super::store::{BankStore, Origin};
-use crate::bank::{BackboneSpec, Bank, BankError, Capacity};
+use crate::backbone::BackboneSpec;
+use crate::bank::{Bank, BankError, Capacity};
 use crate::detect::Detector;
-use crate::runtime::counters::Totals;
-
-/// A bank ready to judge frames with.
-pub struct Installed {
-    pub detector: Detector,
-    pub version: u64,
-    pub origin: Origin,
-}
-
-/// What the loop and the listener share.
-#[derive(Default)]
-pub struct DeviceState {
-    /// The bank the next frame is judged with (swapped whole, between frames).
-    pub installed: ArcSwapOption<Installed>,
-    /// The loop's counters, published after every frame.
-    pub totals: Mutex<Totals>,
-    /// The last bank the loop sent back to the last-known-good one, and why.
-    pub demoted: Mutex<Option<Demotion>>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Demotion {
-    pub version: u64,
-    pub reason: String,
-}
 
 /// What an update must satisfy on this device, and how long a request may take.
 pub struct UpdatePolicy {

@@ -5,4 +5,5 @@ pub mod client;
 pub mod http;
 pub mod listener;
 pub mod signing;
+pub mod state;
 pub mod store;

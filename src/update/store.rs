@@ -16,8 +16,9 @@ use anyhow::{Context, Result};
 use log::warn;
 use sha2::{Digest, Sha256};
 
+use crate::backbone::BackboneSpec;
 use crate::bank::format::read_bank_file;
-use crate::bank::{BackboneSpec, Bank, Capacity};
+use crate::bank::{Bank, Capacity};
 use crate::fsutil::write_atomic;
 
 pub struct BankStore {
@@ -173,8 +174,9 @@ fn parse_mark(bytes: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backbone::colour::COLOUR_DIMS;
+    use crate::bank::colour::ColourStats;
     use crate::bank::{Rows, Task};
-    use crate::detect::colour::{ColourStats, COLOUR_DIMS};
 
     fn spec(sha256: &str) -> BackboneSpec {
         BackboneSpec {

@@ -68,7 +68,7 @@ impl TinyProduct {
 
     /// A one-task bank for the product with a `knowledge_fraction` coreset and the given version.
     pub fn bank(&self, knowledge_fraction: f32, version: u64) -> ucad::bank::Bank {
-        use ucad::detect::fit::{fit_task, FitParams};
+        use ucad::fit::{fit_task, FitParams};
         let backbone = ucad::backbone::Backbone::load(&self.backbone).expect("load the tiny backbone");
         let params = FitParams {
             key_rows: 24,
@@ -89,7 +89,8 @@ impl TinyProduct {
 
 /// `task` with finite statistics, as a fit leaves them (an uncalibrated task is never stored).
 pub fn calibrated(mut task: ucad::bank::Task) -> ucad::bank::Task {
-    use ucad::detect::colour::{ColourStats, COLOUR_DIMS};
+    use ucad::backbone::colour::COLOUR_DIMS;
+    use ucad::bank::colour::ColourStats;
     task.threshold = 0.5;
     (task.normal.count, task.normal.std, task.normal.target_false_reject) = (4, 0.1, 0.01);
     (task.routing.count, task.routing.unknown_above, task.routing.patch_limit) = (4, 15.0, 1.0);
@@ -100,7 +101,7 @@ pub fn calibrated(mut task: ucad::bank::Task) -> ucad::bank::Task {
 /// A valid two-task bank of random rows for a backbone: task "plain" in f32 with a prompt, task
 /// "compact" with f16 key, a projection to 8 dims and int8 knowledge. Every stored kind of value
 /// is there for a mutation to reach.
-pub fn random_bank(spec: &ucad::bank::BackboneSpec) -> ucad::bank::Bank {
+pub fn random_bank(spec: &ucad::backbone::BackboneSpec) -> ucad::bank::Bank {
     use rand::{Rng, SeedableRng};
     use ucad::bank::{Bank, Precision, Projection, Rows, StoredPrompt, Task};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);

@@ -1,14 +1,14 @@
 //! How the continual protocol learns a task: from its plain features alone, or with a learned
-//! prompt (`crate::train`, feature `train`).
+//! prompt (the train module, feature `train`).
 
 use anyhow::Result;
 use serde::Serialize;
 
+use super::{fit_from_features, FitParams};
+use crate::backbone::colour::Colour;
 use crate::backbone::Backbone;
 use crate::bank::Task;
 use crate::data::dataset::TaskData;
-use crate::detect::colour::Colour;
-use crate::detect::fit::{fit_from_features, FitParams};
 
 /// A learned task, with what its own test images are scored on when that is not their plain
 /// features (their features under the task's prompt).

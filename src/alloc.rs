@@ -8,7 +8,7 @@
 //! planned ahead. Allocations made on a thread inside [`in_frame_pool`] are therefore served by a
 //! TLSF allocator (`rlsf`: constant-time allocate and free, made for real-time systems) over
 //! memory reserved and touched once by [`reserve_frame_pool`], and so are those of the backbone's
-//! worker threads (see `crate::parallel`). Everything else — start-up, learning, other threads —
+//! worker threads (see parallel.rs). Everything else — start-up, learning, other threads —
 //! uses the system allocator and is counted as a heap allocation.
 
 use std::alloc::{GlobalAlloc, Layout, System};

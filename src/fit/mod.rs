@@ -3,23 +3,25 @@
 //! and, from held-out normal training images, the routing distance statistics and
 //! a threshold calibrated for a target false-reject rate.
 
+pub mod learner;
+
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
-use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::colour::{image_colours, Colour, ColourStats};
-use super::{image_score, TaskIndex};
-use crate::backbone::{Backbone, Preprocessor, Prompt};
+use crate::backbone::colour::{image_colours, Colour};
+use crate::backbone::extract::extract_features;
+use crate::backbone::Backbone;
+use crate::bank::colour::ColourStats;
 use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::projection::ProjectionIndex;
 use crate::bank::{NormalStats, Precision, Projection, RoutingStats, Rows, Task};
 use crate::data::folder::load_rgb;
+use crate::detect::{image_score, TaskIndex};
 
 #[derive(Debug, Clone)]
 pub struct FitParams {
@@ -82,35 +84,6 @@ impl Default for FitParams {
             seed: 0,
         }
     }
-}
-
-/// Plain patch features of each image file, on every core, with a progress bar.
-pub fn extract_features(backbone: &Backbone, images: &[PathBuf], label: &str) -> Result<Vec<Vec<f32>>> {
-    extract_features_with(backbone, images, label, None, |p| load_rgb(p))
-}
-
-/// Patch features (plain, or under `prompt`) of each item as `load` turns it into an image, on
-/// every core (one tract plan, one preprocessor per worker), with a progress bar. Order follows
-/// `images`.
-pub fn extract_features_with<T: Sync>(
-    backbone: &Backbone,
-    images: &[T],
-    label: &str,
-    prompt: Option<&Prompt>,
-    load: impl Fn(&T) -> Result<RgbImage> + Sync,
-) -> Result<Vec<Vec<f32>>> {
-    let bar = ProgressBar::new(images.len() as u64).with_message(label.to_string());
-    bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]").expect("template"));
-    let features = crate::parallel::map(
-        images,
-        || Preprocessor::new(&backbone.meta),
-        |pre, item| {
-            bar.inc(1);
-            backbone.features(pre.tensor(&load(item)?)?, prompt)
-        },
-    );
-    bar.finish_and_clear();
-    features
 }
 
 /// Splits image indices into (memory, held-out), deterministically for the seed.
@@ -413,7 +386,7 @@ mod tests {
     }
 
     fn colours(images: usize) -> Vec<Colour> {
-        vec![[120.0; super::super::colour::COLOUR_DIMS]; images]
+        vec![[120.0; crate::backbone::colour::COLOUR_DIMS]; images]
     }
 
     /// `images` images of 16 patches of dim 32 around a product-specific centre.

@@ -1,0 +1,50 @@
+//! What the inspection loop and the update listener share: the installed bank, the loop's
+//! counters as `GET /status` reports them, and the last demotion.
+
+use std::sync::Mutex;
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use super::store::Origin;
+use crate::detect::Detector;
+
+/// A bank ready to judge frames with.
+pub struct Installed {
+    pub detector: Detector,
+    pub version: u64,
+    pub origin: Origin,
+}
+
+/// What the loop and the listener share.
+#[derive(Default)]
+pub struct DeviceState {
+    /// The bank the next frame is judged with (swapped whole, between frames).
+    pub installed: ArcSwapOption<Installed>,
+    /// The loop's counters, published after every frame.
+    pub totals: Mutex<Totals>,
+    /// The last bank the loop sent back to the last-known-good one, and why.
+    pub demoted: Mutex<Option<Demotion>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Demotion {
+    pub version: u64,
+    pub reason: String,
+}
+
+/// The counters a device reports on `GET /status` (copied after every frame).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Totals {
+    pub frames: u64,
+    pub rejects: u64,
+    pub failsafe_rejects: u64,
+    pub rejected_by_default: u64,
+    pub judging_panics: u64,
+    pub bank_demotions: u64,
+    pub unknown_products: u64,
+    pub stalls: u64,
+    pub dropped_frames: u64,
+    pub routing_switches: u64,
+    pub bank_swaps: u64,
+}
