@@ -24,7 +24,8 @@ use ucad::data::folder::load_rgb;
 use ucad::detect::Detector;
 use ucad::update::client;
 use ucad::update::http::DEADLINE;
-use ucad::update::listener::{DeviceState, UpdateListener, UpdatePolicy};
+use ucad::update::listener::{UpdateListener, UpdatePolicy};
+use ucad::update::state::DeviceState;
 use ucad::update::signing::sign;
 use ucad::update::store::{BankStore, Origin};
 

@@ -398,7 +398,7 @@ fn faulty_bank(s: &Setup, version: u64) -> ucad::bank::Bank {
 /// An inspector that judges with `bank` from its first frame on, as if the update listener had
 /// just installed it (bank checks at load time do not stand in its way).
 fn inspector_with(s: &Setup, config: RunConfig, bank: &ucad::bank::Bank) -> Inspector {
-    use ucad::update::listener::Installed;
+    use ucad::update::state::Installed;
     use ucad::update::store::Origin;
     let inspector = Inspector::new(Backbone::load(&s.backbone).unwrap(), config);
     let installed = Installed {
