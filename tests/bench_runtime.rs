@@ -47,6 +47,8 @@ fn bench_runtime_ends_with_the_board_report() {
         field("backbone"),
         [format!("{} sha256 {}", backbone.display(), &sha[..12])]
     );
+    // No FP16 arithmetic on x86: `auto` computes in f32.
+    assert_eq!(field("precision"), ["f32"]);
     assert_eq!(
         field("cores"),
         [std::thread::available_parallelism().unwrap().get().to_string()]

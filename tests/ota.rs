@@ -25,8 +25,8 @@ use ucad::detect::Detector;
 use ucad::update::client;
 use ucad::update::http::DEADLINE;
 use ucad::update::listener::{UpdateListener, UpdatePolicy};
-use ucad::update::state::DeviceState;
 use ucad::update::signing::sign;
+use ucad::update::state::DeviceState;
 use ucad::update::store::{BankStore, Origin};
 
 use common::device::{device_config, line, wait_for_listener, Device, SlowClient, LINE};

@@ -218,3 +218,36 @@ fn a_bank_fitted_in_f16_records_it_and_scores_in_f16() {
         })
     ));
 }
+
+#[test]
+fn auto_computes_in_the_precision_of_the_bank_it_scores_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let product = common::TinyProduct::new(dir.path());
+    let f16 = Backbone::load_as(&product.backbone, 1, Arithmetic::F16).unwrap();
+    let mut bank = ucad::bank::Bank::for_backbone(&f16.spec());
+    bank.append(ucad::fit::fit_task(&f16, "tiny", &product.data.train, &Default::default()).unwrap())
+        .unwrap();
+    let path = dir.path().join("f16.ucad");
+    bank.save(&path).unwrap();
+    let score = |precision: &str| {
+        ucad(&[
+            "score",
+            "--compute-precision",
+            precision,
+            "--backbone",
+            &product.backbone.display().to_string(),
+            "--bank",
+            &path.display().to_string(),
+            &product.data.test[0].image.display().to_string(),
+        ])
+    };
+    // x86 has no FP16 arithmetic: with no bank `auto` would be f32; with this one it is f16.
+    let auto = score("auto");
+    assert!(auto.status.success(), "{}", stderr(&auto));
+    let f32 = score("f32");
+    assert!(
+        !f32.status.success() && stderr(&f32).contains("fitted on f16 features"),
+        "{}",
+        stderr(&f32)
+    );
+}

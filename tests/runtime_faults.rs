@@ -401,11 +401,7 @@ fn inspector_with(s: &Setup, config: RunConfig, bank: &ucad::bank::Bank) -> Insp
     use ucad::update::state::Installed;
     use ucad::update::store::Origin;
     let inspector = Inspector::new(Backbone::load(&s.backbone).unwrap(), config);
-    let installed = Installed {
-        detector: ucad::detect::Detector::new(bank).unwrap(),
-        version: bank.version,
-        origin: Origin::Pushed,
-    };
+    let installed = Installed::new(bank, Origin::Pushed).unwrap();
     inspector.state().installed.store(Some(std::sync::Arc::new(installed)));
     inspector
 }

@@ -60,6 +60,17 @@ impl ArithmeticChoice {
             ArithmeticChoice::F16 => Arithmetic::F16,
         }
     }
+
+    /// The arithmetic for scoring with, or appending to, a bank fitted in `bank`: `auto`
+    /// follows the bank (a bank's thresholds hold for its own arithmetic alone, so a Pi 5 or
+    /// an Orin keeps running the f32 banks it had before f16 existed), and the machine's
+    /// choice without one.
+    pub fn resolve_for(self, bank: Option<Arithmetic>) -> Arithmetic {
+        match (self, bank) {
+            (ArithmeticChoice::Auto, Some(bank)) => bank,
+            _ => self.resolve(),
+        }
+    }
 }
 
 /// Whether this CPU computes in half floats natively (FEAT_FP16).
@@ -77,6 +88,19 @@ pub fn cpu_has_fp16() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_follows_the_bank_and_a_fixed_choice_does_not() {
+        for bank in [Arithmetic::F32, Arithmetic::F16] {
+            assert_eq!(ArithmeticChoice::Auto.resolve_for(Some(bank)), bank);
+            assert_eq!(ArithmeticChoice::F32.resolve_for(Some(bank)), Arithmetic::F32);
+            assert_eq!(ArithmeticChoice::F16.resolve_for(Some(bank)), Arithmetic::F16);
+        }
+        assert_eq!(
+            ArithmeticChoice::Auto.resolve_for(None),
+            ArithmeticChoice::Auto.resolve()
+        );
+    }
 
     #[test]
     fn fixed_choices_resolve_to_themselves_and_auto_follows_the_cpu() {

@@ -85,8 +85,15 @@ fn fold(node: &NodeProto, inputs: &[&TensorProto]) -> Result<TensorProto> {
         codes.len()
     );
     let scales = float_values(inputs[1]).context("scales are not f32")?;
-    if let Some(i) = scales.iter().position(|s| !s.is_finite() || *s <= 0.0) {
-        bail!("scale {i} is {}, not a finite positive number", scales[i]);
+    // |code| ≤ 128: a larger scale makes infinite weights, and NaN features downstream.
+    if let Some(i) = scales
+        .iter()
+        .position(|s| !s.is_finite() || *s <= 0.0 || *s > f32::MAX / 128.0)
+    {
+        bail!(
+            "scale {i} is {}, not a positive number whose weights f32 can hold",
+            scales[i]
+        );
     }
     if let Some(zero_point) = inputs.get(2) {
         let zp = int8_values(zero_point).context("zero points are not int8")?;
@@ -200,6 +207,7 @@ mod tests {
         let cases: Vec<(GraphProto, &str)> = vec![
             (graph(&[0.5, f32::NAN, 4.0], 1), "scale 1 is NaN"),
             (graph(&[0.5, 0.0, 4.0], 1), "scale 1 is 0"),
+            (graph(&[0.5, 3e38, 4.0], 1), "whose weights f32 can hold"),
             (graph(&[0.5, 2.0], 1), "2 scales for 3 channels"),
             (graph(&[0.5, 2.0, 4.0], 2), "axis 2 outside"),
             (

@@ -3,7 +3,7 @@
 //! A safetensors file with one [patches, dim] f32 tensor per image, named as the image was given,
 //! and the sha256 of the backbone file that computed them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -12,11 +12,18 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use super::parity::{token_cosines, CosineStats};
 
 const SHA_KEY: &str = "backbone_sha256";
+/// The largest features file read (about 1,700 CLIP images): a bound on what a FIFO or a device
+/// file named as one can make us read.
+const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// The features of one image: its name and its row-major [patches, dim] values.
 pub type ImageFeatures = (String, Vec<f32>);
 
 pub fn save(path: &Path, backbone_sha256: &str, dim: usize, images: &[ImageFeatures]) -> Result<()> {
+    let mut names = HashSet::new();
+    if let Some((name, _)) = images.iter().find(|(name, _)| !names.insert(name.as_str())) {
+        bail!("{name} is given twice: a features file holds each image once");
+    }
     let bytes: Vec<(&str, Vec<u8>, Vec<usize>)> = images
         .iter()
         .map(|(name, f)| {
@@ -38,7 +45,8 @@ pub fn save(path: &Path, backbone_sha256: &str, dim: usize, images: &[ImageFeatu
 /// Per-patch cosines of `images` against the same images' features in the file at `path`,
 /// which must come from the same backbone file.
 pub fn compare(path: &Path, backbone_sha256: &str, dim: usize, images: &[ImageFeatures]) -> Result<Vec<CosineStats>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read features {}", path.display()))?;
+    let bytes = crate::fsutil::read_regular(path, MAX_FILE_BYTES)
+        .with_context(|| format!("cannot read features {}", path.display()))?;
     let saved = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{}: not a features file (safetensors)", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)?;

@@ -6,7 +6,11 @@ use super::Bank;
 
 impl fmt::Display for Bank {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        writeln!(f, "bank version {}, backbone {}", self.version, self.backbone_sha256)?;
+        writeln!(
+            f,
+            "bank version {}, backbone {}, fitted in {}",
+            self.version, self.backbone_sha256, self.arithmetic
+        )?;
         writeln!(
             f,
             "feature dim {}, {} patches per image, {} task(s)",

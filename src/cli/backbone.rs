@@ -146,6 +146,20 @@ impl FeaturesArgs {
                 other.path.display()
             );
         }
+        if let Some(out) = &self.save {
+            let mut inputs = self
+                .images
+                .iter()
+                .chain([&backbone.path])
+                .chain(other.as_ref().map(|o| &o.path));
+            if let Some(input) = inputs.find(|input| ucad::fsutil::same_file(out, input)) {
+                bail!(
+                    "--save {} is the input {}: write the features to a file of their own",
+                    out.display(),
+                    input.display()
+                );
+            }
+        }
         let computed = self.extract(&backbone, other.as_ref())?;
         let dim = backbone.meta.feature_dim();
         if let Some(path) = &self.save {

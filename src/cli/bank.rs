@@ -18,7 +18,7 @@ use ucad::fit::learner::PromptSummary;
 
 use super::args::{BackboneArg, FitParamsArgs};
 use super::learner::LearnerArgs;
-use super::Context;
+use super::{arithmetic_for, Context};
 
 #[derive(clap::Args)]
 pub struct FitArgs {
@@ -42,7 +42,8 @@ pub struct FitArgs {
 impl FitArgs {
     pub fn execute(self, ctx: &Context) -> Result<()> {
         let params = self.params.params()?;
-        let backbone = self.backbone.load(ctx)?;
+        let arithmetic = arithmetic_for(ctx.runtime.precision, &self.bank);
+        let backbone = ctx.load_backbone_as(&self.backbone.backbone, arithmetic)?;
         // Never --allow-precision-mismatch here: a bank holds features of one arithmetic.
         let mut bank = if self.bank.exists() {
             load_for_backbone(&self.bank, &backbone.spec())
@@ -101,7 +102,8 @@ pub struct ScoreArgs {
 
 impl ScoreArgs {
     pub fn execute(self, ctx: &Context) -> Result<()> {
-        let backbone = self.backbone.load(ctx)?;
+        let arithmetic = arithmetic_for(ctx.runtime.precision, &self.bank);
+        let backbone = ctx.load_backbone_as(&self.backbone.backbone, arithmetic)?;
         let spec = backbone
             .spec()
             .allowing_precision_mismatch(ctx.runtime.allow_precision_mismatch);

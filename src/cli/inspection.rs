@@ -17,7 +17,7 @@ use ucad::runtime::source::FrameSource;
 use ucad::runtime::stop_line::assert_stop_line;
 
 use super::args::BackboneArg;
-use super::Context;
+use super::{arithmetic_for, Context};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -56,7 +56,7 @@ pub struct DemoArgs {
     backbone: BackboneArg,
     #[arg(long, default_value_t = 3)]
     products: usize,
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u64).range(1..))]
     frames: u64,
 }
 
@@ -71,7 +71,7 @@ impl DemoArgs {
 pub struct BenchRuntimeArgs {
     #[command(flatten)]
     backbone: BackboneArg,
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     frames: u64,
     /// Also write the summary of the run on all threads here.
     #[arg(long)]
@@ -109,7 +109,11 @@ impl BenchRuntimeArgs {
         }
         let path = ctx.cache.resolve(&config.backbone)?;
         let spec = Backbone::read_spec(&path)?;
-        print!("{}", board_report::render(&path, &spec.sha256, self.frames, &times));
+        let arithmetic = config.runtime.precision.resolve();
+        print!(
+            "{}",
+            board_report::render(&path, &spec.sha256, arithmetic, self.frames, &times)
+        );
         Ok(())
     }
 }
@@ -177,11 +181,12 @@ fn run_loop(ctx: &Context, config: RunConfig, options: &LoopOptions) -> Result<S
 
 /// The backbone (after learning the conveyor's products, with `--learn`) and the frame source.
 fn open_run(ctx: &Context, config: &RunConfig, options: &LoopOptions) -> Result<(Backbone, Box<dyn FrameSource>)> {
-    let backbone = Backbone::load_as(
-        &ctx.cache.resolve(&config.backbone)?,
-        1,
-        config.runtime.precision.resolve(),
-    )?;
+    // --learn writes a new bank: nothing to follow.
+    let arithmetic = match options.learn {
+        true => config.runtime.precision.resolve(),
+        false => arithmetic_for(config.runtime.precision, &config.bank.path),
+    };
+    let backbone = ctx.load_backbone_as(&config.backbone, arithmetic)?;
     if options.learn {
         if let Some(dir) = config.bank.path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -9,10 +9,14 @@ mod inspection;
 mod learner;
 mod update;
 
+use std::path::Path;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use log::info;
 use ucad::backbone::models::ModelCache;
-use ucad::backbone::{Arithmetic, Backbone};
+use ucad::backbone::{Arithmetic, ArithmeticChoice, Backbone};
+use ucad::bank::Bank;
 use ucad::runtime::config::RuntimeConfig;
 
 #[derive(Parser)]
@@ -108,6 +112,25 @@ impl Context {
     fn load_backbone_as(&self, spec: &str, arithmetic: Arithmetic) -> Result<Backbone> {
         Backbone::load_as(&self.cache.resolve(spec)?, 1, arithmetic)
     }
+}
+
+/// What the backbone computes in to score with, or append to, the bank at `bank`: `auto`
+/// follows the bank's arithmetic when the file holds a bank (a bank that does not load is left
+/// to the command that reads it to report), the machine's choice otherwise.
+fn arithmetic_for(choice: ArithmeticChoice, bank: &Path) -> Arithmetic {
+    let fitted = bank
+        .is_file()
+        .then(|| Bank::load(bank).ok())
+        .flatten()
+        .map(|b| b.arithmetic);
+    let arithmetic = choice.resolve_for(fitted);
+    if choice == ArithmeticChoice::Auto && arithmetic != choice.resolve() {
+        info!(
+            "precision auto: computing in {arithmetic}, the arithmetic {} was fitted in",
+            bank.display()
+        );
+    }
+    arithmetic
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -49,7 +49,7 @@ impl SignArgs {
     pub fn execute(self, ctx: &Context) -> Result<()> {
         for input in [&self.bank, &self.key] {
             ensure!(
-                !same_file(&self.out, input),
+                !ucad::fsutil::same_file(&self.out, input),
                 "--out {} is the input {}: write the update to a file of its own",
                 self.out.display(),
                 input.display()
@@ -148,11 +148,6 @@ fn check_bank(ctx: &Context, origin: &Path, bytes: &[u8], backbone: &BankBackbon
     };
     bank.check_backbone(&Backbone::read_spec(&path)?, &name)?;
     Ok(())
-}
-
-/// Whether two paths name one existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 /// A bank file, checked, signed with a secret key file for a line.

@@ -5,6 +5,8 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use crate::backbone::Arithmetic;
+
 /// The start of every line of the block.
 pub const PREFIX: &str = "ucad-board:";
 
@@ -16,8 +18,9 @@ pub struct FrameTime {
     pub backbone_ms: f64,
 }
 
-/// The block for a run of `backbone` (file and sha256) over `frames` frames per thread count.
-pub fn render(backbone: &Path, sha256: &str, frames: u64, times: &[FrameTime]) -> String {
+/// The block for a run of `backbone` (file and sha256, computing in `arithmetic`) over `frames`
+/// frames per thread count.
+pub fn render(backbone: &Path, sha256: &str, arithmetic: Arithmetic, frames: u64, times: &[FrameTime]) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let mut lines = vec![
         ("paste", "these lines back (grep '^ucad-board')".to_string()),
@@ -34,6 +37,7 @@ pub fn render(backbone: &Path, sha256: &str, frames: u64, times: &[FrameTime]) -
             "backbone",
             format!("{} sha256 {}", backbone.display(), sha256.get(..12).unwrap_or(sha256)),
         ),
+        ("precision", arithmetic.to_string()),
         ("frames", frames.to_string()),
     ];
     for t in times {
@@ -174,13 +178,20 @@ mod tests {
                 backbone_ms: 240.5,
             },
         ];
-        let block = render(Path::new("models/b.onnx"), "0123456789abcdef", 60, &times);
+        let block = render(
+            Path::new("models/b.onnx"),
+            "0123456789abcdef",
+            Arithmetic::F16,
+            60,
+            &times,
+        );
         assert!(block.lines().all(|l| l.starts_with(PREFIX)), "{block}");
         for needle in [
             "sha256 0123456789ab\n",
             "812.3 on 1 thread(s), backbone 800.0",
             "250.0 on 4 thread(s), backbone 240.5",
             "frames    60",
+            "precision f16",
             env!("CARGO_PKG_VERSION"),
         ] {
             assert!(block.contains(needle), "{needle} missing from\n{block}");

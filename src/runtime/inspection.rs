@@ -205,13 +205,9 @@ struct Started {
 impl Inspector {
     pub fn new(backbone: Backbone, config: RunConfig) -> Inspector {
         let state = Arc::new(DeviceState::default());
-        let loaded = bank_store(&config, &backbone).load().and_then(|(bank, origin)| {
-            Ok(Installed {
-                detector: Detector::new(&bank)?,
-                version: bank.version,
-                origin,
-            })
-        });
+        let loaded = bank_store(&config, &backbone)
+            .load()
+            .and_then(|(bank, origin)| Installed::new(&bank, origin));
         match loaded {
             Ok(installed) => state.installed.store(Some(Arc::new(installed))),
             Err(e) => error!(
@@ -636,13 +632,7 @@ impl Inspector {
         let store = bank_store(&self.config, &self.backbone);
         let fallback = match bad.origin {
             Origin::LastGood => Err(anyhow::anyhow!("it is the last-known-good bank")),
-            Origin::Current | Origin::Pushed => store.demote().and_then(|bank| {
-                Ok(Installed {
-                    detector: Detector::new(&bank)?,
-                    version: bank.version,
-                    origin: Origin::LastGood,
-                })
-            }),
+            Origin::Current | Origin::Pushed => store.demote().and_then(|bank| Installed::new(&bank, Origin::LastGood)),
         };
         let replacement = match fallback {
             Ok(good) => {

@@ -36,7 +36,6 @@ use super::state::{DeviceState, Installed};
 use super::store::{BankStore, Origin};
 use crate::backbone::BackboneSpec;
 use crate::bank::{Bank, BankError, Capacity};
-use crate::detect::Detector;
 
 /// What an update must satisfy on this device, and how long a request may take.
 pub struct UpdatePolicy {
@@ -438,16 +437,12 @@ fn install(body: &[u8], shared: &Shared) -> Result<serde_json::Value, Refusal> {
         .map_err(|e| refuse(500, format!("{e:#}")))?
         .max(running);
     let (bank, bank_bytes) = validate(body, &shared.policy, highest)?;
-    let detector = Detector::new(&bank).map_err(|e| refuse(422, format!("{e:#}")))?;
+    let installed = Installed::new(&bank, Origin::Pushed).map_err(|e| refuse(422, format!("{e:#}")))?;
     store
         .install(bank_bytes, bank.version)
         .map_err(|e| refuse(500, format!("cannot install: {e:#}")))?;
     let summary = bank_summary(&bank);
-    state.installed.store(Some(Arc::new(Installed {
-        detector,
-        version: bank.version,
-        origin: Origin::Pushed,
-    })));
+    state.installed.store(Some(Arc::new(installed)));
     info!("bank version {} installed: {summary}", bank.version);
     Ok(summary)
 }
@@ -455,6 +450,7 @@ fn install(body: &[u8], shared: &Shared) -> Result<serde_json::Value, Refusal> {
 fn bank_summary(bank: &Bank) -> serde_json::Value {
     json!({
         "version": bank.version,
+        "arithmetic": bank.arithmetic,
         "tasks": bank.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
     })
 }
@@ -465,6 +461,7 @@ fn status(state: &DeviceState) -> serde_json::Value {
         json!({
             "version": i.version,
             "origin": i.origin,
+            "arithmetic": i.arithmetic,
             "tasks": i.detector.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         })
     });

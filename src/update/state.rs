@@ -3,10 +3,13 @@
 
 use std::sync::Mutex;
 
+use anyhow::Result;
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use super::store::Origin;
+use crate::backbone::Arithmetic;
+use crate::bank::Bank;
 use crate::detect::Detector;
 
 /// A bank ready to judge frames with.
@@ -14,6 +17,19 @@ pub struct Installed {
     pub detector: Detector,
     pub version: u64,
     pub origin: Origin,
+    /// What the bank was fitted in (`GET /status` shows it).
+    pub arithmetic: Arithmetic,
+}
+
+impl Installed {
+    pub fn new(bank: &Bank, origin: Origin) -> Result<Installed> {
+        Ok(Installed {
+            detector: Detector::new(bank)?,
+            version: bank.version,
+            origin,
+            arithmetic: bank.arithmetic,
+        })
+    }
 }
 
 /// What the loop and the listener share.
