@@ -1,5 +1,8 @@
 //! ucad: unsupervised continual anomaly detection (UCAD, AAAI 2024) as an edge runtime.
 
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)] // SAFETY comments at each block
 pub mod alloc;
 pub mod backbone;
 pub mod bank;
@@ -8,6 +11,7 @@ pub mod detect;
 pub mod eval;
 pub mod fit;
 pub mod fsutil;
+#[allow(unsafe_code)] // SAFETY comments at each block
 pub mod linalg;
 pub mod parallel;
 pub mod runtime;

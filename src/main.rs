@@ -1,6 +1,8 @@
 //! The `ucad` binary: logging, the allocation counter the loop reports from, and the command
 //! line (src/cli).
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 use clap::Parser;

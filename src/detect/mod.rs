@@ -3,6 +3,7 @@
 
 pub mod heatmap;
 pub mod judge;
+#[allow(unsafe_code)] // SAFETY comments at each block
 pub mod knn;
 pub mod map;
 

@@ -6,12 +6,14 @@ pub mod capture;
 pub mod config;
 pub mod counters;
 #[cfg(feature = "device")]
+#[allow(unsafe_code)] // SAFETY comments at each block
 pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault_injection;
 pub mod inspection;
 pub mod learn;
 pub mod pixels;
+#[allow(unsafe_code)] // SAFETY comments at each block
 pub mod reject;
 pub mod schedule;
 pub mod source;
