@@ -194,16 +194,22 @@ fn fit_does_not_append_f16_features_to_an_f32_bank_even_when_allowed() {
     assert_eq!(std::fs::read(&bank).unwrap(), before, "the bank changed");
 }
 
-#[test]
-fn a_bank_fitted_in_f16_records_it_and_scores_in_f16() {
-    let dir = tempfile::tempdir().unwrap();
-    let product = common::TinyProduct::new(dir.path());
+/// The tiny product and a bank of it fitted in f16 (saved in `dir`).
+fn fitted_in_f16(dir: &Path) -> (common::TinyProduct, Backbone, std::path::PathBuf) {
+    let product = common::TinyProduct::new(dir);
     let f16 = Backbone::load_as(&product.backbone, 1, Arithmetic::F16).unwrap();
     let mut bank = ucad::bank::Bank::for_backbone(&f16.spec());
     bank.append(ucad::fit::fit_task(&f16, "tiny", &product.data.train, &Default::default()).unwrap())
         .unwrap();
-    let path = dir.path().join("f16.ucad");
+    let path = dir.join("f16.ucad");
     bank.save(&path).unwrap();
+    (product, f16, path)
+}
+
+#[test]
+fn a_bank_fitted_in_f16_records_it_and_scores_in_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let (product, f16, path) = fitted_in_f16(dir.path());
     assert_eq!(
         load_for_backbone(&path, &f16.spec()).unwrap().arithmetic,
         Arithmetic::F16
@@ -222,13 +228,7 @@ fn a_bank_fitted_in_f16_records_it_and_scores_in_f16() {
 #[test]
 fn auto_computes_in_the_precision_of_the_bank_it_scores_with() {
     let dir = tempfile::tempdir().unwrap();
-    let product = common::TinyProduct::new(dir.path());
-    let f16 = Backbone::load_as(&product.backbone, 1, Arithmetic::F16).unwrap();
-    let mut bank = ucad::bank::Bank::for_backbone(&f16.spec());
-    bank.append(ucad::fit::fit_task(&f16, "tiny", &product.data.train, &Default::default()).unwrap())
-        .unwrap();
-    let path = dir.path().join("f16.ucad");
-    bank.save(&path).unwrap();
+    let (product, _, path) = fitted_in_f16(dir.path());
     let score = |precision: &str| {
         ucad(&[
             "score",
