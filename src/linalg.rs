@@ -1,5 +1,6 @@
-//! Dense linear algebra the bank and the kNN search share: one matrix product (through the
-//! matrixmultiply crate's sgemm) and the clamp of distances computed through it.
+//! Dense linear algebra the layers above share: one matrix product (through the matrixmultiply
+//! crate's sgemm), the clamp of distances computed through it, and symmetric int8 per column
+//! (a bank's rows, an exported backbone's weights).
 
 /// c[m, n] = a[m, k] · b[k, n], row-major.
 pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
@@ -36,4 +37,28 @@ pub fn squared_distance(d2: f32) -> f32 {
     } else {
         d2.max(0.0)
     }
+}
+
+/// Symmetric int8 codes of a row-major matrix with `cols` columns, one scale per column: each
+/// column's largest magnitude maps to 127 (scale 1 for an all-zero column). Returns (codes,
+/// scales).
+pub fn quantise_columns(data: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut scales = vec![0f32; cols];
+    for row in data.chunks(cols) {
+        for (s, v) in scales.iter_mut().zip(row) {
+            *s = s.max(v.abs());
+        }
+    }
+    for s in &mut scales {
+        *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+    }
+    let codes = data
+        .chunks(cols)
+        .flat_map(|row| {
+            row.iter()
+                .zip(&scales)
+                .map(|(v, s)| (v / s).round().clamp(-127.0, 127.0) as i8)
+        })
+        .collect();
+    (codes, scales)
 }

@@ -305,7 +305,11 @@ impl VitGraph<'_> {
                 transposed(&q.codes[rows.start * cols..rows.end * cols], cols),
                 q.scales[rows.clone()].to_vec(),
             ),
-            None => quantize_rows(&w.data[rows.start * cols..rows.end * cols], cols),
+            // [out, in] → [in, out], one scale per output column.
+            None => crate::linalg::quantise_columns(
+                &transposed(&w.data[rows.start * cols..rows.end * cols], cols),
+                rows.len(),
+            ),
         };
         let codes = self
             .g
@@ -470,26 +474,4 @@ fn transposed<T: Copy + Default>(m: &[T], cols: usize) -> Vec<T> {
         }
     }
     out
-}
-
-/// Symmetric int8 codes of a row-major [out, in] weight, one scale per output row (max |w| / 127;
-/// 1 for an all-zero row), returned as ONNX's MatMul wants them: codes [in, out], scales [out].
-pub fn quantize_rows(w: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let scales: Vec<f32> = w
-        .chunks(cols)
-        .map(|row| {
-            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if max > 0.0 {
-                max / 127.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    let codes: Vec<i8> = w
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (v / scales[i / cols]).round().clamp(-127.0, 127.0) as i8)
-        .collect();
-    (transposed(&codes, cols), scales)
 }

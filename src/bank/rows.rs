@@ -52,7 +52,7 @@ impl Rows {
         let storage = match precision {
             Precision::F32 => Storage::F32(data),
             Precision::F16 => Storage::F16(data.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect()),
-            Precision::I8 => quantise_columns(&data, dim),
+            Precision::I8 => int8_columns(&data, dim),
         };
         Rows {
             dim: dim as u32,
@@ -158,25 +158,9 @@ impl Rows {
     }
 }
 
-/// Symmetric per-column int8: each column's largest magnitude maps to 127.
-fn quantise_columns(data: &[f32], dim: usize) -> Storage {
-    let mut scales = vec![0f32; dim];
-    for row in data.chunks(dim) {
-        for (s, v) in scales.iter_mut().zip(row) {
-            *s = s.max(v.abs());
-        }
-    }
-    for s in &mut scales {
-        *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
-    }
-    let values = data
-        .chunks(dim)
-        .flat_map(|row| {
-            row.iter()
-                .zip(&scales)
-                .map(|(v, s)| (v / s).round().clamp(-127.0, 127.0) as i8)
-        })
-        .collect();
+/// Symmetric per-column int8 storage.
+fn int8_columns(data: &[f32], dim: usize) -> Storage {
+    let (values, scales) = crate::linalg::quantise_columns(data, dim);
     Storage::I8 { scales, values }
 }
 
