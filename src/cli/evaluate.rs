@@ -9,7 +9,7 @@ use ucad::backbone::Backbone;
 use ucad::data::synthetic::{products, SplitCounts};
 use ucad::eval::feature_cache::FeatureCache;
 use ucad::eval::protocol::{self, EvalOptions};
-use ucad::eval::{bank_sweep, routing_stress};
+use ucad::eval::{bench_bank, routing_stress};
 use ucad::fit::FitParams;
 
 use super::args::{BackboneArg, FitParamsArgs};
@@ -115,8 +115,8 @@ impl BenchBankArgs {
         let (backbone, params) = self.common.load(ctx)?;
         let start = Instant::now();
         let features = FeatureCache::new(&self.common.feature_cache);
-        let points = bank_sweep::run(&backbone, &self.data, &self.tasks, &features, &params)?;
-        print!("{}", bank_sweep::table(&self.tasks, &points, params.task_budget_bytes));
+        let points = bench_bank::run(&backbone, &self.data, &self.tasks, &features, &params)?;
+        print!("{}", bench_bank::table(&self.tasks, &points, params.task_budget_bytes));
         self.common.finish("bench-bank", start, &points)
     }
 }

@@ -1,7 +1,7 @@
 //! Measuring ucad honestly: metrics, the continual protocol and its report (BENCHMARK.md).
 
 pub mod aupro;
-pub mod bank_sweep;
+pub mod bench_bank;
 pub mod continual;
 pub mod feature_cache;
 pub mod metrics;
