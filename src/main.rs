@@ -468,6 +468,12 @@ struct BenchRoutingArgs {
     test_good: usize,
     #[arg(long, default_value_t = 10)]
     test_defective: usize,
+    /// Learning orders, one seeded shuffle each (default: real sets spread through the rest).
+    #[arg(long, value_delimiter = ',')]
+    order_seeds: Vec<u64>,
+    /// Test real sets on held-out training images (for choosing limits), not their test splits.
+    #[arg(long)]
+    validate: bool,
     #[command(flatten)]
     common: BenchCommonArgs,
 }
@@ -956,6 +962,8 @@ fn bench_routing(cache: &ModelCache, args: BenchRoutingArgs, arithmetic: Arithme
             test_defective: args.test_defective,
         },
         fit,
+        order_seeds: args.order_seeds,
+        validate: args.validate,
     };
     let start = Instant::now();
     let real = args.data.as_deref().map(|root| (root, &args.tasks[..]));

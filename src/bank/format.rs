@@ -16,12 +16,13 @@ use crate::detect::colour::{ColourStats, COLOUR_DIMS};
 
 const MAGIC: &[u8; 8] = b"UCADBANK";
 /// 2: compact knowledge (projection, int8) and routing statistics; 3: the tasks' colour
-/// statistics; 4: chroma quartiles in the colour statistics; 5: the arithmetic of the features.
-/// Format 4 banks are read as f32 ones (all there was); older banks are refused with a re-fit
-/// error: what they lack needs the training images.
-pub const FORMAT_VERSION: u32 = 5;
+/// statistics; 4: chroma quartiles in the colour statistics; 5: the arithmetic of the features;
+/// 6: the image-level routing signal (descriptors of the fit images and their spread). Older
+/// banks are refused with a re-fit error: what they lack needs the training images, and a task
+/// routed on one signal next to tasks routed on two would not be compared fairly.
+pub const FORMAT_VERSION: u32 = 6;
 /// The oldest format read.
-const OLDEST_READ: u32 = 4;
+const OLDEST_READ: u32 = 6;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 
@@ -100,6 +101,20 @@ pub struct RoutingStats {
     pub patch_limit: f32,
     /// The colours of the task's normal images: a part in other colours is not this product.
     pub colour: ColourStats,
+    /// The image-level signal next to the patch key's.
+    pub image: ImageStats,
+}
+
+/// The image-level routing signal: descriptors (mean over patches of the plain features) of the
+/// task's fit images, and the distance of a normal image's descriptor to the nearest of them
+/// (held-out images, and each fit image to the others): a routing distance of the image-level
+/// kind minus `mean`, over `std`, is the task's normalised image distance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageStats {
+    pub descriptors: Rows,
+    pub mean: f32,
+    /// At least a fixed share of `mean` (see `detect::fit`).
+    pub std: f32,
 }
 
 /// A learned prefix prompt, [blocks, 2, len, dim] as rows of `dim`.
@@ -146,6 +161,7 @@ impl Task {
     /// its routing limit, until the held-out images set its statistics. Only a step of a fit:
     /// its infinite limits would pass every part, so no bank holding it is saved or loaded.
     pub fn uncalibrated(name: &str, key: Rows, projection: Option<Projection>, knowledge: Rows, k: u32) -> Task {
+        let descriptors = key.clone();
         Task {
             name: name.to_string(),
             key,
@@ -172,6 +188,13 @@ impl Task {
                     spread: [1.0; COLOUR_DIMS],
                     limit: f32::INFINITY,
                 },
+                // The key's rows stand in for descriptors; an infinite spread makes every
+                // image distance 0 until calibration sets both.
+                image: ImageStats {
+                    descriptors,
+                    mean: 0.0,
+                    std: f32::INFINITY,
+                },
             },
         }
     }
@@ -184,7 +207,7 @@ impl Task {
     pub fn bytes(&self) -> usize {
         let prompt = self.prompt.as_ref().map_or(0, |p| p.rows.bytes());
         let projection = self.projection.as_ref().map_or(0, Projection::bytes);
-        self.key.bytes() + self.knowledge.bytes() + prompt + projection
+        self.key.bytes() + self.knowledge.bytes() + self.routing.image.descriptors.bytes() + prompt + projection
     }
 }
 
@@ -199,29 +222,6 @@ pub struct Bank {
     /// What the backbone computed the features in: the thresholds hold for it alone.
     pub arithmetic: Arithmetic,
     pub tasks: Vec<Task>,
-}
-
-/// A format 4 bank: one of today's without `arithmetic`, fitted on f32 features.
-#[derive(Deserialize)]
-struct BankV4 {
-    version: u64,
-    backbone_sha256: String,
-    feature_dim: u32,
-    patches: u32,
-    tasks: Vec<Task>,
-}
-
-impl From<BankV4> for Bank {
-    fn from(old: BankV4) -> Bank {
-        Bank {
-            version: old.version,
-            backbone_sha256: old.backbone_sha256,
-            feature_dim: old.feature_dim,
-            patches: old.patches,
-            arithmetic: Arithmetic::F32,
-            tasks: old.tasks,
-        }
-    }
 }
 
 /// Limits a device reserves memory for; a bank beyond them is refused, never truncated.
@@ -313,11 +313,7 @@ impl Bank {
             path: path.clone(),
             reason,
         };
-        let (bank, rest) = match version {
-            4 => postcard::take_from_bytes::<BankV4>(body).map(|(old, rest)| (Bank::from(old), rest)),
-            _ => postcard::take_from_bytes::<Bank>(body),
-        }
-        .map_err(|e| corrupt(e.to_string()))?;
+        let (bank, rest) = postcard::take_from_bytes::<Bank>(body).map_err(|e| corrupt(e.to_string()))?;
         if !rest.is_empty() {
             return Err(corrupt(format!("{} bytes follow the bank", rest.len())));
         }

@@ -6,7 +6,7 @@ pub mod projection;
 pub mod rows;
 pub mod validate;
 
-pub use format::{Bank, BankError, Capacity, NormalStats, RoutingStats, StoredPrompt, Task};
+pub use format::{Bank, BankError, Capacity, ImageStats, NormalStats, RoutingStats, StoredPrompt, Task};
 pub use projection::Projection;
 pub use rows::{Precision, Rows};
 pub use validate::BackboneSpec;
