@@ -142,17 +142,30 @@ impl Signals {
     }
 }
 
-/// The mean of an image's plain patch features (rows of `dim`): the image-level routing signal
-/// compares these.
+/// An image's descriptor from its plain patch features (rows of `dim`): per dimension, the mean
+/// of the middle half of the patches' values (the interquartile mean). The image-level routing
+/// signal compares these. A plain mean moves with a defect: on the validation pool a defect on
+/// a uniform generated texture took its part beyond 15 spreads; the middle half ignores a
+/// defect on less than a quarter of the part.
 pub fn descriptor(plain: &[f32], dim: usize) -> Vec<f32> {
-    let mut mean = vec![0f32; dim];
-    let rows = plain.chunks_exact(dim);
-    let count = rows.len().max(1) as f32;
-    for row in rows {
-        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-    }
-    mean.iter_mut().for_each(|m| *m /= count);
-    mean
+    let rows = plain.len() / dim.max(1);
+    let (low, kept) = (rows / 4, rows - 2 * (rows / 4));
+    let mut column = vec![0f32; rows];
+    (0..dim)
+        .map(|d| {
+            if rows == 0 {
+                return 0.0;
+            }
+            column
+                .iter_mut()
+                .zip(plain.chunks_exact(dim))
+                .for_each(|(c, row)| *c = row[d]);
+            column.select_nth_unstable_by(low, f32::total_cmp);
+            let upper = &mut column[low..];
+            upper.select_nth_unstable_by(kept - 1, f32::total_cmp);
+            upper[..kept].iter().sum::<f32>() / kept as f32
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -358,6 +371,16 @@ mod tests {
             &decide_route(&[1.0, 2.0, 3.0], &[15.0; 3], &[false; 3]),
         );
         assert!(v.unknown);
+    }
+
+    #[test]
+    fn the_descriptor_is_the_interquartile_mean_and_ignores_a_defect_on_a_quarter_of_the_patches() {
+        // Eight patches of two dims: dim 0 normal at 1 with a defect of 100 on two patches, dim 1
+        // the values 0..8 in a shuffled order.
+        let patches = [[1.0, 5.0], [100.0, 0.0], [1.0, 7.0], [1.0, 2.0], [1.0, 1.0], [100.0, 6.0], [1.0, 3.0], [1.0, 4.0]];
+        assert_eq!(descriptor(&patches.concat(), 2), [1.0, 3.5]);
+        assert_eq!(descriptor(&[2.0, 4.0], 2), [2.0, 4.0]);
+        assert_eq!(descriptor(&[], 2), [0.0, 0.0]);
     }
 
     #[test]
