@@ -104,7 +104,9 @@ fn the_image_routing_statistics_round_trip_and_a_spread_that_would_blind_routing
     let refused = |edit: &dyn Fn(&mut ucad::bank::ImageStats), field: &str| {
         let mut bad = bank.clone();
         edit(&mut bad.tasks[1].routing.image);
-        let err = Bank::from_bytes(&bad.to_bytes(), "crafted.ucad").unwrap_err().to_string();
+        let err = Bank::from_bytes(&bad.to_bytes(), "crafted.ucad")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("crafted.ucad: invalid bank: task \"b\" routing image ") && err.contains(field),
             "{err}"

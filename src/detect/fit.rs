@@ -315,7 +315,11 @@ impl<'a> Fitting<'a> {
     /// of them: held-out images', and each memory image's to the stored ones but its own (a
     /// product with few images has few held out).
     fn image_stats(&self) -> ImageStats {
-        let stored = Rows::new(self.dim, gather_rows(&self.descriptors, self.dim, &self.described), DESCRIPTOR_PRECISION);
+        let stored = Rows::new(
+            self.dim,
+            gather_rows(&self.descriptors, self.dim, &self.described),
+            DESCRIPTOR_PRECISION,
+        );
         let rows = stored.to_f32();
         let nearest = |query: &[f32], except: Option<usize>| {
             rows.chunks(self.dim)
@@ -324,7 +328,10 @@ impl<'a> Fitting<'a> {
                 .map(|(row, _)| row.iter().zip(query).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt())
                 .fold(f32::INFINITY, f32::min)
         };
-        let held = self.held.iter().map(|&i| nearest(&descriptor(&self.features.plain[i], self.dim), None));
+        let held = self
+            .held
+            .iter()
+            .map(|&i| nearest(&descriptor(&self.features.plain[i], self.dim), None));
         let memory = self
             .descriptors
             .chunks(self.dim)

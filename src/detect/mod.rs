@@ -377,7 +377,16 @@ mod tests {
     fn the_descriptor_is_the_interquartile_mean_and_ignores_a_defect_on_a_quarter_of_the_patches() {
         // Eight patches of two dims: dim 0 normal at 1 with a defect of 100 on two patches, dim 1
         // the values 0..8 in a shuffled order.
-        let patches = [[1.0, 5.0], [100.0, 0.0], [1.0, 7.0], [1.0, 2.0], [1.0, 1.0], [100.0, 6.0], [1.0, 3.0], [1.0, 4.0]];
+        let patches = [
+            [1.0, 5.0],
+            [100.0, 0.0],
+            [1.0, 7.0],
+            [1.0, 2.0],
+            [1.0, 1.0],
+            [100.0, 6.0],
+            [1.0, 3.0],
+            [1.0, 4.0],
+        ];
         assert_eq!(descriptor(&patches.concat(), 2), [1.0, 3.5]);
         assert_eq!(descriptor(&[2.0, 4.0], 2), [2.0, 4.0]);
         assert_eq!(descriptor(&[], 2), [0.0, 0.0]);
@@ -444,7 +453,9 @@ mod tests {
         // On the patch key alone, in each task's own units, the loose task is nearer.
         assert_eq!(attracted_before, parts.len(), "the construction lost its point");
         assert_eq!(attracted_now, 0);
-        let detector = Detector { tasks: vec![loose, tight] };
+        let detector = Detector {
+            tasks: vec![loose, tight],
+        };
         let routing = detector.route(&parts[0], &[100.0; colour::COLOUR_DIMS]).unwrap();
         assert_eq!(routing.task, 1);
     }

@@ -494,7 +494,13 @@ mod tests {
     fn stages_and_left_out_tasks_are_counted_from_the_distances() {
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         // Image rows: normalised distance to tasks a, b, c; every task's limit is 2.
-        let patch = |row: [f32; 3]| row.map(|patch| Signals { patch, image: f32::NEG_INFINITY }).to_vec();
+        let patch = |row: [f32; 3]| {
+            row.map(|patch| Signals {
+                patch,
+                image: f32::NEG_INFINITY,
+            })
+            .to_vec()
+        };
         let mut d = Distances {
             owner: vec![0, 0, 1, 1, 2],
             signals: vec![
