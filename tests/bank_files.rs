@@ -79,7 +79,8 @@ fn a_newer_format_asks_for_an_update() {
 
 #[test]
 fn older_formats_are_refused_with_a_re_fit_error() {
-    for old in [1u32, 2, 3] {
+    // Format 5 banks lack the image-level routing signal, which needs the training images.
+    for old in 1u32..=5 {
         let mut bytes = small_bank().to_bytes();
         bytes[8..12].copy_from_slice(&old.to_le_bytes());
         let err = Bank::from_bytes(&bytes, "old.ucad").unwrap_err();
@@ -95,27 +96,41 @@ fn older_formats_are_refused_with_a_re_fit_error() {
 }
 
 #[test]
-fn a_format_4_bank_still_loads_as_one_fitted_in_f32() {
-    use ucad::backbone::Arithmetic;
-    let bank = small_bank();
-    // Format 4: today's fields but the arithmetic, in order.
-    let body = postcard::to_allocvec(&(
-        bank.version,
-        &bank.backbone_sha256,
-        bank.feature_dim,
-        bank.patches,
-        &bank.tasks,
-    ))
-    .unwrap();
-    let mut bytes = ucad::bank::format::seal(&body);
-    bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
-    let old = Bank::from_bytes(&bytes, "v4.ucad").unwrap();
-    assert_eq!(old.arithmetic, Arithmetic::F32);
-    assert_eq!(old, bank);
-    // Saved again, it is a bank of today's format that says f32.
-    let again = old.to_bytes();
-    assert_eq!(&again[8..12], &ucad::bank::format::FORMAT_VERSION.to_le_bytes());
-    assert_eq!(Bank::from_bytes(&again, "v5.ucad").unwrap(), bank);
+fn the_image_routing_statistics_round_trip_and_a_spread_that_would_blind_routing_is_refused() {
+    let mut bank = small_bank();
+    let image = &mut bank.tasks[1].routing.image;
+    (image.mean, image.std) = (3.5, 0.25);
+    image.descriptors = Rows::new(4, vec![0.5, -1.0, 2.0, 0.0, 1.0, 1.0, 1.0, 1.0], Precision::F16);
+    let loaded = Bank::from_bytes(&bank.to_bytes(), "mem").unwrap();
+    assert_eq!(loaded.tasks[1].routing.image, bank.tasks[1].routing.image);
+    let refused = |edit: &dyn Fn(&mut ucad::bank::ImageStats), field: &str| {
+        let mut bad = bank.clone();
+        edit(&mut bad.tasks[1].routing.image);
+        let err = Bank::from_bytes(&bad.to_bytes(), "crafted.ucad")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("crafted.ucad: invalid bank: task \"b\" routing image ") && err.contains(field),
+            "{err}"
+        );
+    };
+    for spread in [f32::NAN, f32::INFINITY, -1.0, 0.0] {
+        refused(&|i| i.std = spread, "std");
+    }
+    refused(&|i| i.mean = f32::NAN, "mean");
+    refused(&|i| i.mean = -1.0, "mean");
+    refused(
+        &|i| i.descriptors = Rows::new(3, vec![0.0; 6], Precision::F32),
+        "descriptors rows have dim 3",
+    );
+    refused(
+        &|i| i.descriptors = Rows::new(4, vec![], Precision::F32),
+        "descriptors has no rows",
+    );
+    refused(
+        &|i| i.descriptors = Rows::new(4, vec![f32::NAN; 4], Precision::F32),
+        "descriptors",
+    );
 }
 
 #[test]
@@ -152,8 +167,9 @@ fn a_bank_over_capacity_is_refused() {
         .check_capacity(
             Capacity {
                 tasks: 2,
-                // Task a: 3 f32 rows of 4 in key and knowledge.
-                bytes_per_task: 96
+                // Task a: 3 f32 rows of 4 in key, knowledge and image descriptors (the key's
+                // rows, as an uncalibrated task has them).
+                bytes_per_task: 144
             },
             "b"
         )

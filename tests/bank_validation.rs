@@ -107,6 +107,7 @@ fn defects(spec: &BackboneSpec) -> Vec<(&'static str, &'static str, Bank)> {
         prompt.rows = Rows::new(spec.embed_dim, vec![0.1; values], Precision::F32);
     });
     let nan_threshold = edited(&|b| b.tasks[0].threshold = f32::NAN);
+    let nan_image_spread = edited(&|b| b.tasks[1].routing.image.std = f32::NAN);
     let nan_knowledge = |precision| {
         edited(&|b| b.tasks[0].knowledge = Rows::new(spec.feature_dim, with_nan(40, spec.feature_dim), precision))
     };
@@ -123,6 +124,7 @@ fn defects(spec: &BackboneSpec) -> Vec<(&'static str, &'static str, Bank)> {
     vec![
         ("a prompt one row short", "prompt", short_prompt),
         ("a NaN threshold", "threshold", nan_threshold),
+        ("a NaN image routing spread", "routing image std", nan_image_spread),
         ("a NaN knowledge row (f32)", "knowledge", nan_knowledge(Precision::F32)),
         ("a NaN knowledge row (f16)", "knowledge", nan_knowledge(Precision::F16)),
         ("an infinite projection value", "projection", infinite_projection),

@@ -85,6 +85,20 @@ pub struct RoutingStats {
     pub patch_limit: f32,
     /// The colours of the task's normal images: a part in other colours is not this product.
     pub colour: ColourStats,
+    /// The image-level signal next to the patch key's.
+    pub image: ImageStats,
+}
+
+/// The image-level routing signal: descriptors (mean over patches of the plain features) of the
+/// task's fit images, and the distance of a normal image's descriptor to the nearest of them
+/// (held-out images, and each fit image to the others): a routing distance of the image-level
+/// kind minus `mean`, over `std`, is the task's normalised image distance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageStats {
+    pub descriptors: Rows,
+    pub mean: f32,
+    /// At least a fixed share of `mean` (see `fit`).
+    pub std: f32,
 }
 
 /// A learned prefix prompt, [blocks, 2, len, dim] as rows of `dim`.
@@ -131,6 +145,7 @@ impl Task {
     /// its routing limit, until the held-out images set its statistics. Only a step of a fit:
     /// its infinite limits would pass every part, so no bank holding it is saved or loaded.
     pub fn uncalibrated(name: &str, key: Rows, projection: Option<Projection>, knowledge: Rows, k: u32) -> Task {
+        let descriptors = key.clone();
         Task {
             name: name.to_string(),
             key,
@@ -157,6 +172,13 @@ impl Task {
                     spread: [1.0; COLOUR_DIMS],
                     limit: f32::INFINITY,
                 },
+                // The key's rows stand in for descriptors; an infinite spread makes every
+                // image distance 0 until calibration sets both.
+                image: ImageStats {
+                    descriptors,
+                    mean: 0.0,
+                    std: f32::INFINITY,
+                },
             },
         }
     }
@@ -169,7 +191,7 @@ impl Task {
     pub fn bytes(&self) -> usize {
         let prompt = self.prompt.as_ref().map_or(0, |p| p.rows.bytes());
         let projection = self.projection.as_ref().map_or(0, Projection::bytes);
-        self.key.bytes() + self.knowledge.bytes() + prompt + projection
+        self.key.bytes() + self.knowledge.bytes() + self.routing.image.descriptors.bytes() + prompt + projection
     }
 }
 

@@ -5,46 +5,23 @@
 use std::path::Path;
 
 use anyhow::Context;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::contents::{Bank, BankError, Task};
 use super::validate::{check_task, MAX_VERSION};
-use crate::backbone::{Arithmetic, BackboneSpec};
+use crate::backbone::BackboneSpec;
 
 const MAGIC: &[u8; 8] = b"UCADBANK";
 /// 2: compact knowledge (projection, int8) and routing statistics; 3: the tasks' colour
-/// statistics; 4: chroma quartiles in the colour statistics; 5: the arithmetic of the features.
-/// Format 4 banks are read as f32 ones (all there was); older banks are refused with a re-fit
-/// error: what they lack needs the training images.
-pub const FORMAT_VERSION: u32 = 5;
+/// statistics; 4: chroma quartiles in the colour statistics; 5: the arithmetic of the features;
+/// 6: the image-level routing signal (descriptors of the fit images and their spread). Older
+/// banks are refused with a re-fit error: what they lack needs the training images, and a task
+/// routed on one signal next to tasks routed on two would not be compared fairly.
+pub const FORMAT_VERSION: u32 = 6;
 /// The oldest format read.
-const OLDEST_READ: u32 = 4;
+const OLDEST_READ: u32 = 6;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
-
-/// A format 4 bank: one of today's without `arithmetic`, fitted on f32 features.
-#[derive(Deserialize)]
-struct BankV4 {
-    version: u64,
-    backbone_sha256: String,
-    feature_dim: u32,
-    patches: u32,
-    tasks: Vec<Task>,
-}
-
-impl From<BankV4> for Bank {
-    fn from(old: BankV4) -> Bank {
-        Bank {
-            version: old.version,
-            backbone_sha256: old.backbone_sha256,
-            feature_dim: old.feature_dim,
-            patches: old.patches,
-            arithmetic: Arithmetic::F32,
-            tasks: old.tasks,
-        }
-    }
-}
 
 impl Bank {
     /// Appends a task (replacing none) and bumps the version; the task must pass the check
@@ -113,11 +90,7 @@ impl Bank {
             path: path.clone(),
             reason,
         };
-        let (bank, rest) = match version {
-            4 => postcard::take_from_bytes::<BankV4>(body).map(|(old, rest)| (Bank::from(old), rest)),
-            _ => postcard::take_from_bytes::<Bank>(body),
-        }
-        .map_err(|e| corrupt(e.to_string()))?;
+        let (bank, rest) = postcard::take_from_bytes::<Bank>(body).map_err(|e| corrupt(e.to_string()))?;
         if !rest.is_empty() {
             return Err(corrupt(format!("{} bytes follow the bank", rest.len())));
         }

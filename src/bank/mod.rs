@@ -9,6 +9,6 @@ pub mod projection;
 pub mod rows;
 pub mod validate;
 
-pub use contents::{Bank, BankError, Capacity, NormalStats, RoutingStats, StoredPrompt, Task};
+pub use contents::{Bank, BankError, Capacity, ImageStats, NormalStats, RoutingStats, StoredPrompt, Task};
 pub use projection::Projection;
 pub use rows::{Precision, Rows};

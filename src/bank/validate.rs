@@ -5,7 +5,7 @@
 //! detector panic, read out of bounds or pass a part on a NaN.
 
 use super::colour::{ColourStats, SPREAD_FLOOR};
-use super::contents::{Bank, BankError, NormalStats, RoutingStats, StoredPrompt, Task};
+use super::contents::{Bank, BankError, ImageStats, NormalStats, RoutingStats, StoredPrompt, Task};
 use super::rows::Rows;
 use crate::backbone::BackboneSpec;
 
@@ -180,7 +180,8 @@ pub fn check_task(task: &Task, feature_dim: usize) -> Result<(), Problem> {
     }
     at_least(&field("threshold"), task.threshold, 0.0)?;
     check_normal(&field("normal"), &task.normal)?;
-    check_routing(&field("routing"), &task.routing)
+    check_routing(&field("routing"), &task.routing)?;
+    check_image(&field("routing image"), &task.routing.image, feature_dim)
 }
 
 fn check_rows(field: &str, rows: &Rows, dim: usize) -> Result<(), Problem> {
@@ -263,6 +264,13 @@ fn check_routing(field: &str, routing: &RoutingStats) -> Result<(), Problem> {
     finite(&format!("{field} unknown_above"), routing.unknown_above)?;
     at_least(&format!("{field} patch_limit"), routing.patch_limit, 0.0)?;
     check_colour(&format!("{field} colour"), &routing.colour)
+}
+
+fn check_image(field: &str, image: &ImageStats, feature_dim: usize) -> Result<(), Problem> {
+    check_rows(&format!("{field} descriptors"), &image.descriptors, feature_dim)?;
+    at_least(&format!("{field} mean"), image.mean, 0.0)?;
+    // Image distances are divided by it: NaN, ∞, 0 or a negative spread would blind routing.
+    positive(&format!("{field} std"), image.std)
 }
 
 fn check_colour(field: &str, colour: &ColourStats) -> Result<(), Problem> {

@@ -137,6 +137,12 @@ pub struct BenchRoutingArgs {
     size: u32,
     #[command(flatten)]
     counts: SplitCountsArgs,
+    /// Learning orders, one seeded shuffle each (default: real sets spread through the rest).
+    #[arg(long, value_delimiter = ',')]
+    order_seeds: Vec<u64>,
+    /// Test real sets on held-out training images (for choosing limits), not their test splits.
+    #[arg(long)]
+    validate: bool,
     #[command(flatten)]
     common: BenchCommonArgs,
 }
@@ -150,6 +156,8 @@ impl BenchRoutingArgs {
             size: self.size,
             counts: self.counts.counts(),
             fit,
+            order_seeds: self.order_seeds,
+            validate: self.validate,
         };
         let start = Instant::now();
         let real = self.data.as_deref().map(|root| (root, &self.tasks[..]));

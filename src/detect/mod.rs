@@ -23,6 +23,7 @@ use knn::KnnIndex;
 pub struct TaskIndex {
     pub name: String,
     key: KnnIndex,
+    descriptors: KnnIndex,
     projection: Option<ProjectionIndex>,
     knowledge: KnnIndex,
     prompt: Option<Prompt>,
@@ -43,6 +44,8 @@ impl TaskIndex {
         Ok(TaskIndex {
             name: task.name.clone(),
             key: KnnIndex::new(task.key.clone()).with_context(|| format!("{} key", context()))?,
+            descriptors: KnnIndex::new(task.routing.image.descriptors.clone())
+                .with_context(|| format!("{} image descriptors", context()))?,
             projection: task
                 .projection
                 .as_ref()
@@ -71,10 +74,26 @@ impl TaskIndex {
         Ok(*found.select_nth_unstable_by(middle, f32::total_cmp).1)
     }
 
-    /// The routing distance in standard deviations of this task's held-out normal images'
-    /// (0 = typical): comparable across products, whose raw distances are on other scales.
-    pub fn normalised_distance(&self, plain: &[f32]) -> Result<f32> {
-        Ok((self.key_distance(plain)? - self.routing.mean) / self.routing.std)
+    /// Distance of an image's [`descriptor`] to the nearest of the task's fit images'.
+    pub fn image_distance(&self, descriptor: &[f32]) -> Result<f32> {
+        let found = self.descriptors.search(descriptor, 1, None)?;
+        ensure!(found.len() == 1, "an image descriptor is one row of the feature dim");
+        Ok(found[0])
+    }
+
+    /// Both routing signals in standard deviations of this task's normal images (0 = typical):
+    /// comparable across products, whose raw distances are on other scales.
+    pub fn routing_signals(&self, plain: &[f32], descriptor: &[f32]) -> Result<Signals> {
+        let image = &self.routing.image;
+        Ok(Signals {
+            patch: (self.key_distance(plain)? - self.routing.mean) / self.routing.std,
+            image: (self.image_distance(descriptor)? - image.mean) / image.std,
+        })
+    }
+
+    /// The routing distance: [`Signals::combined`].
+    pub fn routing_distance(&self, plain: &[f32], descriptor: &[f32]) -> Result<f32> {
+        Ok(self.routing_signals(plain, descriptor)?.combined())
     }
 
     /// Share of an image's patches unlike any normal patch of this task.
@@ -103,9 +122,54 @@ impl TaskIndex {
     }
 }
 
+/// An image's two routing distances to one task, each normalised by the task's normal images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Signals {
+    /// Median over patches of the 1-NN distance to the patch key.
+    pub patch: f32,
+    /// Distance of the image's descriptor to the nearest fit image's.
+    pub image: f32,
+}
+
+impl Signals {
+    /// The larger of the two: a task is near only when the image is near it on both. A product
+    /// whose normal images spread widely on one signal (a busy, loosely spread texture is near
+    /// to everything after dividing by its own spread) attracts other products only if it is
+    /// as loose on the other.
+    pub fn combined(&self) -> f32 {
+        self.patch.max(self.image)
+    }
+}
+
+/// An image's descriptor from its plain patch features (rows of `dim`): per dimension, the mean
+/// of the middle half of the patches' values (the interquartile mean). The image-level routing
+/// signal compares these. A plain mean moves with a defect: on the validation pool a defect on
+/// a uniform generated texture took its part beyond 15 spreads; the middle half ignores a
+/// defect on less than a quarter of the part.
+pub fn descriptor(plain: &[f32], dim: usize) -> Vec<f32> {
+    let rows = plain.len() / dim.max(1);
+    let (low, kept) = (rows / 4, rows - 2 * (rows / 4));
+    let mut column = vec![0f32; rows];
+    (0..dim)
+        .map(|d| {
+            if rows == 0 {
+                return 0.0;
+            }
+            column
+                .iter_mut()
+                .zip(plain.chunks_exact(dim))
+                .for_each(|(c, row)| *c = row[d]);
+            column.select_nth_unstable_by(low, f32::total_cmp);
+            let upper = &mut column[low..];
+            upper.select_nth_unstable_by(kept - 1, f32::total_cmp);
+            upper[..kept].iter().sum::<f32>() / kept as f32
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
-    /// The task with the smallest normalised routing distance.
+    /// The task with the smallest routing distance ([`Signals::combined`]).
     pub task: usize,
     /// Its normalised distance (0 = a typical normal part of that task).
     pub distance: f32,
@@ -154,10 +218,12 @@ impl Detector {
     }
 
     pub fn route(&self, plain: &[f32], colour: &Colour) -> Result<Routing> {
+        ensure!(!self.tasks.is_empty(), "the bank has no tasks to route to");
+        let descriptor = descriptor(plain, self.tasks[0].key.dim());
         let distances: Vec<f32> = self
             .tasks
             .iter()
-            .map(|t| t.normalised_distance(plain))
+            .map(|t| t.routing_distance(plain, &descriptor))
             .collect::<Result<_>>()?;
         let limits: Vec<f32> = self.tasks.iter().map(|t| t.routing.unknown_above).collect();
         let colour_fits: Vec<bool> = self.tasks.iter().map(|t| t.routing.colour.fits(colour)).collect();
@@ -232,7 +298,7 @@ pub fn image_score(patch_scores: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// The routing decision from each task's normalised distance, unknown-product limit and whether
+/// The routing decision from each task's routing distance, unknown-product limit and whether
 /// the image has its colours: the nearest task, unless it is beyond its limit or of other
 /// colours.
 pub fn decide_route(distances: &[f32], limits: &[f32], colour_fits: &[bool]) -> Routing {
@@ -307,6 +373,25 @@ mod tests {
     }
 
     #[test]
+    fn the_descriptor_is_the_interquartile_mean_and_ignores_a_defect_on_a_quarter_of_the_patches() {
+        // Eight patches of two dims: dim 0 normal at 1 with a defect of 100 on two patches, dim 1
+        // the values 0..8 in a shuffled order.
+        let patches = [
+            [1.0, 5.0],
+            [100.0, 0.0],
+            [1.0, 7.0],
+            [1.0, 2.0],
+            [1.0, 1.0],
+            [100.0, 6.0],
+            [1.0, 3.0],
+            [1.0, 4.0],
+        ];
+        assert_eq!(descriptor(&patches.concat(), 2), [1.0, 3.5]);
+        assert_eq!(descriptor(&[2.0, 4.0], 2), [2.0, 4.0]);
+        assert_eq!(descriptor(&[], 2), [0.0, 0.0]);
+    }
+
+    #[test]
     fn a_nan_patch_score_is_the_worst_and_mismatched_features_are_an_error() {
         assert_eq!(image_score(&[0.5, f32::NAN, 0.2]), f32::INFINITY);
         assert_eq!(image_score(&[0.5, 0.2]), 0.5);
@@ -322,6 +407,56 @@ mod tests {
         assert!(two_dims.patch_scores(&[1.0, 2.0, 3.0]).is_err());
         assert!(two_dims.key_distance(&[1.0]).is_err());
         assert!(index.patch_scores(&[]).is_err());
+    }
+
+    /// `images` images of 16 patches of dim 32: patch i is `pattern(i)` plus uniform noise of
+    /// `noise`.
+    fn images(images: usize, noise: f32, pattern: impl Fn(usize) -> f32, seed: u64) -> Vec<Vec<f32>> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..images)
+            .map(|_| {
+                (0..16 * 32)
+                    .map(|v| pattern(v) + rng.random_range(-noise..=noise))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_loosely_spread_task_no_longer_attracts_the_images_of_a_tight_one() {
+        use super::fit::{fit_from_features, FitParams};
+        let params = FitParams {
+            key_rows: 16,
+            knowledge_dims: 0,
+            precision: Precision::F32,
+            ..FitParams::default()
+        };
+        let colours = vec![[100.0; colour::COLOUR_DIMS]; 40];
+        let tight_pattern = |v: usize| 2.0 + (v % 5) as f32 * 0.1;
+        let fit = |name, features: &[Vec<f32>]| {
+            TaskIndex::new(&fit_from_features(name, features, &colours, 32, &params).unwrap()).unwrap()
+        };
+        let tight = fit("tight", &images(40, 0.1, tight_pattern, 1));
+        // A busy texture: every patch anywhere in a wide box, so its own parts spread widely.
+        let loose = fit("loose", &images(40, 3.0, |_| 0.0, 2));
+        // Parts of the tight product a little off its normal ones.
+        let parts = images(20, 0.13, tight_pattern, 3);
+        let signals = |task: &TaskIndex, f: &[f32]| task.routing_signals(f, &descriptor(f, 32)).unwrap();
+        let (mut attracted_before, mut attracted_now) = (0, 0);
+        for part in &parts {
+            let (own, other) = (signals(&tight, part), signals(&loose, part));
+            attracted_before += (other.patch < own.patch) as usize;
+            attracted_now += (other.combined() < own.combined()) as usize;
+        }
+        // On the patch key alone, in each task's own units, the loose task is nearer.
+        assert_eq!(attracted_before, parts.len(), "the construction lost its point");
+        assert_eq!(attracted_now, 0);
+        let detector = Detector {
+            tasks: vec![loose, tight],
+        };
+        let routing = detector.route(&parts[0], &[100.0; colour::COLOUR_DIMS]).unwrap();
+        assert_eq!(routing.task, 1);
     }
 
     #[test]

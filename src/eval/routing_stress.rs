@@ -9,16 +9,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use log::info;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::feature_cache::FeatureCache;
-use crate::backbone::colour::image_colours;
+use crate::backbone::colour::{image_colours, Colour};
 use crate::backbone::Backbone;
 use crate::data::dataset::{load_task, TaskData};
 use crate::data::folder::load_rgb;
 use crate::data::synthetic::{products, SplitCounts};
-use crate::detect::{decide_route, Detector, Routing, TaskIndex};
-use crate::fit::{fit_from_features, FitParams};
+use crate::detect::{decide_route, descriptor, Detector, Routing, Signals, TaskIndex};
+use crate::fit::{fit_from_features, split, FitParams};
 
 pub struct StressOptions {
     /// Generated products added to the real sets.
@@ -27,7 +30,16 @@ pub struct StressOptions {
     pub size: u32,
     pub counts: SplitCounts,
     pub fit: FitParams,
+    /// Learning orders, each a seeded shuffle of the tasks; none: the real sets spread evenly
+    /// through the generated products.
+    pub order_seeds: Vec<u64>,
+    /// Validation: the real sets are tested on a seeded [`VALIDATION_SHARE`] of their training
+    /// images, which their fit does not see; their test splits are not read.
+    pub validate: bool,
 }
+
+/// Share of a real set's training images kept for testing in a validation run.
+pub const VALIDATION_SHARE: f32 = 0.25;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
@@ -68,10 +80,24 @@ pub struct LeftOut {
     pub false_unknown: f64,
 }
 
+/// One learning order and the stages it went through.
+#[derive(Debug, Clone, Serialize)]
+pub struct Order {
+    /// The seed of the shuffle; `None`: the spread order.
+    pub seed: Option<u64>,
+    pub tasks: Vec<String>,
+    pub stages: Vec<Stage>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StressReport {
-    pub order: Vec<String>,
-    pub stages: Vec<Stage>,
+    /// Whether the real sets were tested on held-out training images (see [`StressOptions`]).
+    pub validation: bool,
+    pub orders: Vec<Order>,
+    /// The lowest accuracy after the last task over the orders.
+    pub worst_final_accuracy: f64,
+    /// The lowest accuracy of one task at any stage of any order.
+    pub worst_task_accuracy: f64,
     pub left_out: Vec<LeftOut>,
     /// Pooled over all left-out tasks' test images.
     pub unknown_detected: f64,
@@ -79,11 +105,11 @@ pub struct StressReport {
     pub false_unknown: f64,
 }
 
-/// Test images with their task and, per task of the sequence, normalised routing distance.
+/// Test images with their task and, per task, routing signals.
 struct Distances {
     owner: Vec<usize>,
     /// [image][task]
-    rows: Vec<Vec<f32>>,
+    signals: Vec<Vec<Signals>>,
     /// [image][task]: whether the image has the task's colours.
     colour_fits: Vec<Vec<bool>>,
     limits: Vec<f32>,
@@ -101,34 +127,49 @@ pub fn run(
     options: &StressOptions,
 ) -> Result<StressReport> {
     let synthetic = generated_products(cache_dir, options)?;
-    let sets: Vec<TaskData> = interleave(real.unwrap_or((Path::new(""), &[])), &synthetic)
+    let real_root = real.map(|(root, _)| root);
+    let sets: Vec<(TaskData, bool)> = interleave(real.unwrap_or((Path::new(""), &[])), &synthetic)
         .into_iter()
-        .map(|(dir, name)| load_task(&dir, &name))
+        .map(|(dir, name)| Ok((load_task(&dir, &name)?, Some(dir.as_path()) == real_root)))
         .collect::<Result<_>>()?;
     let cache = FeatureCache::new(cache_dir);
     let dim = backbone.meta.feature_dim();
     let mut detector = Detector { tasks: Vec::new() };
     let mut test = Vec::new();
-    for (t, set) in sets.iter().enumerate() {
+    for (t, (set, is_real)) in sets.iter().enumerate() {
         let train = cache.features(backbone, &set.train, &format!("{}: train", set.name))?;
         let colours = image_colours(&backbone.meta, &set.train, |p| load_rgb(p))?;
-        let task = fit_from_features(&set.name, &train, &colours, dim, &options.fit)?;
+        let (fit_ids, test_ids) = match options.validate && *is_real {
+            true => split(set.train.len(), VALIDATION_SHARE, options.fit.seed ^ VALIDATION_SALT)?,
+            false => ((0..set.train.len()).collect(), Vec::new()),
+        };
+        let pick = |ids: &[usize]| -> (Vec<Vec<f32>>, Vec<Colour>) {
+            ids.iter().map(|&i| (train[i].clone(), colours[i])).unzip()
+        };
+        let (fit_features, fit_colours) = pick(&fit_ids);
+        let task = fit_from_features(&set.name, &fit_features, &fit_colours, dim, &options.fit)?;
         detector.tasks.push(TaskIndex::new(&task)?);
-        let paths: Vec<PathBuf> = set.test.iter().map(|i| i.image.clone()).collect();
-        let features = cache.features(backbone, &paths, &format!("{}: test", set.name))?;
-        let colours = image_colours(&backbone.meta, &paths, |p| load_rgb(p))?;
+        let (features, colours) = match options.validate && *is_real {
+            true => pick(&test_ids),
+            false => {
+                let paths: Vec<PathBuf> = set.test.iter().map(|i| i.image.clone()).collect();
+                let features = cache.features(backbone, &paths, &format!("{}: test", set.name))?;
+                (features, image_colours(&backbone.meta, &paths, |p| load_rgb(p))?)
+            }
+        };
         test.extend(features.into_iter().zip(colours).map(|(f, c)| (t, f, c)));
         info!("learned {} ({}/{})", set.name, t + 1, sets.len());
     }
-    let rows = crate::parallel::map(
+    let signals = crate::parallel::map(
         &test,
         || (),
         |_, (_, f, _)| {
+            let image = descriptor(f, dim);
             detector
                 .tasks
                 .iter()
-                .map(|task| task.normalised_distance(f))
-                .collect::<Result<Vec<f32>>>()
+                .map(|task| task.routing_signals(f, &image))
+                .collect::<Result<Vec<Signals>>>()
         },
     )?;
     let colour_fits = test
@@ -137,12 +178,13 @@ pub fn run(
         .collect();
     let mut distances = Distances {
         owner: test.iter().map(|(t, _, _)| *t).collect(),
-        rows,
+        signals,
         colour_fits,
         limits: detector.tasks.iter().map(|t| t.routing.unknown_above).collect(),
         resolved: HashMap::new(),
     };
-    let beyond = beyond_routings(&distances);
+    let orders = orders(sets.len(), &options.order_seeds);
+    let beyond = beyond_routings(&distances, &orders);
     let resolved = crate::parallel::map(
         &beyond,
         || (),
@@ -154,48 +196,79 @@ pub fn run(
         },
     )?;
     distances.resolved.extend(resolved);
-    let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
-    Ok(report(&names, &distances))
+    let names: Vec<String> = sets.iter().map(|(s, _)| s.name.clone()).collect();
+    Ok(report(&names, &distances, &orders, options.validate))
+}
+
+/// Salt of the validation split's seed, so that it differs from the fit's own held-out split.
+const VALIDATION_SALT: u64 = 0x7e57;
+
+/// Learning orders as task numbers with their seeds: a seeded shuffle each, or the given order.
+fn orders(count: usize, seeds: &[u64]) -> Vec<(Option<u64>, Vec<usize>)> {
+    if seeds.is_empty() {
+        return vec![(None, (0..count).collect())];
+    }
+    seeds
+        .iter()
+        .map(|&seed| {
+            let mut order: Vec<usize> = (0..count).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+            (Some(seed), order)
+        })
+        .collect()
 }
 
 /// (image, routing in task numbers) wherever a bank of the report routes an image beyond its
 /// nearest task's limit.
-fn beyond_routings(d: &Distances) -> Vec<(usize, Routing)> {
-    banks(d)
+fn beyond_routings(d: &Distances, orders: &[(Option<u64>, Vec<usize>)]) -> Vec<(usize, Routing)> {
+    let mut seen = std::collections::HashSet::new();
+    banks(d, orders)
         .flat_map(|(bank, images)| {
             images.into_iter().filter_map(move |i| {
                 let routing = route_within(d, i, &bank);
                 routing.beyond.then_some((i, routing))
             })
         })
+        .filter(|(i, r)| seen.insert((*i, r.task, r.candidates.clone())))
         .collect()
 }
 
-/// Every bank the report routes with, and the images it routes: each stage's tasks with their
-/// images, then every task left out with all images.
-fn banks(d: &Distances) -> impl Iterator<Item = (Vec<usize>, Vec<usize>)> + '_ {
+/// Every bank the report routes with, and the images it routes: each stage of each order with
+/// its tasks' images, then every task left out with all images.
+fn banks<'a>(
+    d: &'a Distances,
+    orders: &'a [(Option<u64>, Vec<usize>)],
+) -> impl Iterator<Item = (Vec<usize>, Vec<usize>)> + 'a {
     let count = d.limits.len();
-    let stages = (0..count).map(move |t| {
-        let images = (0..d.owner.len()).filter(|i| d.owner[*i] <= t).collect();
-        ((0..=t).collect(), images)
+    let stages = orders.iter().flat_map(move |(_, order)| {
+        (1..=count).map(move |t| {
+            let bank = order[..t].to_vec();
+            let images = (0..d.owner.len()).filter(|i| bank.contains(&d.owner[*i])).collect();
+            (bank, images)
+        })
     });
     let left_out = (0..count).map(move |j| ((0..count).filter(|t| *t != j).collect(), (0..d.owner.len()).collect()));
     stages.chain(left_out)
 }
 
-fn report(names: &[String], d: &Distances) -> StressReport {
-    let stages = (0..names.len())
-        .map(|t| stage(names, d, &(0..=t).collect::<Vec<_>>()))
+fn report(names: &[String], d: &Distances, orders: &[(Option<u64>, Vec<usize>)], validation: bool) -> StressReport {
+    let orders: Vec<Order> = orders
+        .iter()
+        .map(|(seed, order)| Order {
+            seed: *seed,
+            tasks: order.iter().map(|t| names[*t].clone()).collect(),
+            stages: (1..=order.len()).map(|t| stage(names, d, &order[..t])).collect(),
+        })
         .collect();
     let mut left_out = Vec::new();
     let (mut detected, mut left_images, mut false_unknown, mut known_images) = (0, 0, 0, 0);
     let all: Vec<usize> = (0..names.len()).collect();
     for j in 0..names.len() {
         let bank: Vec<usize> = (0..names.len()).filter(|t| *t != j).collect();
-        let own_images: Vec<usize> = (0..d.rows.len()).filter(|i| d.owner[*i] == j).collect();
+        let own_images: Vec<usize> = (0..d.owner.len()).filter(|i| d.owner[*i] == j).collect();
         let called = own_images.iter().filter(|i| decide(d, **i, &all).1).count();
         let (mut hit, mut own, mut wrong, mut others) = (0, 0, 0, 0);
-        for image in 0..d.rows.len() {
+        for image in 0..d.owner.len() {
             let unknown = decide(d, image, &bank).1;
             if d.owner[image] == j {
                 own += 1;
@@ -214,9 +287,16 @@ fn report(names: &[String], d: &Distances) -> StressReport {
         (detected, left_images) = (detected + hit, left_images + own);
         (false_unknown, known_images) = (false_unknown + wrong, known_images + others);
     }
+    let stages = || orders.iter().flat_map(|o| &o.stages);
     StressReport {
-        order: names.to_vec(),
-        stages,
+        validation,
+        worst_final_accuracy: orders
+            .iter()
+            .filter_map(|o| o.stages.last())
+            .map(|s| s.accuracy)
+            .fold(f64::INFINITY, f64::min),
+        worst_task_accuracy: stages().map(|s| s.worst_accuracy).fold(f64::INFINITY, f64::min),
+        orders,
         left_out,
         unknown_detected: ratio(detected, left_images),
         false_unknown: ratio(false_unknown, known_images),
@@ -225,7 +305,7 @@ fn report(names: &[String], d: &Distances) -> StressReport {
 
 /// Image `image`'s routing among the tasks in `bank` only, in task numbers.
 fn route_within(d: &Distances, image: usize, bank: &[usize]) -> Routing {
-    let distances: Vec<f32> = bank.iter().map(|t| d.rows[image][*t]).collect();
+    let distances: Vec<f32> = bank.iter().map(|t| d.signals[image][*t].combined()).collect();
     let limits: Vec<f32> = bank.iter().map(|t| d.limits[*t]).collect();
     let colour_fits: Vec<bool> = bank.iter().map(|t| d.colour_fits[image][*t]).collect();
     let routing = decide_route(&distances, &limits, &colour_fits);
@@ -247,12 +327,13 @@ fn decide(d: &Distances, image: usize, bank: &[usize]) -> (usize, bool, f32) {
     (task, unknown, routing.margin)
 }
 
+/// The stage whose bank holds `bank`, the last of them just learned.
 fn stage(names: &[String], d: &Distances, bank: &[usize]) -> Stage {
-    let mut right = vec![0usize; bank.len()];
-    let mut seen = vec![0usize; bank.len()];
+    let mut right = vec![0usize; names.len()];
+    let mut seen = vec![0usize; names.len()];
     let (mut unknown, mut margins) = (0, Vec::new());
     let mut wrong: HashMap<(usize, usize), (usize, usize)> = HashMap::new();
-    for image in (0..d.rows.len()).filter(|i| bank.contains(&d.owner[*i])) {
+    for image in (0..d.owner.len()).filter(|i| bank.contains(&d.owner[*i])) {
         let (task, is_unknown, margin) = decide(d, image, bank);
         let owner = d.owner[image];
         seen[owner] += 1;
@@ -275,18 +356,19 @@ fn stage(names: &[String], d: &Distances, bank: &[usize]) -> Stage {
         .collect();
     misjudged.sort_by(|a, b| (b.images, &a.task, &a.judged_as).cmp(&(a.images, &b.task, &b.judged_as)));
     margins.sort_by(f32::total_cmp);
-    let accuracies: Vec<f64> = right.iter().zip(&seen).map(|(r, s)| ratio(*r, *s)).collect();
-    let worst = (0..bank.len())
-        .min_by(|a, b| accuracies[*a].total_cmp(&accuracies[*b]))
+    let accuracy = |t: usize| ratio(right[t], seen[t]);
+    let worst = *bank
+        .iter()
+        .min_by(|a, b| accuracy(**a).total_cmp(&accuracy(**b)))
         .expect("a stage has a task");
     let images: usize = seen.iter().sum();
     Stage {
-        learned: names[bank.len() - 1].clone(),
+        learned: names[*bank.last().expect("a stage has a task")].clone(),
         tasks: bank.len(),
         test_images: images,
         accuracy: ratio(right.iter().sum(), images),
         worst_task: names[worst].clone(),
-        worst_accuracy: accuracies[worst],
+        worst_accuracy: accuracy(worst),
         unknown_rate: ratio(unknown, images),
         margin_p5: margins.get(margins.len() / 20).map_or(f64::NAN, |m| *m as f64),
         misjudged,
@@ -340,19 +422,30 @@ fn interleave((root, real): (&Path, &[String]), synthetic: &(PathBuf, Vec<String
 /// The table `ucad bench-routing` prints.
 pub fn table(report: &StressReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:>5} {:<16} {:>7} {:>9} {:>9} {:<16} {:>8} {:>9}",
-        "tasks", "learned", "images", "accuracy", "worst", "worst task", "unknown", "margin p5"
-    );
-    for s in &report.stages {
+    for order in &report.orders {
+        let seed = order.seed.map_or("spread".to_string(), |s| format!("seed {s}"));
+        let _ = writeln!(out, "order ({seed}): {}", order.tasks.join(", "));
         let _ = writeln!(
             out,
-            "{:>5} {:<16} {:>7} {:>9.4} {:>9.4} {:<16} {:>8.4} {:>9.3}",
-            s.tasks, s.learned, s.test_images, s.accuracy, s.worst_accuracy, s.worst_task, s.unknown_rate, s.margin_p5
+            "{:>5} {:<16} {:>7} {:>9} {:>9} {:<16} {:>8} {:>9}",
+            "tasks", "learned", "images", "accuracy", "worst", "worst task", "unknown", "margin p5"
         );
+        for s in &order.stages {
+            let _ = writeln!(
+                out,
+                "{:>5} {:<16} {:>7} {:>9.4} {:>9.4} {:<16} {:>8.4} {:>9.3}",
+                s.tasks,
+                s.learned,
+                s.test_images,
+                s.accuracy,
+                s.worst_accuracy,
+                s.worst_task,
+                s.unknown_rate,
+                s.margin_p5
+            );
+        }
     }
-    if let Some(last) = report.stages.last() {
+    if let Some(last) = report.orders.first().and_then(|o| o.stages.last()) {
         let _ = writeln!(out, "after the last task, images judged as another task:");
         for m in &last.misjudged {
             let _ = writeln!(
@@ -374,6 +467,17 @@ pub fn table(report: &StressReport) -> String {
             l.task, l.detected, l.false_unknown, l.unknown_when_known
         );
     }
+    let tested = match report.validation {
+        true => "validation: real sets tested on held-out training images",
+        false => "real sets tested on their test splits",
+    };
+    let _ = writeln!(
+        out,
+        "{tested}; worst of {} orders: accuracy after the last task {:.4}, lowest task at any stage {:.4}",
+        report.orders.len(),
+        report.worst_final_accuracy,
+        report.worst_task_accuracy
+    );
     let _ = writeln!(
         out,
         "unknown product detection {:.4}; known parts called unknown {:.4}",
@@ -390,29 +494,39 @@ mod tests {
     fn stages_and_left_out_tasks_are_counted_from_the_distances() {
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         // Image rows: normalised distance to tasks a, b, c; every task's limit is 2.
+        let patch = |row: [f32; 3]| {
+            row.map(|patch| Signals {
+                patch,
+                image: f32::NEG_INFINITY,
+            })
+            .to_vec()
+        };
         let mut d = Distances {
             owner: vec![0, 0, 1, 1, 2],
-            rows: vec![
-                vec![1.0, 5.0, 5.0],
-                vec![1.2, 1.1, 5.0], // an a-part b explains better: misrouted once b is learned
-                vec![5.0, 0.9, 5.0],
-                vec![5.0, 3.0, 5.0], // a b-part beyond b's limit: unknown
-                vec![1.9, 5.0, 1.0], // a c-part a would explain when c is left out
+            signals: vec![
+                patch([1.0, 5.0, 5.0]),
+                patch([1.2, 1.1, 5.0]), // an a-part b explains better: misrouted once b is learned
+                patch([5.0, 0.9, 5.0]),
+                patch([5.0, 3.0, 5.0]), // a b-part beyond b's limit: unknown
+                patch([1.9, 5.0, 1.0]), // a c-part a would explain when c is left out
             ],
             colour_fits: vec![vec![true; 3]; 5],
             limits: vec![2.0; 3],
             resolved: HashMap::new(),
         };
         // The knowledge finds nothing better than the nearest task, and calls the image unknown.
-        let beyond = beyond_routings(&d);
+        let mut orders = orders(3, &[]);
+        orders.push((Some(9), vec![2, 0, 1]));
+        let beyond = beyond_routings(&d, &orders);
         d.resolved.extend(
             beyond
                 .into_iter()
                 .map(|(image, r)| ((image, r.task, r.candidates), (r.task, true))),
         );
-        let r = report(&names, &d);
-        assert_eq!(r.stages[0].accuracy, 1.0);
-        let after_b = &r.stages[1];
+        let r = report(&names, &d, &orders, false);
+        let stages = &r.orders[0].stages;
+        assert_eq!(stages[0].accuracy, 1.0);
+        let after_b = &stages[1];
         // The b-part nothing explains is nearest to b (right) but unknown.
         assert_eq!((after_b.accuracy, after_b.unknown_rate), (0.75, 0.25));
         assert_eq!(after_b.worst_accuracy, 0.5);
@@ -422,7 +536,15 @@ mod tests {
             .map(|m| (m.task.as_str(), m.judged_as.as_str(), m.images, m.unknown))
             .collect();
         assert_eq!(misjudged, [("a", "b", 1, 0)]);
-        assert_eq!(r.stages[2].accuracy, 4.0 / 5.0);
+        assert_eq!(stages[2].accuracy, 4.0 / 5.0);
+        // In the order c, a, b: c alone is right; with a, the a-part nearer b is a's; then as above.
+        let shuffled = &r.orders[1].stages;
+        let learned: Vec<&str> = shuffled.iter().map(|s| s.learned.as_str()).collect();
+        assert_eq!(learned, ["c", "a", "b"]);
+        assert_eq!((shuffled[0].test_images, shuffled[0].accuracy), (1, 1.0));
+        assert_eq!((shuffled[1].test_images, shuffled[1].accuracy), (3, 1.0));
+        assert_eq!(shuffled[2].accuracy, stages[2].accuracy);
+        assert_eq!((r.worst_final_accuracy, r.worst_task_accuracy), (0.8, 0.5));
         let detected: Vec<f64> = r.left_out.iter().map(|l| l.detected).collect();
         // Without a: its first image is unknown, the second goes to b. Without b: both unknown.
         // Without c: its image goes to a.

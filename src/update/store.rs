@@ -197,6 +197,7 @@ mod tests {
         let mut task = Task::uncalibrated("t", rows(), None, rows(), 1);
         (task.threshold, task.normal.count, task.routing.count) = (1.0, 1, 1);
         (task.routing.unknown_above, task.routing.patch_limit) = (15.0, 1.0);
+        task.routing.image.std = 1.0;
         task.routing.colour = ColourStats::fit(&[[100.0; COLOUR_DIMS]]);
         bank.tasks.push(task);
         bank

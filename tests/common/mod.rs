@@ -94,6 +94,7 @@ pub fn calibrated(mut task: ucad::bank::Task) -> ucad::bank::Task {
     task.threshold = 0.5;
     (task.normal.count, task.normal.std, task.normal.target_false_reject) = (4, 0.1, 0.01);
     (task.routing.count, task.routing.unknown_above, task.routing.patch_limit) = (4, 15.0, 1.0);
+    task.routing.image.std = 1.0;
     task.routing.colour = ColourStats::fit(&[[100.0; COLOUR_DIMS]]);
     task
 }
