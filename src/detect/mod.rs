@@ -425,14 +425,14 @@ mod tests {
 
     #[test]
     fn a_loosely_spread_task_no_longer_attracts_the_images_of_a_tight_one() {
-        use super::fit::{fit_from_features, FitParams};
+        use crate::fit::{fit_from_features, FitParams};
         let params = FitParams {
             key_rows: 16,
             knowledge_dims: 0,
             precision: Precision::F32,
             ..FitParams::default()
         };
-        let colours = vec![[100.0; colour::COLOUR_DIMS]; 40];
+        let colours = vec![[100.0; crate::backbone::colour::COLOUR_DIMS]; 40];
         let tight_pattern = |v: usize| 2.0 + (v % 5) as f32 * 0.1;
         let fit = |name, features: &[Vec<f32>]| {
             TaskIndex::new(&fit_from_features(name, features, &colours, 32, &params).unwrap()).unwrap()
@@ -455,7 +455,9 @@ mod tests {
         let detector = Detector {
             tasks: vec![loose, tight],
         };
-        let routing = detector.route(&parts[0], &[100.0; colour::COLOUR_DIMS]).unwrap();
+        let routing = detector
+            .route(&parts[0], &[100.0; crate::backbone::colour::COLOUR_DIMS])
+            .unwrap();
         assert_eq!(routing.task, 1);
     }
 
