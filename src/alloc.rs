@@ -211,18 +211,28 @@ pub fn reserve_frame_pool(bytes: usize) -> Result<()> {
 /// Runs `work` with this thread's allocations served from the frame pool (when one is
 /// reserved; the heap otherwise).
 pub fn in_frame_pool<R>(work: impl FnOnce() -> R) -> R {
+    served_from_frame_pool(true, work)
+}
+
+/// Runs `work` with this thread's allocations served from the heap: batch work on the pool's
+/// worker threads, which otherwise serve frames.
+pub fn on_the_heap<R>(work: impl FnOnce() -> R) -> R {
+    served_from_frame_pool(false, work)
+}
+
+fn served_from_frame_pool<R>(serve: bool, work: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             USE_FRAME_POOL.with(|flag| flag.set(self.0));
         }
     }
-    let _restore = Restore(USE_FRAME_POOL.with(|flag| flag.replace(true)));
+    let _restore = Restore(USE_FRAME_POOL.with(|flag| flag.replace(serve)));
     work()
 }
 
 /// Serves every later allocation of this thread from the frame pool (when one is reserved): for
-/// the backbone's worker threads, which only ever compute parts of a frame.
+/// the worker threads, which compute parts of frames (batch work opts out with [`on_the_heap`]).
 pub fn serve_this_thread_from_frame_pool() {
     USE_FRAME_POOL.with(|flag| flag.set(true));
 }

@@ -31,7 +31,7 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize)
 
 /// A computed squared distance: rounding may take it below zero; overflow (∞ − ∞) makes it
 /// NaN, which `max` would turn into 0, a perfect match.
-pub fn squared_distance(d2: f32) -> f32 {
+pub fn clamp_squared_distance(d2: f32) -> f32 {
     if d2.is_nan() {
         f32::INFINITY
     } else {

@@ -1,20 +1,26 @@
-//! The cores ucad works on (`[runtime] threads`, `--threads`): one backbone pass spreads its
-//! matrix products over them (tract's multithread executor), and batch work spreads items over
-//! them, one contiguous chunk per core, each worker with its own state, results in item order.
+//! The cores ucad works on (`[runtime] threads`, `--threads`): one rayon pool, on which one
+//! backbone pass spreads its matrix products (tract's multithread executor) and batch work
+//! spreads items, one contiguous chunk per core, each worker with its own state, results in item
+//! order.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context, Result};
+use rayon::prelude::*;
+use rayon::ThreadPool;
 use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, Executor};
+
+use crate::alloc::on_the_heap;
 
 /// The most threads a config or flag may ask for: more is a typo.
 pub const MAX_THREADS: usize = 256;
 
 /// The threads in use; 0 until [`use_threads`] is called (all cores, passes on one thread).
 static THREADS: AtomicUsize = AtomicUsize::new(0);
-/// Serialises [`use_threads`], so that the executor and the count always agree.
-static SETTING: Mutex<()> = Mutex::new(());
+/// The pool of [`use_threads`] (none for one thread, or before it is called); the executor
+/// tract uses holds the same pool.
+static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
 
 /// The cores this machine offers.
 pub fn all_cores() -> usize {
@@ -36,9 +42,10 @@ pub fn resolve(requested: usize) -> Result<usize> {
 /// from the heap.
 pub fn use_threads(requested: usize) -> Result<usize> {
     let threads = resolve(requested)?;
-    let _setting = SETTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut pool = lock_pool();
     if THREADS.load(Ordering::Acquire) != threads {
-        set_default_executor(executor(threads)?);
+        *pool = thread_pool(threads)?;
+        set_default_executor(executor_on(pool.clone()));
         THREADS.store(threads, Ordering::Release);
     }
     Ok(threads)
@@ -46,16 +53,38 @@ pub fn use_threads(requested: usize) -> Result<usize> {
 
 /// An executor of `threads` threads (one: the calling thread alone).
 pub fn executor(threads: usize) -> Result<Executor> {
+    Ok(executor_on(thread_pool(threads)?))
+}
+
+fn executor_on(pool: Option<Arc<ThreadPool>>) -> Executor {
+    pool.map_or(Executor::SingleThread, Executor::MultiThread)
+}
+
+/// A pool of `threads` threads; none for one thread (the calling thread does the work).
+fn thread_pool(threads: usize) -> Result<Option<Arc<ThreadPool>>> {
     if threads <= 1 {
-        return Ok(Executor::SingleThread);
+        return Ok(None);
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .thread_name(|i| format!("ucad-tract-{i}"))
+        .thread_name(|i| format!("ucad-worker-{i}"))
         .start_handler(|_| crate::alloc::serve_this_thread_from_frame_pool())
         .build()
-        .with_context(|| format!("cannot start {threads} threads for the backbone"))?;
-    Ok(Executor::MultiThread(std::sync::Arc::new(pool)))
+        .with_context(|| format!("cannot start {threads} worker threads"))?;
+    Ok(Some(Arc::new(pool)))
+}
+
+fn lock_pool() -> std::sync::MutexGuard<'static, Option<Arc<ThreadPool>>> {
+    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `work` on the pool of [`use_threads`] (rayon's global pool before it is called).
+pub fn install<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    let pool = lock_pool().clone();
+    match pool {
+        Some(pool) => pool.install(work),
+        None => work(),
+    }
 }
 
 /// The threads batch work uses: those of [`use_threads`], else all cores.
@@ -75,23 +104,17 @@ pub fn map<T: Sync, S, R: Send>(
 ) -> Result<Vec<R>> {
     let workers = threads().min(items.len().max(1));
     let chunk = items.len().div_ceil(workers).max(1);
-    let parts = std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| {
-                let (state, work) = (&state, &work);
-                scope.spawn(move || -> Result<Vec<R>> {
-                    multithread_tract_scope(Executor::SingleThread, || {
-                        let mut own = state();
-                        part.iter().map(|item| work(&mut own, item)).collect()
-                    })
-                })
+    let run = |part: &[T]| -> Result<Vec<R>> {
+        on_the_heap(|| {
+            multithread_tract_scope(Executor::SingleThread, || {
+                let mut own = state();
+                part.iter().map(|item| work(&mut own, item)).collect()
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker panicked"))
-            .collect::<Result<Vec<_>>>()
-    })?;
+        })
+    };
+    if workers == 1 {
+        return run(items);
+    }
+    let parts = install(|| items.par_chunks(chunk).map(run).collect::<Result<Vec<_>>>())?;
     Ok(parts.into_iter().flatten().collect())
 }

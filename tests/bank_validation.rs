@@ -13,7 +13,7 @@ use ucad::backbone::{Backbone, Preprocessor, Prompt};
 use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Capacity, Precision, Rows};
 use ucad::data::synthetic::textured_image;
-use ucad::update::listener::{validate, UpdatePolicy};
+use ucad::update::policy::{validate, UpdatePolicy};
 use ucad::update::signing::{sign, write_key_pair, Line};
 
 struct Fixture {

@@ -12,7 +12,7 @@ use ucad::bank::format::seal;
 use ucad::bank::{Bank, BankError, Capacity, Precision, Rows, Task};
 use ucad::data::synthetic::textured_image;
 use ucad::detect::Detector;
-use ucad::update::listener::{validate, UpdatePolicy};
+use ucad::update::policy::{validate, UpdatePolicy};
 use ucad::update::signing::sign;
 
 const MUTATIONS: usize = 20_000;

@@ -23,8 +23,8 @@ use ucad::data::folder::load_rgb;
 use ucad::data::synthetic::products;
 use ucad::detect::Detector;
 use ucad::fit::FitParams;
-use ucad::train::fit::PromptLearner;
 use ucad::train::masks::MaskSource;
+use ucad::train::prompted::PromptLearner;
 use ucad::train::scl::SclLoss;
 use ucad::train::{Prompting, Recipe};
 

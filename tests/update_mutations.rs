@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use ucad::backbone::BackboneSpec;
 use ucad::bank::{Bank, BankError, Capacity};
 use ucad::detect::Detector;
-use ucad::update::listener::{validate, UpdatePolicy};
+use ucad::update::policy::{validate, UpdatePolicy};
 use ucad::update::signing::{sign, Line, SignedUpdate};
 
 const MUTATIONS: usize = 10_000;

@@ -9,7 +9,7 @@ use ucad::bank::Capacity;
 use std::time::{Duration, Instant};
 
 use ucad::update::http::read_request;
-use ucad::update::listener::{validate, UpdatePolicy};
+use ucad::update::policy::{validate, UpdatePolicy};
 use ucad::update::signing::Line;
 
 fn policy() -> &'static UpdatePolicy {

@@ -2,7 +2,24 @@
 //! `interpolate(mode="bicubic", align_corners=False)` and ONNX `Resize` (cubic, a = −0.75,
 //! half_pixel, edge-clamped) do it, so that an exported graph matches the original one.
 
+use anyhow::Result;
+
+use super::arch::ArchSpec;
+use super::weights::VitWeights;
+
 const CUBIC_A: f64 = -0.75;
+
+/// The CLS and patch position embeddings, [1 + grid², D], resampled from the stored grid.
+pub fn position_embedding(w: &VitWeights, spec: &ArchSpec, grid: usize) -> Result<Vec<f32>> {
+    let (d, stored) = (spec.embed_dim, spec.stored_grid);
+    let pos = &w.get("pos_embed")?.data;
+    if grid == stored {
+        return Ok(pos.clone());
+    }
+    let mut out = pos[..d].to_vec();
+    out.extend(resize_grid(&pos[d..], stored, grid, d));
+    Ok(out)
+}
 
 /// The four (index, weight) taps of output position `out` when resizing `len_in` → `len_out`.
 fn taps(out: usize, len_in: usize, len_out: usize) -> [(usize, f64); 4] {

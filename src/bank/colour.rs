@@ -17,10 +17,8 @@ pub struct ColourStats {
 
 /// The smallest spread, in 0–255 units: generated products and static scenes barely vary.
 pub const SPREAD_FLOOR: f32 = 2.0;
-/// Chosen on validation runs of the routing stress benchmark: generated products of seeds 1–5,
-/// seeds 4 and 5 with the shared sets' training images split into train and held-out test (no
-/// real test image). With the chroma quartiles, limits 6, 7, 8, 10, 12, 15 and 20 compared: 10
-/// and 12 called fewest known parts unknown, 15 began to pass left-out products as known.
+/// Normalised colour distance beyond which an image is not in a task's colours (chosen on
+/// validation runs, docs/LIMITS.md).
 pub const COLOUR_LIMIT: f32 = 10.0;
 
 impl ColourStats {

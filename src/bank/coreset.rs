@@ -3,6 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// Dimension of the random projection used for the distances during selection.
 pub const PROJECTION_DIM: usize = 128;
@@ -24,35 +25,30 @@ pub fn greedy_coreset(rows: &[f32], dim: usize, count: usize, seed: u64) -> Vec<
     let mut chosen = Vec::with_capacity(count);
     let mut nearest = vec![f32::INFINITY; n];
     let mut current = first;
-    // Rows per worker: large sets are split over the cores (each pass streams all rows).
+    // Large sets are split over the cores, one chunk per worker (each step streams all rows).
     let workers = if n >= PARALLEL_ROWS {
         crate::parallel::threads()
     } else {
         1
     };
     let chunk = n.div_ceil(workers);
-    for _ in 0..count {
-        chosen.push(current);
-        let centre = &projected[current * p..(current + 1) * p];
-        current = std::thread::scope(|scope| {
-            let handles: Vec<_> = nearest
-                .chunks_mut(chunk)
-                .zip(projected.chunks(chunk * p))
+    crate::parallel::install(|| {
+        for _ in 0..count {
+            chosen.push(current);
+            let centre = &projected[current * p..(current + 1) * p];
+            current = nearest
+                .par_chunks_mut(chunk)
+                .zip(projected.par_chunks(chunk * p))
                 .enumerate()
-                .map(|(w, (near, rows))| scope.spawn(move || relax(near, rows, centre, p, w * chunk)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("coreset worker panicked"))
-                .reduce(farther)
-                .expect("n > 0")
-                .1
-        });
-    }
+                .map(|(w, (near, rows))| relax(near, rows, centre, p, w * chunk))
+                .reduce(|| (f32::NEG_INFINITY, usize::MAX), farther)
+                .1;
+        }
+    });
     chosen
 }
 
-/// Below this many rows one thread is faster than spawning workers every step.
+/// Below this many rows one worker is faster than handing chunks to the pool every step.
 const PARALLEL_ROWS: usize = 16_384;
 
 /// Lowers each row's distance to the chosen set with the new centre; returns the farthest row

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::rows::{Precision, Rows};
-use crate::linalg::{matmul, squared_distance};
+use crate::linalg::{clamp_squared_distance, matmul};
 
 /// Rows the covariance is estimated from (a seeded sample when there are more).
 const COVARIANCE_ROWS: usize = 16_384;
@@ -129,7 +129,7 @@ impl ProjectionIndex {
         let residuals = centred
             .chunks(dim)
             .zip(coefficients.chunks(self.out_dim))
-            .map(|(c, y)| squared_distance(squared_norm(c) - squared_norm(y)))
+            .map(|(c, y)| clamp_squared_distance(squared_norm(c) - squared_norm(y)))
             .collect();
         Ok(Projected {
             coefficients,

@@ -121,7 +121,7 @@ impl ScoreArgs {
                 let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
                 save_overlay(
                     &dir.join(format!("{stem}.png")),
-                    &pre.fit(&image)?,
+                    &pre.resize(&image)?,
                     &map,
                     judgement.threshold,
                 )?;

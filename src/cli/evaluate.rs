@@ -9,7 +9,7 @@ use ucad::backbone::Backbone;
 use ucad::data::synthetic::{products, SplitCounts};
 use ucad::eval::feature_cache::FeatureCache;
 use ucad::eval::protocol::{self, EvalOptions};
-use ucad::eval::{bench_bank, routing_stress};
+use ucad::eval::{bench_bank, bench_routing};
 use ucad::fit::FitParams;
 
 use super::args::{BackboneArg, FitParamsArgs};
@@ -150,7 +150,7 @@ pub struct BenchRoutingArgs {
 impl BenchRoutingArgs {
     pub fn execute(self, ctx: &Context) -> Result<()> {
         let (backbone, fit) = self.common.load(ctx)?;
-        let options = routing_stress::StressOptions {
+        let options = bench_routing::RoutingBenchOptions {
             synthetic: self.synthetic,
             seed: self.synthetic_seed,
             size: self.size,
@@ -161,8 +161,8 @@ impl BenchRoutingArgs {
         };
         let start = Instant::now();
         let real = self.data.as_deref().map(|root| (root, &self.tasks[..]));
-        let report = routing_stress::run(&backbone, real, &self.common.feature_cache, &options)?;
-        print!("{}", routing_stress::table(&report));
+        let report = bench_routing::run(&backbone, real, &self.common.feature_cache, &options)?;
+        print!("{report}");
         self.common.finish("bench-routing", start, &report)
     }
 }

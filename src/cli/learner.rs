@@ -4,8 +4,8 @@
 use anyhow::Result;
 use ucad::backbone::Backbone;
 use ucad::fit::learner::{PlainLearner, TaskLearner};
-use ucad::train::fit::PromptLearner;
 use ucad::train::masks::MaskSource;
+use ucad::train::prompted::PromptLearner;
 use ucad::train::scl::SclLoss;
 use ucad::train::{Prompting, Recipe};
 

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 
 use crate::bank::Rows;
-use crate::linalg::squared_distance;
+use crate::linalg::clamp_squared_distance;
 
 /// Stored rows searched by distance, decoded a tile at a time, with their squared norms
 /// precomputed.
@@ -95,7 +95,7 @@ impl KnnIndex {
             }
             for (i, best) in nearest.chunks_mut(k).enumerate() {
                 for (dot, norm) in dots[i * width..(i + 1) * width].iter().zip(&self.norms[start..end]) {
-                    keep_smallest(best, squared_distance(query_norms[i] + norm - 2.0 * dot));
+                    keep_smallest(best, clamp_squared_distance(query_norms[i] + norm - 2.0 * dot));
                 }
             }
         }
@@ -103,7 +103,7 @@ impl KnnIndex {
             .chunks(k)
             .enumerate()
             .map(|(i, best)| {
-                let residual = residuals.map_or(0.0, |r| squared_distance(r[i]));
+                let residual = residuals.map_or(0.0, |r| clamp_squared_distance(r[i]));
                 best.iter().map(|d2| (d2 + residual).sqrt()).sum::<f32>() / k as f32
             })
             .collect())
@@ -172,6 +172,6 @@ mod tests {
         // 1e38 from 2e38: every term overflows, ∞ + ∞ − ∞ is NaN; the distance is 1e38.
         let index = KnnIndex::new(Rows::new(1, vec![2e38], Precision::F32)).unwrap();
         assert_eq!(index.search(&[1e38], 1, None).unwrap(), [f32::INFINITY]);
-        assert_eq!(squared_distance(-1e-6), 0.0);
+        assert_eq!(clamp_squared_distance(-1e-6), 0.0);
     }
 }

@@ -2,6 +2,7 @@
 //! patches against that product's knowledge, decide against that product's threshold.
 
 pub mod heatmap;
+mod index;
 pub mod judge;
 #[allow(unsafe_code)] // SAFETY comments at each block
 pub mod knn;
@@ -9,143 +10,19 @@ pub mod map;
 
 use std::borrow::Cow;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use tract_core::prelude::Tensor;
 
 use crate::backbone::colour::Colour;
-use crate::backbone::{Backbone, Prompt};
-use crate::bank::projection::ProjectionIndex;
-use crate::bank::{Bank, RoutingStats, Task};
+use crate::backbone::Backbone;
+use crate::bank::Bank;
+pub use index::{Signals, TaskIndex};
 pub use judge::{Judgement, Stage, Views};
-use knn::KnnIndex;
-
-/// One task, ready to search.
-pub struct TaskIndex {
-    pub name: String,
-    key: KnnIndex,
-    descriptors: KnnIndex,
-    projection: Option<ProjectionIndex>,
-    knowledge: KnnIndex,
-    prompt: Option<Prompt>,
-    k: usize,
-    pub threshold: f32,
-    pub routing: RoutingStats,
-}
-
-impl TaskIndex {
-    pub fn new(task: &Task) -> Result<TaskIndex> {
-        let prompt = task.prompt.as_ref().map(|p| Prompt {
-            blocks: p.blocks as usize,
-            len: p.len as usize,
-            dim: p.rows.dim(),
-            data: p.rows.to_f32(),
-        });
-        let context = || format!("task {}", task.name);
-        Ok(TaskIndex {
-            name: task.name.clone(),
-            key: KnnIndex::new(task.key.clone()).with_context(|| format!("{} key", context()))?,
-            descriptors: KnnIndex::new(task.routing.image.descriptors.clone())
-                .with_context(|| format!("{} image descriptors", context()))?,
-            projection: task
-                .projection
-                .as_ref()
-                .map(ProjectionIndex::new)
-                .transpose()
-                .with_context(context)?,
-            knowledge: KnnIndex::new(task.knowledge.clone()).with_context(|| format!("{} knowledge", context()))?,
-            prompt,
-            k: task.k as usize,
-            threshold: task.threshold,
-            routing: task.routing.clone(),
-        })
-    }
-
-    /// Whether the task scores its own prompted features.
-    pub fn prompted(&self) -> bool {
-        self.prompt.is_some()
-    }
-
-    /// Median over patches of the 1-NN distance to the key. UCAD takes the mean; the median
-    /// ignores a defect (up to half the patches), which must not send a part elsewhere.
-    pub fn key_distance(&self, plain: &[f32]) -> Result<f32> {
-        let mut found = self.key.search(plain, 1, None)?;
-        ensure!(!found.is_empty(), "no patch features to route");
-        let middle = found.len() / 2;
-        Ok(*found.select_nth_unstable_by(middle, f32::total_cmp).1)
-    }
-
-    /// Distance of an image's [`descriptor`] to the nearest of the task's fit images'.
-    pub fn image_distance(&self, descriptor: &[f32]) -> Result<f32> {
-        let found = self.descriptors.search(descriptor, 1, None)?;
-        ensure!(found.len() == 1, "an image descriptor is one row of the feature dim");
-        Ok(found[0])
-    }
-
-    /// Both routing signals in standard deviations of this task's normal images (0 = typical):
-    /// comparable across products, whose raw distances are on other scales.
-    pub fn routing_signals(&self, plain: &[f32], descriptor: &[f32]) -> Result<Signals> {
-        let image = &self.routing.image;
-        Ok(Signals {
-            patch: (self.key_distance(plain)? - self.routing.mean) / self.routing.std,
-            image: (self.image_distance(descriptor)? - image.mean) / image.std,
-        })
-    }
-
-    /// The routing distance: [`Signals::combined`].
-    pub fn routing_distance(&self, plain: &[f32], descriptor: &[f32]) -> Result<f32> {
-        Ok(self.routing_signals(plain, descriptor)?.combined())
-    }
-
-    /// Share of an image's patches unlike any normal patch of this task.
-    pub fn unlike_share(&self, patch_scores: &[f32]) -> f32 {
-        let unlike = patch_scores.iter().filter(|s| **s > self.routing.patch_limit).count();
-        unlike as f32 / patch_scores.len().max(1) as f32
-    }
-
-    /// Scores relative to this task's threshold (0 = the decision boundary), as reports, maps
-    /// and audits show them.
-    pub fn relative<'a>(&'a self, patch_scores: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
-        patch_scores.iter().map(|s| s - self.threshold)
-    }
-
-    /// Per-patch mean distance to the k nearest knowledge rows.
-    pub fn patch_scores(&self, features: &[f32]) -> Result<Vec<f32>> {
-        ensure!(!features.is_empty(), "no patch features to score");
-        match &self.projection {
-            Some(projection) => {
-                let projected = projection.apply(features)?;
-                self.knowledge
-                    .search(&projected.coefficients, self.k, Some(&projected.residuals))
-            }
-            None => self.knowledge.search(features, self.k, None),
-        }
-    }
-}
-
-/// An image's two routing distances to one task, each normalised by the task's normal images.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Signals {
-    /// Median over patches of the 1-NN distance to the patch key.
-    pub patch: f32,
-    /// Distance of the image's descriptor to the nearest fit image's.
-    pub image: f32,
-}
-
-impl Signals {
-    /// The larger of the two: a task is near only when the image is near it on both. A product
-    /// whose normal images spread widely on one signal (a busy, loosely spread texture is near
-    /// to everything after dividing by its own spread) attracts other products only if it is
-    /// as loose on the other.
-    pub fn combined(&self) -> f32 {
-        self.patch.max(self.image)
-    }
-}
 
 /// An image's descriptor from its plain patch features (rows of `dim`): per dimension, the mean
 /// of the middle half of the patches' values (the interquartile mean). The image-level routing
-/// signal compares these. A plain mean moves with a defect: on the validation pool a defect on
-/// a uniform generated texture took its part beyond 15 spreads; the middle half ignores a
-/// defect on less than a quarter of the part.
+/// signal compares these. The middle half ignores a defect on less than a quarter of the part,
+/// which would move a plain mean (docs/LIMITS.md).
 pub fn descriptor(plain: &[f32], dim: usize) -> Vec<f32> {
     let rows = plain.len() / dim.max(1);
     let (low, kept) = (rows / 4, rows - 2 * (rows / 4));
@@ -188,12 +65,7 @@ pub struct Routing {
 pub const CANDIDATES: usize = 3;
 
 /// Share of an image's patches unlike a candidate's normal ones above which that candidate does
-/// not explain the image. Chosen with the colour limit on validation runs of the routing stress
-/// benchmark (generated products of seeds 1–3): 0.5 called 2.5 % of one seed's known parts
-/// unknown (large defects on fine textures), 0.75 at most 1 %, and every left-out product was
-/// still detected. Later validation seeds (4, 5) showed left-out grey products reaching 0.87
-/// against a broad real texture while defects on a fine generated one reach 0.96: no share
-/// separates those two, the chroma check does.
+/// not explain the image (chosen on validation runs, docs/LIMITS.md).
 const UNLIKE_SHARE_LIMIT: f32 = 0.75;
 
 /// What a routed image is judged as: a task and its patch scores, or an unknown product.
@@ -219,7 +91,7 @@ impl Detector {
 
     pub fn route(&self, plain: &[f32], colour: &Colour) -> Result<Routing> {
         ensure!(!self.tasks.is_empty(), "the bank has no tasks to route to");
-        let descriptor = descriptor(plain, self.tasks[0].key.dim());
+        let descriptor = descriptor(plain, self.tasks[0].dim());
         let distances: Vec<f32> = self
             .tasks
             .iter()
@@ -238,7 +110,7 @@ impl Detector {
         plain: &'a [f32],
         task: usize,
     ) -> Result<Cow<'a, [f32]>> {
-        Ok(match &self.tasks[task].prompt {
+        Ok(match self.tasks[task].prompt() {
             Some(prompt) => Cow::Owned(backbone.features(image.clone(), Some(prompt))?),
             None => Cow::Borrowed(plain),
         })
@@ -318,6 +190,7 @@ pub fn decide_route(distances: &[f32], limits: &[f32], colour_fits: &[bool]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bank::Task;
     use crate::bank::{Precision, Rows};
 
     /// A one-row task whose patch scores are distances to `centre` in one dimension.

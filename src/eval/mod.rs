@@ -2,9 +2,9 @@
 
 pub mod aupro;
 pub mod bench_bank;
+pub mod bench_routing;
 pub mod continual;
 pub mod feature_cache;
 pub mod metrics;
 pub mod protocol;
 pub mod report;
-pub mod routing_stress;

@@ -375,7 +375,7 @@ fn write_heatmaps(
     let pre = Preprocessor::new(&backbone.meta);
     for (set, scores) in sets.iter().zip(scores) {
         for ((item, scored), map) in set.data.test.iter().zip(&scores.scored).zip(&scores.maps) {
-            let view = pre.fit(&load_rgb(&item.image)?)?;
+            let view = pre.resize(&load_rgb(&item.image)?)?;
             let stem = item
                 .image
                 .file_stem()

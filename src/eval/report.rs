@@ -63,7 +63,7 @@ pub struct BackboneInfo {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub struct MetricMeans {
     pub image_auroc: Option<f64>,
     pub pixel_auroc: Option<f64>,
     pub aupro: Option<f64>,
@@ -72,10 +72,10 @@ pub struct Summary {
     pub f1_max: Option<f64>,
 }
 
-impl Summary {
-    fn of(rows: &[TaskMetrics]) -> Summary {
+impl MetricMeans {
+    fn of(rows: &[TaskMetrics]) -> MetricMeans {
         let avg = |f: fn(&TaskMetrics) -> Option<f64>| mean(rows.iter().filter_map(f));
-        Summary {
+        MetricMeans {
             image_auroc: avg(|r| r.image_auroc),
             pixel_auroc: avg(|r| r.pixel_auroc),
             aupro: avg(|r| r.aupro),
@@ -127,14 +127,14 @@ pub struct Settings {
 pub struct Reference {
     pub coreset_fraction: f32,
     #[serde(flatten)]
-    pub summary: Summary,
+    pub summary: MetricMeans,
     pub per_task: Vec<TaskMetrics>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Oracle {
     #[serde(flatten)]
-    pub summary: Summary,
+    pub summary: MetricMeans,
     pub per_task: Vec<TaskMetrics>,
 }
 
@@ -144,7 +144,7 @@ pub struct Report {
     pub backbone: BackboneInfo,
     pub settings: Settings,
     #[serde(rename = "final")]
-    pub final_: Summary,
+    pub final_: MetricMeans,
     pub forgetting: PerMetric,
     pub bwt: PerMetric,
     pub routing_accuracy: f64,
@@ -196,7 +196,7 @@ impl Report {
             aupro: f(&aupro),
         };
         let (forgetting, bwt) = (over(forgetting), over(backward_transfer));
-        debug_assert_eq!(final_mean(&image_auroc), Summary::of(&per_task).image_auroc);
+        debug_assert_eq!(final_mean(&image_auroc), MetricMeans::of(&per_task).image_auroc);
         let images: usize = per_task.iter().map(|t| t.test_images).sum();
         let routed: f64 = per_task
             .iter()
@@ -218,17 +218,17 @@ impl Report {
                 arithmetic: backbone.arithmetic.name().to_string(),
             },
             settings,
-            final_: Summary::of(&per_task),
+            final_: MetricMeans::of(&per_task),
             forgetting,
             bwt,
             routing_accuracy,
             oracle: Oracle {
-                summary: Summary::of(&oracle),
+                summary: MetricMeans::of(&oracle),
                 per_task: oracle,
             },
             reference: Reference {
                 coreset_fraction: reference_fraction,
-                summary: Summary::of(&reference),
+                summary: MetricMeans::of(&reference),
                 per_task: reference,
             },
             matrix: Matrices {

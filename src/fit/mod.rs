@@ -3,7 +3,11 @@
 //! and, from held-out normal training images, the routing distance statistics and
 //! a threshold calibrated for a target false-reject rate.
 
+mod calibrate;
 pub mod learner;
+mod params;
+
+pub use params::FitParams;
 
 use std::path::PathBuf;
 
@@ -16,75 +20,12 @@ use rand_chacha::ChaCha8Rng;
 use crate::backbone::colour::{image_colours, Colour};
 use crate::backbone::extract::extract_features;
 use crate::backbone::Backbone;
-use crate::bank::colour::ColourStats;
 use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::projection::ProjectionIndex;
-use crate::bank::{ImageStats, NormalStats, Precision, Projection, RoutingStats, Rows, Task};
+use crate::bank::{ImageStats, Precision, Projection, Rows, Task};
 use crate::data::folder::load_rgb;
-use crate::detect::{descriptor, image_score, TaskIndex};
-
-#[derive(Debug, Clone)]
-pub struct FitParams {
-    /// Rows in the routing key (UCAD: 196).
-    pub key_rows: usize,
-    /// Knowledge coreset size as a fraction of the memory images' patches (PatchCore: 0.1).
-    pub knowledge_fraction: f32,
-    /// Dimensions knowledge rows keep at most (a PCA of the task's features); 0 keeps all.
-    pub knowledge_dims: usize,
-    /// Most bytes a task may hold (key, projection, knowledge): the coreset is cut to fit.
-    pub task_budget_bytes: usize,
-    pub k: usize,
-    /// Fraction of the normal training images held out to calibrate the threshold.
-    pub holdout: f32,
-    pub target_false_reject: f32,
-    pub precision: Precision,
-    pub seed: u64,
-}
-
-impl FitParams {
-    /// Every parameter finite and in range; errors name the command-line flag that sets it
-    /// (`fit`, `eval` and the benchmarks share them).
-    pub fn check(&self) -> Result<()> {
-        ensure!(self.key_rows >= 1, "--key-rows must be at least 1");
-        ensure!(
-            self.knowledge_fraction > 0.0 && self.knowledge_fraction <= 1.0,
-            "--knowledge-fraction is {}; it must be in (0, 1]",
-            self.knowledge_fraction
-        );
-        ensure!(self.task_budget_bytes > 0, "--task-budget-kb must be at least 1");
-        ensure!(self.k >= 1, "--k must be at least 1");
-        ensure!(
-            (0.0..1.0).contains(&self.holdout),
-            "--holdout is {}; it must be in [0, 1)",
-            self.holdout
-        );
-        ensure!(
-            self.target_false_reject > 0.0 && self.target_false_reject <= MAX_FALSE_REJECT,
-            "--false-reject is {}; it must be in (0, {MAX_FALSE_REJECT}] (no threshold promises no false rejects)",
-            self.target_false_reject
-        );
-        Ok(())
-    }
-}
-
-/// The largest target false-reject rate a threshold is set for.
-const MAX_FALSE_REJECT: f32 = 0.5;
-
-impl Default for FitParams {
-    fn default() -> FitParams {
-        FitParams {
-            key_rows: 196,
-            knowledge_fraction: 0.1,
-            knowledge_dims: 128,
-            task_budget_bytes: 2_000_000,
-            k: 1,
-            holdout: 0.2,
-            target_false_reject: 0.01,
-            precision: Precision::I8,
-            seed: 0,
-        }
-    }
-}
+use crate::detect::descriptor;
+use calibrate::{calibrate, normal_stats};
 
 /// Splits image indices into (memory, held-out), deterministically for the seed.
 pub fn split(count: usize, holdout: f32, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
@@ -324,12 +265,8 @@ impl<'a> Fitting<'a> {
 const DESCRIPTOR_ROWS: usize = 64;
 const DESCRIPTOR_PRECISION: Precision = Precision::F16;
 /// The image distance's spread is at least this share of its mean: the few held-out images of a
-/// product that barely varies would otherwise make every other normal image of it look far.
-/// Measured spreads are 0.05–0.24 of the mean. Chosen on the validation pool (the six shared
-/// sets tested on held-out training images, 16 generated products of seed 7, three random
-/// orders): floors 0, 0.05, 0.1 and 0.2 routed every image right and put every left-out
-/// product beyond the limit; they took 11.4 %, 11.4 %, 8.2 % and 3.9 % of known parts beyond it
-/// (defects on generated textures), each then judged by the candidates' knowledge.
+/// product that barely varies would otherwise make every other normal image of it look far
+/// (chosen on validation runs, docs/LIMITS.md).
 const IMAGE_SPREAD_FLOOR: f32 = 0.2;
 
 /// How many knowledge rows of `dims` fit the budget beside `fixed_bytes`.
@@ -345,111 +282,10 @@ fn knowledge_room(params: &FitParams, fixed_bytes: usize, dims: usize) -> Result
     Ok(left / per_row)
 }
 
-/// Sets the threshold and the routing statistics from held-out normal images' features, and the
-/// colour statistics from all the task's images (nothing is fitted to their colours).
-fn calibrate(
-    task: &mut Task,
-    held_plain: &[&[f32]],
-    held_knowledge: &[&[f32]],
-    colours: &[Colour],
-    image: ImageStats,
-    target_false_reject: f32,
-) -> Result<()> {
-    task.routing.image = image;
-    let index = TaskIndex::new(task)?;
-    let patch_scores: Vec<Vec<f32>> = held_knowledge
-        .iter()
-        .map(|f| index.patch_scores(f))
-        .collect::<Result<_>>()?;
-    let scores: Vec<f32> = patch_scores.iter().map(|p| image_score(p)).collect();
-    task.normal = normal_stats(&scores, target_false_reject);
-    task.threshold = threshold_for(&scores, target_false_reject);
-    let distances: Vec<f32> = held_plain
-        .iter()
-        .map(|f| index.key_distance(f))
-        .collect::<Result<_>>()?;
-    let stats = normal_stats(&distances, 0.0);
-    task.routing = RoutingStats {
-        count: stats.count,
-        mean: stats.mean,
-        // A floor for identical held-out images (a generated product, a static scene).
-        std: stats.std.max(1e-3 * stats.mean.abs()).max(f32::MIN_POSITIVE),
-        unknown_above: UNKNOWN_SIGMAS,
-        patch_limit: empirical_quantile(&patch_scores.concat(), UNLIKE_QUANTILE),
-        colour: ColourStats::fit(colours),
-        image: task.routing.image.clone(),
-    };
-    Ok(())
-}
-
-/// The unknown-product rule's two limits, chosen on a validation run of the routing stress
-/// benchmark (20 generated products of another seed than the reported run, no real test set):
-/// a normalised routing distance beyond 15 standard deviations, and a patch unlike the normal
-/// ones above their 0.995 quantile. Defective parts of very uniform products (generated
-/// textures) reach 6–10 standard deviations, other products 10 and more.
-const UNKNOWN_SIGMAS: f32 = 15.0;
-const UNLIKE_QUANTILE: f32 = 0.995;
-
-fn normal_stats(scores: &[f32], target_false_reject: f32) -> NormalStats {
-    let n = scores.len() as f32;
-    let mean = scores.iter().sum::<f32>() / n;
-    let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / n).sqrt();
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    NormalStats {
-        count: scores.len() as u32,
-        mean,
-        std,
-        max,
-        target_false_reject,
-    }
-}
-
-/// The threshold for a target false-reject rate from held-out normal scores: their empirical
-/// (1 − rate) quantile when there are at least 1/rate of them. With fewer, that quantile is at
-/// most their maximum, which a new normal part exceeds far more often than `rate`; then the
-/// larger of it and the same quantile of a Gumbel distribution fitted to the scores (moments)
-/// is used: an image score is a maximum over patches, and maxima have Gumbel-like right tails.
-pub fn threshold_for(scores: &[f32], target_false_reject: f32) -> f32 {
-    let rate = target_false_reject.clamp(1e-6, 0.5);
-    let empirical = empirical_quantile(scores, 1.0 - rate);
-    if scores.len() as f32 * rate >= 1.0 {
-        return empirical;
-    }
-    let stats = normal_stats(scores, rate);
-    empirical.max(gumbel_quantile(stats.mean as f64, stats.std as f64, 1.0 - rate as f64) as f32)
-}
-
-/// Quantile `p` of the Gumbel (maximum) distribution with the given mean and standard deviation.
-fn gumbel_quantile(mean: f64, std: f64, p: f64) -> f64 {
-    const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
-    let scale = std * 6f64.sqrt() / std::f64::consts::PI;
-    let location = mean - EULER_GAMMA * scale;
-    location - scale * (-p.ln()).ln()
-}
-
-/// Linearly interpolated quantile `q` of `scores`.
-fn empirical_quantile(scores: &[f32], q: f32) -> f32 {
-    let mut sorted = scores.to_vec();
-    sorted.sort_by(f32::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_are_interpolated_and_the_gumbel_quantile_is_right() {
-        let scores: Vec<f32> = (0..101).map(|i| i as f32).collect();
-        assert_eq!(empirical_quantile(&scores, 0.99), 99.0);
-        assert_eq!(empirical_quantile(&[3.0, 1.0, 2.0], 0.99), 2.98);
-        // Standard Gumbel (location 0, scale 1): mean γ, std π/√6; its median is −ln ln 2.
-        let (mean, std) = (0.577_215_664_901_532_9, std::f64::consts::PI / 6f64.sqrt());
-        assert!((gumbel_quantile(mean, std, 0.5) + 2f64.ln().ln()).abs() < 1e-12);
-        assert!((gumbel_quantile(mean, std, 0.99) - 4.600_149_226).abs() < 1e-8);
-    }
+    use crate::detect::TaskIndex;
 
     fn colours(images: usize) -> Vec<Colour> {
         vec![[120.0; crate::backbone::colour::COLOUR_DIMS]; images]
@@ -504,7 +340,7 @@ mod tests {
         let distance = |f: &Vec<f32>| index.routing_distance(f, &descriptor(f, 32)).unwrap();
         let typical: Vec<f32> = own.iter().map(distance).collect();
         assert!(typical.iter().all(|d| *d < task.routing.unknown_above), "{typical:?}");
-        let median = empirical_quantile(&typical, 0.5);
+        let median = calibrate::empirical_quantile(&typical, 0.5);
         assert!(median.abs() < 1.0, "{median}");
         let foreign = product_features(2.0, 5, 4);
         assert!(foreign.iter().all(|f| distance(f) > task.routing.unknown_above));
@@ -579,21 +415,5 @@ mod tests {
             assert!(fit_from_features("t", &features, &colours(4), 32, &params).is_err());
         }
         default().check().unwrap();
-    }
-
-    #[test]
-    fn few_held_out_scores_get_a_fitted_tail_beyond_their_maximum() {
-        // Five scores: the empirical 0.99 quantile is nearly their max (2.98); the tail goes beyond.
-        let few = [1.0, 1.5, 2.0, 2.5, 3.0];
-        let t = threshold_for(&few, 0.01);
-        let std = (few.iter().map(|s| (s - 2.0f32).powi(2)).sum::<f32>() / 5.0).sqrt();
-        assert!(
-            (t - gumbel_quantile(2.0, std as f64, 0.99) as f32).abs() < 1e-5 && t > 3.0,
-            "{t}"
-        );
-        // Enough scores to see the quantile: the empirical one governs.
-        let many: Vec<f32> = (0..1001).map(|i| i as f32 / 1000.0).collect();
-        let t = threshold_for(&many, 0.01);
-        assert!((t - 0.99).abs() < 1e-6, "{t}");
     }
 }

@@ -164,7 +164,10 @@ fn write_part(
         }
         let map = anomaly_map(&slot.relative_patches, meta.grid(), meta.input_size);
         let heatmap_path = budget.dir.join(format!("{stem}-heatmap.png"));
-        save_image(&overlay(&pre.fit(&slot.frame)?, &map, slot.threshold)?, &heatmap_path)?;
+        save_image(
+            &overlay(&pre.resize(&slot.frame)?, &map, slot.threshold)?,
+            &heatmap_path,
+        )?;
         budget.add(&heatmap_path)?;
     }
     budget.enforce();

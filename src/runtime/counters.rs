@@ -301,7 +301,7 @@ impl Counters {
     }
 
     /// The periodic log line (formatted where it is written).
-    pub fn line(&self) -> impl std::fmt::Display + '_ {
+    pub fn log_line(&self) -> impl std::fmt::Display + '_ {
         CountersLine(self)
     }
 

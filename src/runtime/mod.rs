@@ -5,11 +5,11 @@ pub mod board_report;
 pub mod capture;
 pub mod config;
 pub mod counters;
-#[cfg(feature = "device")]
-#[allow(unsafe_code)] // SAFETY comments at each block
-pub mod device;
 #[cfg(feature = "fault-injection")]
 pub mod fault_injection;
+#[cfg(feature = "device")]
+#[allow(unsafe_code)] // SAFETY comments at each block
+pub mod hardware;
 pub mod inspection;
 pub mod learn;
 pub mod pixels;
@@ -42,7 +42,9 @@ pub fn open_source(config: &SourceConfig, stall: Duration) -> Result<Box<dyn Fra
             height,
             fps,
             format,
-        } => Box::new(device::V4l2Source::open(device, *width, *height, *fps, *format, stall)?),
+        } => Box::new(hardware::V4l2Source::open(
+            device, *width, *height, *fps, *format, stall,
+        )?),
         #[cfg(not(feature = "device"))]
         SourceConfig::V4l2 { device, .. } => {
             let _ = stall;
@@ -67,13 +69,13 @@ pub fn open_line(config: &LineConfig) -> Result<OpenedLine> {
             Ok((Box::new(line), Some(record)))
         }
         #[cfg(feature = "device")]
-        LineConfig::Rppal { pin, active_high } => Ok((Box::new(device::RppalLine::open(*pin, *active_high)?), None)),
+        LineConfig::Rppal { pin, active_high } => Ok((Box::new(hardware::RppalLine::open(*pin, *active_high)?), None)),
         #[cfg(feature = "device")]
         LineConfig::Gpiocdev {
             chip,
             line,
             active_high,
-        } => Ok((Box::new(device::GpiocdevLine::open(chip, *line, *active_high)?), None)),
+        } => Ok((Box::new(hardware::GpiocdevLine::open(chip, *line, *active_high)?), None)),
         #[cfg(not(feature = "device"))]
         LineConfig::Rppal { pin, .. } => {
             anyhow::bail!("GPIO pin {pin}: this build has no rppal support (build with --features device)")

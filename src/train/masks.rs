@@ -163,7 +163,7 @@ impl Segmenter for LabelMapFolder {
             ),
         };
         let fitted = pre
-            .fit_labels(&ids)
+            .resize_labels(&ids)
             .with_context(|| format!("label map {}", file.display()))?;
         Ok(LabelMap {
             width: fitted.width() as usize,

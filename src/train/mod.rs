@@ -2,8 +2,8 @@
 //! structure-based contrastive learning on its normal training images, selected on held-out
 //! normal images by the same loss.
 
-pub mod fit;
 pub mod masks;
+pub mod prompted;
 pub mod sam;
 pub mod scl;
 pub mod vit;
@@ -134,7 +134,7 @@ pub fn sample(
     rgb: &RgbImage,
 ) -> Result<Sample> {
     let meta = vit.meta();
-    let view = pre.fit(rgb)?;
+    let view = pre.resize(rgb)?;
     let labels = segmenter.segment(path, &view, pre)?.to_patches(meta.grid());
     let input = pre.tensor(rgb)?;
     let data = input.try_as_plain_ram()?.as_slice::<f32>()?;

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
 
 use crate::backbone::arch::{Activation, ArchSpec};
-use crate::backbone::export::position_embedding;
+use crate::backbone::resample::position_embedding;
 use crate::backbone::{BackboneMeta, VitWeights};
 
 struct Norm {

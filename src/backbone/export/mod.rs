@@ -8,63 +8,23 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::Result;
 use prost::Message;
 use tract_onnx::pb::{ModelProto, OperatorSetIdProto};
 
-use super::arch::{Activation, Arch, ArchSpec};
-use super::meta::{BackboneMeta, Quant, Resize};
-use super::onnx_graph::{attr_float, attr_int, attr_ints, Dim, GraphBuilder};
-use super::resample::resize_grid;
-use super::weights::VitWeights;
+mod options;
+
+pub use options::ExportOptions;
+
+use crate::backbone::arch::{Activation, ArchSpec};
+use crate::backbone::meta::{BackboneMeta, Quant};
+use crate::backbone::onnx_graph::{attr_float, attr_int, attr_ints, Dim, GraphBuilder};
+use crate::backbone::resample::position_embedding;
+use crate::backbone::weights::VitWeights;
 
 pub const OPSET: i64 = 17;
 /// Added to the prefix logits of a plain (gate 0) pass; exp(−1e9) is exactly 0 in f32.
 const GATE_OFF_BIAS: f32 = 1e9;
-
-#[derive(Debug, Clone)]
-pub struct ExportOptions {
-    pub arch: Arch,
-    pub input_size: usize,
-    pub blocks: Vec<usize>,
-    pub prompt_len: usize,
-    pub quant: Quant,
-    pub resize: Resize,
-}
-
-impl ExportOptions {
-    pub fn defaults(arch: Arch) -> ExportOptions {
-        ExportOptions {
-            arch,
-            input_size: arch.spec().default_input_size,
-            blocks: vec![5.min(arch.spec().depth - 1)],
-            prompt_len: 1,
-            quant: Quant::F32,
-            resize: Resize::Squash,
-        }
-    }
-
-    fn check(&self, spec: &ArchSpec) -> Result<()> {
-        ensure!(!self.blocks.is_empty(), "at least one feature block is needed");
-        for b in &self.blocks {
-            ensure!(
-                *b < spec.depth,
-                "block {b} does not exist: {} has blocks 0..{}",
-                self.arch,
-                spec.depth - 1
-            );
-        }
-        ensure!(self.prompt_len >= 1, "prompt length must be at least 1");
-        if self.input_size == 0 || self.input_size % spec.patch != 0 {
-            bail!(
-                "input size {} is not a positive multiple of the patch size {}",
-                self.input_size,
-                spec.patch
-            );
-        }
-        Ok(())
-    }
-}
 
 /// Builds the ONNX model; `weights` must already be validated for `opts.arch`.
 pub fn export_model(weights: &VitWeights, opts: &ExportOptions) -> Result<ModelProto> {
@@ -450,18 +410,6 @@ impl VitGraph<'_> {
         let mlp = self.mlp(b, &h)?;
         self.residual(&x, &mlp, &format!("blocks.{b}.ls2.gamma"))
     }
-}
-
-/// The CLS and patch position embeddings, [1 + grid², D], resampled from the stored grid.
-pub fn position_embedding(w: &VitWeights, spec: &ArchSpec, grid: usize) -> Result<Vec<f32>> {
-    let (d, stored) = (spec.embed_dim, spec.stored_grid);
-    let pos = &w.get("pos_embed")?.data;
-    if grid == stored {
-        return Ok(pos.clone());
-    }
-    let mut out = pos[..d].to_vec();
-    out.extend(resize_grid(&pos[d..], stored, grid, d));
-    Ok(out)
 }
 
 /// A row-major [rows, cols] matrix as [cols, rows].

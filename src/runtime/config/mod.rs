@@ -4,8 +4,14 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde::{Deserialize, Deserializer};
+
+mod reject;
+mod source;
+
+pub use reject::{FailsafeAction, FailsafeConfig, LineConfig, RejectConfig};
+pub use source::{PixelFormat, Roi, SourceConfig, FPS};
 
 use super::schedule::QUEUE_CAPACITY;
 
@@ -13,8 +19,6 @@ use super::schedule::QUEUE_CAPACITY;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// The longest `log_every_s` (about 32 years: periodic lines off).
 pub const MAX_LOG_EVERY: Duration = Duration::from_secs(1_000_000_000);
-/// Frame rates a source may have.
-pub const FPS: RangeInclusive<f64> = 0.01..=1000.0;
 /// Reject-queue entries kept free of parts for the pulses that hold the gate over unseen parts.
 pub const BLIND_PULSES: u64 = 16;
 
@@ -185,81 +189,6 @@ fn default_capacity_task_kib() -> usize {
     2048
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// Generated products passing at `fps`; defective parts with known ground truth.
-    Conveyor {
-        fps: f64,
-        #[serde(default = "default_products")]
-        products: usize,
-        #[serde(default)]
-        seed: u64,
-        /// Parts of one product in a row before the line switches product.
-        #[serde(default = "default_run_length")]
-        run_length: usize,
-        /// One part in `defect_every` is defective.
-        #[serde(default = "default_defect_every")]
-        defect_every: usize,
-        #[serde(default = "default_frame_size")]
-        size: u32,
-        /// Normal training images per product written for `ucad fit` (see `ucad run --learn`).
-        #[serde(default = "default_train_images")]
-        train_images: usize,
-        /// Deliver frames JPEG-compressed, as an MJPEG camera does (decoded in the loop).
-        #[serde(default)]
-        mjpeg: bool,
-    },
-    /// The images of a folder, in name order, at `fps` (looping when `repeat`).
-    Folder {
-        path: PathBuf,
-        fps: f64,
-        #[serde(default)]
-        repeat: bool,
-    },
-    /// A V4L2 camera (feature `device`).
-    V4l2 {
-        device: PathBuf,
-        width: u32,
-        height: u32,
-        fps: u32,
-        format: PixelFormat,
-    },
-}
-
-fn default_products() -> usize {
-    2
-}
-fn default_run_length() -> usize {
-    4
-}
-fn default_defect_every() -> usize {
-    3
-}
-fn default_frame_size() -> u32 {
-    256
-}
-fn default_train_images() -> usize {
-    80
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PixelFormat {
-    Mjpeg,
-    Yuyv,
-}
-
-/// Region of interest in frame pixels, cropped before resizing to the backbone input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Roi {
-    pub x: u32,
-    pub y: u32,
-    pub width: u32,
-    pub height: u32,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub struct RoutingConfig {
@@ -285,143 +214,6 @@ pub enum RoutingMode {
     /// Keep the last task; re-route every `reroute_every` frames and whenever a frame would be
     /// rejected (a foreign product looks anomalous to the wrong task).
     Sticky,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RejectConfig {
-    pub line: LineConfig,
-    /// Capture to actuator: when the part reaches the reject gate (`travel_delay_ms`).
-    #[serde(rename = "travel_delay_ms", deserialize_with = "millis")]
-    pub travel_delay: Duration,
-    #[serde(rename = "pulse_width_ms", deserialize_with = "millis")]
-    pub pulse_width: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum LineConfig {
-    /// Records timestamped edges (tests, dry runs).
-    Simulated,
-    /// A Raspberry Pi GPIO pin through rppal (BCM numbering).
-    Rppal {
-        pin: u8,
-        #[serde(default = "default_true")]
-        active_high: bool,
-    },
-    /// A Linux GPIO character device line (Jetson and other boards).
-    Gpiocdev {
-        chip: PathBuf,
-        line: u32,
-        #[serde(default = "default_true")]
-        active_high: bool,
-    },
-}
-
-fn default_true() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FailsafeConfig {
-    pub action: FailsafeAction,
-    /// A frame not decided this long after capture gets the fail-safe action (`deadline_ms`).
-    #[serde(rename = "deadline_ms", deserialize_with = "millis")]
-    pub deadline: Duration,
-    /// No frame for this long is a stalled source (`stall_ms`).
-    #[serde(rename = "stall_ms", deserialize_with = "millis")]
-    pub stall: Duration,
-    /// Asserted by the `stop_line` action.
-    #[serde(default)]
-    pub stop_line: Option<LineConfig>,
-    /// Consecutive source failures (camera errors, stalls) tolerated before the loop ends.
-    #[serde(default = "default_source_retries")]
-    pub source_retries: u32,
-}
-
-fn default_source_retries() -> u32 {
-    3
-}
-
-impl Default for FailsafeConfig {
-    fn default() -> FailsafeConfig {
-        FailsafeConfig {
-            action: FailsafeAction::Reject,
-            deadline: Duration::from_millis(1000),
-            stall: Duration::from_millis(5000),
-            stop_line: None,
-            source_retries: default_source_retries(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailsafeAction {
-    /// Reject the part that could not be judged.
-    Reject,
-    /// Assert the stop-line output and stop the loop.
-    StopLine,
-}
-
-impl SourceConfig {
-    /// Frames per second the source delivers.
-    pub fn fps(&self) -> f64 {
-        match self {
-            SourceConfig::Conveyor { fps, .. } | SourceConfig::Folder { fps, .. } => *fps,
-            SourceConfig::V4l2 { fps, .. } => f64::from(*fps),
-        }
-    }
-
-    /// Width and height of every frame, where the config says them.
-    fn frame_size(&self) -> Option<(u32, u32)> {
-        match self {
-            SourceConfig::Conveyor { size, .. } => Some((*size, *size)),
-            SourceConfig::Folder { .. } => None,
-            SourceConfig::V4l2 { width, height, .. } => Some((*width, *height)),
-        }
-    }
-
-    fn check(&self) -> Result<()> {
-        let fps = self.fps();
-        ensure!(
-            FPS.contains(&fps),
-            "source.fps must be between {} and {}, not {fps:?}",
-            FPS.start(),
-            FPS.end()
-        );
-        match self {
-            SourceConfig::Conveyor {
-                products,
-                run_length,
-                defect_every,
-                size,
-                train_images,
-                ..
-            } => {
-                count("source.products", *products as u64, 1..=64)?;
-                count("source.run_length", *run_length as u64, 1..=1 << 32)?;
-                count("source.defect_every", *defect_every as u64, 1..=1 << 32)?;
-                count("source.size", u64::from(*size), 16..=2048)?;
-                count("source.train_images", *train_images as u64, 1..=10_000)?;
-                // The clips are rendered at start-up: products × 16 frames of size² pixels.
-                let bytes = *products as u64 * 16 * u64::from(*size).pow(2) * 3;
-                ensure!(
-                    bytes <= 1 << 30,
-                    "source.products × source.size: {products} products of {size}×{size} frames take {} MiB \
-                     to replay, at most 1024",
-                    bytes >> 20
-                );
-            }
-            SourceConfig::Folder { .. } => {}
-            SourceConfig::V4l2 { width, height, .. } => {
-                count("source.width", u64::from(*width), 1..=16_384)?;
-                count("source.height", u64::from(*height), 1..=16_384)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A board config is a page of text.
@@ -584,27 +376,6 @@ impl RunConfig {
              gate, the reject queue holds {}",
             QUEUE_CAPACITY as u64 - BLIND_PULSES
         );
-        Ok(())
-    }
-}
-
-impl Roi {
-    /// Not empty, and inside a frame of `frame` (width, height) when that is known.
-    pub fn check(&self, frame: Option<(u32, u32)>) -> Result<()> {
-        ensure!(self.width > 0 && self.height > 0, "roi must not be empty");
-        let (Some(right), Some(bottom)) = (self.x.checked_add(self.width), self.y.checked_add(self.height)) else {
-            bail!("roi: x + width or y + height is beyond 2^32 pixels");
-        };
-        if let Some((width, height)) = frame {
-            ensure!(
-                right <= width && bottom <= height,
-                "roi (x {} + width {}, y {} + height {}) lies outside the {width}×{height} frame",
-                self.x,
-                self.width,
-                self.y,
-                self.height
-            );
-        }
         Ok(())
     }
 }

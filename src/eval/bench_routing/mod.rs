@@ -4,7 +4,6 @@
 //! its test images must come back as an unknown product, the others' must not.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -12,7 +11,10 @@ use log::info;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+
+mod report;
+
+pub use report::{LeftOut, Misjudged, Order, RoutingBenchReport, SequenceStage};
 
 use super::feature_cache::FeatureCache;
 use crate::backbone::colour::{image_colours, Colour};
@@ -23,7 +25,7 @@ use crate::data::synthetic::{products, SplitCounts};
 use crate::detect::{decide_route, descriptor, Detector, Routing, Signals, TaskIndex};
 use crate::fit::{fit_from_features, split, FitParams};
 
-pub struct StressOptions {
+pub struct RoutingBenchOptions {
     /// Generated products added to the real sets.
     pub synthetic: usize,
     pub seed: u64,
@@ -40,70 +42,6 @@ pub struct StressOptions {
 
 /// Share of a real set's training images kept for testing in a validation run.
 pub const VALIDATION_SHARE: f32 = 0.25;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Stage {
-    /// The task just learned.
-    pub learned: String,
-    pub tasks: usize,
-    pub test_images: usize,
-    /// Share of test images judged as their own task (an unknown verdict still names the
-    /// candidate it came from; unknown verdicts are counted in `unknown_rate`).
-    pub accuracy: f64,
-    pub worst_task: String,
-    pub worst_accuracy: f64,
-    /// Share of test images of learned tasks taken for an unknown product.
-    pub unknown_rate: f64,
-    /// 5th percentile of the routing margin (normalised units).
-    pub margin_p5: f64,
-    /// Test images judged as another task than their own, most first.
-    pub misjudged: Vec<Misjudged>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Misjudged {
-    pub task: String,
-    pub judged_as: String,
-    pub images: usize,
-    /// How many of them were also called unknown.
-    pub unknown: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LeftOut {
-    pub task: String,
-    /// Share of its test images the bank of all tasks calls unknown.
-    pub unknown_when_known: f64,
-    /// Share of its test images called unknown by a bank of all the other tasks.
-    pub detected: f64,
-    /// Share of the other tasks' test images called unknown by that bank.
-    pub false_unknown: f64,
-}
-
-/// One learning order and the stages it went through.
-#[derive(Debug, Clone, Serialize)]
-pub struct Order {
-    /// The seed of the shuffle; `None`: the spread order.
-    pub seed: Option<u64>,
-    pub tasks: Vec<String>,
-    pub stages: Vec<Stage>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StressReport {
-    /// Whether the real sets were tested on held-out training images (see [`StressOptions`]).
-    pub validation: bool,
-    pub orders: Vec<Order>,
-    /// The lowest accuracy after the last task over the orders.
-    pub worst_final_accuracy: f64,
-    /// The lowest accuracy of one task at any stage of any order.
-    pub worst_task_accuracy: f64,
-    pub left_out: Vec<LeftOut>,
-    /// Pooled over all left-out tasks' test images.
-    pub unknown_detected: f64,
-    /// Pooled over every leave-one-out bank and its known tasks' test images.
-    pub false_unknown: f64,
-}
 
 /// Test images with their task and, per task, routing signals.
 struct Distances {
@@ -124,8 +62,8 @@ pub fn run(
     backbone: &Backbone,
     real: Option<(&Path, &[String])>,
     cache_dir: &Path,
-    options: &StressOptions,
-) -> Result<StressReport> {
+    options: &RoutingBenchOptions,
+) -> Result<RoutingBenchReport> {
     let synthetic = generated_products(cache_dir, options)?;
     let real_root = real.map(|(root, _)| root);
     let sets: Vec<(TaskData, bool)> = interleave(real.unwrap_or((Path::new(""), &[])), &synthetic)
@@ -251,7 +189,12 @@ fn banks<'a>(
     stages.chain(left_out)
 }
 
-fn report(names: &[String], d: &Distances, orders: &[(Option<u64>, Vec<usize>)], validation: bool) -> StressReport {
+fn report(
+    names: &[String],
+    d: &Distances,
+    orders: &[(Option<u64>, Vec<usize>)],
+    validation: bool,
+) -> RoutingBenchReport {
     let orders: Vec<Order> = orders
         .iter()
         .map(|(seed, order)| Order {
@@ -288,7 +231,7 @@ fn report(names: &[String], d: &Distances, orders: &[(Option<u64>, Vec<usize>)],
         (false_unknown, known_images) = (false_unknown + wrong, known_images + others);
     }
     let stages = || orders.iter().flat_map(|o| &o.stages);
-    StressReport {
+    RoutingBenchReport {
         validation,
         worst_final_accuracy: orders
             .iter()
@@ -328,7 +271,7 @@ fn decide(d: &Distances, image: usize, bank: &[usize]) -> (usize, bool, f32) {
 }
 
 /// The stage whose bank holds `bank`, the last of them just learned.
-fn stage(names: &[String], d: &Distances, bank: &[usize]) -> Stage {
+fn stage(names: &[String], d: &Distances, bank: &[usize]) -> SequenceStage {
     let mut right = vec![0usize; names.len()];
     let mut seen = vec![0usize; names.len()];
     let (mut unknown, mut margins) = (0, Vec::new());
@@ -362,7 +305,7 @@ fn stage(names: &[String], d: &Distances, bank: &[usize]) -> Stage {
         .min_by(|a, b| accuracy(**a).total_cmp(&accuracy(**b)))
         .expect("a stage has a task");
     let images: usize = seen.iter().sum();
-    Stage {
+    SequenceStage {
         learned: names[*bank.last().expect("a stage has a task")].clone(),
         tasks: bank.len(),
         test_images: images,
@@ -385,7 +328,7 @@ fn ratio(part: usize, whole: usize) -> f64 {
 
 /// The generated products, written once under the cache folder (their features are cached by
 /// file, so the same files are reused).
-fn generated_products(cache_dir: &Path, options: &StressOptions) -> Result<(PathBuf, Vec<String>)> {
+fn generated_products(cache_dir: &Path, options: &RoutingBenchOptions) -> Result<(PathBuf, Vec<String>)> {
     let c = options.counts;
     let dir = cache_dir.join(format!(
         "synthetic-s{}-{}px-{}-{}-{}",
@@ -417,73 +360,6 @@ fn interleave((root, real): (&Path, &[String]), synthetic: &(PathBuf, Vec<String
     }
     order.extend(generated.map(|n| (dir.clone(), n.clone())));
     order
-}
-
-/// The table `ucad bench-routing` prints.
-pub fn table(report: &StressReport) -> String {
-    let mut out = String::new();
-    for order in &report.orders {
-        let seed = order.seed.map_or("spread".to_string(), |s| format!("seed {s}"));
-        let _ = writeln!(out, "order ({seed}): {}", order.tasks.join(", "));
-        let _ = writeln!(
-            out,
-            "{:>5} {:<16} {:>7} {:>9} {:>9} {:<16} {:>8} {:>9}",
-            "tasks", "learned", "images", "accuracy", "worst", "worst task", "unknown", "margin p5"
-        );
-        for s in &order.stages {
-            let _ = writeln!(
-                out,
-                "{:>5} {:<16} {:>7} {:>9.4} {:>9.4} {:<16} {:>8.4} {:>9.3}",
-                s.tasks,
-                s.learned,
-                s.test_images,
-                s.accuracy,
-                s.worst_accuracy,
-                s.worst_task,
-                s.unknown_rate,
-                s.margin_p5
-            );
-        }
-    }
-    if let Some(last) = report.orders.first().and_then(|o| o.stages.last()) {
-        let _ = writeln!(out, "after the last task, images judged as another task:");
-        for m in &last.misjudged {
-            let _ = writeln!(
-                out,
-                "  {:<16} -> {:<16} {:>3} ({} of them unknown)",
-                m.task, m.judged_as, m.images, m.unknown
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "each task left out: its test images called unknown / the others' called unknown; \
-         with it known: its test images called unknown"
-    );
-    for l in &report.left_out {
-        let _ = writeln!(
-            out,
-            "  {:<16} {:>7.4} {:>7.4} {:>7.4}",
-            l.task, l.detected, l.false_unknown, l.unknown_when_known
-        );
-    }
-    let tested = match report.validation {
-        true => "validation: real sets tested on held-out training images",
-        false => "real sets tested on their test splits",
-    };
-    let _ = writeln!(
-        out,
-        "{tested}; worst of {} orders: accuracy after the last task {:.4}, lowest task at any stage {:.4}",
-        report.orders.len(),
-        report.worst_final_accuracy,
-        report.worst_task_accuracy
-    );
-    let _ = writeln!(
-        out,
-        "unknown product detection {:.4}; known parts called unknown {:.4}",
-        report.unknown_detected, report.false_unknown
-    );
-    out
 }
 
 #[cfg(test)]
