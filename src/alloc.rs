@@ -174,7 +174,7 @@ unsafe fn move_block(alloc: &CountingAllocator, ptr: *mut u8, layout: Layout, ne
 
 /// Reserves the frame pool: `bytes` taken from the system once and touched, so that they are
 /// resident before the first frame. Later calls may only ask for no more than the first.
-pub fn reserve_frame_pool(bytes: usize) -> Result<()> {
+pub(crate) fn reserve_frame_pool(bytes: usize) -> Result<()> {
     ensure!(
         bytes >= 1 << 20,
         "the frame pool needs at least 1 MiB (asked for {bytes} bytes)"
@@ -210,13 +210,13 @@ pub fn reserve_frame_pool(bytes: usize) -> Result<()> {
 
 /// Runs `work` with this thread's allocations served from the frame pool (when one is
 /// reserved; the heap otherwise).
-pub fn in_frame_pool<R>(work: impl FnOnce() -> R) -> R {
+pub(crate) fn in_frame_pool<R>(work: impl FnOnce() -> R) -> R {
     served_from_frame_pool(true, work)
 }
 
-/// Runs `work` with this thread's allocations served from the heap: batch work on the pool's
-/// worker threads, which otherwise serve frames.
-pub fn on_the_heap<R>(work: impl FnOnce() -> R) -> R {
+/// Runs `work` with this thread's allocations served from the heap: batch work on the worker
+/// threads (parallel.rs), which otherwise compute parts of frames.
+pub(crate) fn on_the_heap<R>(work: impl FnOnce() -> R) -> R {
     served_from_frame_pool(false, work)
 }
 
@@ -233,14 +233,14 @@ fn served_from_frame_pool<R>(serve: bool, work: impl FnOnce() -> R) -> R {
 
 /// Serves every later allocation of this thread from the frame pool (when one is reserved): for
 /// the worker threads, which compute parts of frames (batch work opts out with [`on_the_heap`]).
-pub fn serve_this_thread_from_frame_pool() {
+pub(crate) fn serve_this_thread_from_frame_pool() {
     USE_FRAME_POOL.with(|flag| flag.set(true));
 }
 
 /// Makes the panic hook run on the system heap: a panic while a frame is judged (a fault the loop
 /// survives) must not leave what the hook keeps — a backtrace's symbol cache, say — in the frame
 /// pool, where it would crowd out the frames that follow. Wraps the current hook, once.
-pub fn report_panics_from_the_heap() {
+pub(crate) fn report_panics_from_the_heap() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let hook = std::panic::take_hook();

@@ -28,7 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// A regular file's bytes, at most `max_bytes` of them: a FIFO, a device (`/dev/zero`) or a
 /// folder named where a file is expected is an error, not a hang or unbounded memory.
-pub fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() || meta.len() > max_bytes {
@@ -49,13 +49,13 @@ pub fn read_regular(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// A regular file of at most `max_bytes` as UTF-8 text (see [`read_regular`]).
-pub fn read_text(path: &Path, max_bytes: u64) -> Result<String> {
+pub(crate) fn read_text(path: &Path, max_bytes: u64) -> Result<String> {
     let bytes = read_regular(path, max_bytes)?;
     String::from_utf8(bytes).context("not UTF-8 text")
 }
 
 /// Makes renames and links in `path`'s folder durable.
-pub fn sync_parent(path: &Path) -> Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -3,7 +3,7 @@
 //! (a bank's rows, an exported backbone's weights).
 
 /// c[m, n] = a[m, k] · b[k, n], row-major.
-pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+pub(crate) fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     assert!(
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
         "matmul operands too small"
@@ -31,7 +31,7 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize)
 
 /// A computed squared distance: rounding may take it below zero; overflow (∞ − ∞) makes it
 /// NaN, which `max` would turn into 0, a perfect match.
-pub fn clamp_squared_distance(d2: f32) -> f32 {
+pub(crate) fn clamp_squared_distance(d2: f32) -> f32 {
     if d2.is_nan() {
         f32::INFINITY
     } else {
@@ -42,7 +42,7 @@ pub fn clamp_squared_distance(d2: f32) -> f32 {
 /// Symmetric int8 codes of a row-major matrix with `cols` columns, one scale per column: each
 /// column's largest magnitude maps to 127 (scale 1 for an all-zero column). Returns (codes,
 /// scales).
-pub fn quantise_columns(data: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+pub(crate) fn quantise_columns(data: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     let mut scales = vec![0f32; cols];
     for row in data.chunks(cols) {
         for (s, v) in scales.iter_mut().zip(row) {

@@ -14,16 +14,16 @@ use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, E
 use crate::alloc::on_the_heap;
 
 /// The most threads a config or flag may ask for: more is a typo.
-pub const MAX_THREADS: usize = 256;
+pub(crate) const MAX_THREADS: usize = 256;
 
 /// The threads in use; 0 until [`use_threads`] is called (all cores, passes on one thread).
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 /// The pool of [`use_threads`] (none for one thread, or before it is called); the executor
 /// tract uses holds the same pool.
-static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
+static WORKERS: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
 
 /// The cores this machine offers.
-pub fn all_cores() -> usize {
+pub(crate) fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -42,9 +42,9 @@ pub fn resolve(requested: usize) -> Result<usize> {
 /// from the heap.
 pub fn use_threads(requested: usize) -> Result<usize> {
     let threads = resolve(requested)?;
-    let mut pool = lock_pool();
+    let mut pool = lock_workers();
     if THREADS.load(Ordering::Acquire) != threads {
-        *pool = thread_pool(threads)?;
+        *pool = worker_pool(threads)?;
         set_default_executor(executor_on(pool.clone()));
         THREADS.store(threads, Ordering::Release);
     }
@@ -53,7 +53,7 @@ pub fn use_threads(requested: usize) -> Result<usize> {
 
 /// An executor of `threads` threads (one: the calling thread alone).
 pub fn executor(threads: usize) -> Result<Executor> {
-    Ok(executor_on(thread_pool(threads)?))
+    Ok(executor_on(worker_pool(threads)?))
 }
 
 fn executor_on(pool: Option<Arc<ThreadPool>>) -> Executor {
@@ -61,7 +61,7 @@ fn executor_on(pool: Option<Arc<ThreadPool>>) -> Executor {
 }
 
 /// A pool of `threads` threads; none for one thread (the calling thread does the work).
-fn thread_pool(threads: usize) -> Result<Option<Arc<ThreadPool>>> {
+fn worker_pool(threads: usize) -> Result<Option<Arc<ThreadPool>>> {
     if threads <= 1 {
         return Ok(None);
     }
@@ -74,13 +74,13 @@ fn thread_pool(threads: usize) -> Result<Option<Arc<ThreadPool>>> {
     Ok(Some(Arc::new(pool)))
 }
 
-fn lock_pool() -> std::sync::MutexGuard<'static, Option<Arc<ThreadPool>>> {
-    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock_workers() -> std::sync::MutexGuard<'static, Option<Arc<ThreadPool>>> {
+    WORKERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `work` on the pool of [`use_threads`] (rayon's global pool before it is called).
-pub fn install<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    let pool = lock_pool().clone();
+pub(crate) fn install<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    let pool = lock_workers().clone();
     match pool {
         Some(pool) => pool.install(work),
         None => work(),
@@ -115,6 +115,12 @@ pub fn map<T: Sync, S, R: Send>(
     if workers == 1 {
         return run(items);
     }
-    let parts = install(|| items.par_chunks(chunk).map(run).collect::<Result<Vec<_>>>())?;
-    Ok(parts.into_iter().flatten().collect())
+    // Collected on the heap, and errors in item order.
+    let parts: Vec<Result<Vec<R>>> = install(|| on_the_heap(|| items.par_chunks(chunk).map(run).collect()));
+    Ok(parts
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect())
 }

@@ -50,7 +50,7 @@ fn scores_of_the_first_task_are_bit_identical_after_more_tasks_are_learned() {
         let detector = Detector::new(&Bank::load(&bank_path).unwrap()).unwrap();
         test_features
             .iter()
-            .map(|f| detector.tasks[0].patch_scores(f).unwrap())
+            .map(|f| detector.tasks()[0].patch_scores(f).unwrap())
             .collect()
     };
 

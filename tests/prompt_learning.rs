@@ -91,7 +91,7 @@ fn a_learned_prompt_is_stored_in_the_bank_and_used_at_inference() {
     assert_eq!(stored.rows.to_f32(), fit.trained.prompt.data);
 
     let detector = Detector::new(&loaded).unwrap();
-    assert!(detector.tasks[0].prompted());
+    assert!(detector.tasks()[0].prompted());
     let image = Preprocessor::new(&backbone.meta)
         .tensor(&product.normal(64, 40))
         .unwrap();
@@ -103,7 +103,7 @@ fn a_learned_prompt_is_stored_in_the_bank_and_used_at_inference() {
     let judgement = detector.judge_image(&backbone, &image, None, &mut |_| {}).unwrap();
     assert_eq!(
         judgement.patch_scores,
-        detector.tasks[0].patch_scores(&prompted).unwrap()
+        detector.tasks()[0].patch_scores(&prompted).unwrap()
     );
 }
 

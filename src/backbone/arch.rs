@@ -133,7 +133,7 @@ impl Arch {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Arch> {
+    pub(crate) fn from_name(name: &str) -> Option<Arch> {
         Arch::value_variants().iter().copied().find(|a| a.name() == name)
     }
 }

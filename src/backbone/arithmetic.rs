@@ -26,7 +26,7 @@ impl Arithmetic {
     }
 
     /// The tensor type of a pass's inputs and outputs inside tract.
-    pub fn datum_type(self) -> tract_core::prelude::DatumType {
+    pub(crate) fn datum_type(self) -> tract_core::prelude::DatumType {
         match self {
             Arithmetic::F32 => tract_core::prelude::DatumType::F32,
             Arithmetic::F16 => tract_core::prelude::DatumType::F16,
@@ -74,7 +74,7 @@ impl ArithmeticChoice {
 }
 
 /// Whether this CPU computes in half floats natively (FEAT_FP16).
-pub fn cpu_has_fp16() -> bool {
+pub(crate) fn cpu_has_fp16() -> bool {
     #[cfg(target_arch = "aarch64")]
     {
         std::arch::is_aarch64_feature_detected!("fp16")

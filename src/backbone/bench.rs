@@ -21,7 +21,7 @@ use tract_linalg::multithread::multithread_tract_scope;
 const ORT_SCRIPT: &str = include_str!("../../models/ort_bench.py");
 
 /// The thread counts every file is timed at, by both runtimes.
-pub const THREADS: [usize; 2] = [1, 2];
+pub(crate) const THREADS: [usize; 2] = [1, 2];
 
 #[derive(Debug, Serialize)]
 pub struct BenchRow {
@@ -42,7 +42,7 @@ pub struct Timing {
 
 /// Median ms per plain pass of `backbone` over `runs` runs after 2 warm-up runs, on the
 /// executor the caller is in.
-pub fn time_tract(backbone: &Backbone, runs: usize) -> Result<f64> {
+pub(crate) fn time_tract(backbone: &Backbone, runs: usize) -> Result<f64> {
     let image = Preprocessor::new(&backbone.meta).tensor(&textured_image(256, 256, 1))?;
     for _ in 0..2 {
         backbone.features(image.clone(), None)?;
@@ -88,7 +88,7 @@ fn time_ort(python: &Path, file: &Path, runs: usize) -> Result<Vec<f64>> {
 }
 
 /// The Python that has onnxruntime: `$UCAD_PEER_PYTHON`, else the project's `.venv`.
-pub fn peer_python() -> Result<PathBuf> {
+pub(crate) fn peer_python() -> Result<PathBuf> {
     let python = std::env::var_os("UCAD_PEER_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(".venv/bin/python"));

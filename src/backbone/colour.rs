@@ -11,13 +11,13 @@ use super::{BackboneMeta, Preprocessor};
 
 /// 25 %, 50 % and 75 % quantiles in 0–255 units: R, G, B for each quantile in turn, then
 /// R − G, B − G for each quantile in turn.
-pub type Colour = [f32; COLOUR_DIMS];
+pub(crate) type Colour = [f32; COLOUR_DIMS];
 
 pub const COLOUR_DIMS: usize = 15;
 
 /// The colour of a normalised [1, 3, S, S] input, undoing the backbone's normalisation. Counts
 /// levels on the stack: no allocation, so the inspection loop can call it.
-pub fn colour_of(input: &[f32], meta: &BackboneMeta) -> Colour {
+pub(crate) fn colour_of(input: &[f32], meta: &BackboneMeta) -> Colour {
     let plane = input.len() / 3;
     let level = |c: usize, i: usize| {
         ((input[c * plane + i] * meta.std[c] + meta.mean[c]) * 255.0)

@@ -44,7 +44,7 @@ pub struct OpCounts {
 
 impl FrameCost {
     /// FLOPs per frame: two per multiply-accumulate, one per other op.
-    pub fn flops(&self) -> u64 {
+    pub(crate) fn flops(&self) -> u64 {
         2 * self.ops.matmul_macs + self.ops.other_ops
     }
 
@@ -54,7 +54,7 @@ impl FrameCost {
     }
 
     /// The cost of the ONNX backbone in `bytes`; `path` names it in errors and in the report.
-    pub fn of_bytes(bytes: Vec<u8>, path: &Path) -> Result<FrameCost> {
+    pub(crate) fn of_bytes(bytes: Vec<u8>, path: &Path) -> Result<FrameCost> {
         let origin = path.display().to_string();
         let (_, mut proto, _) = decode(&bytes, path)?;
         let graph = proto
@@ -79,7 +79,7 @@ impl FrameCost {
 }
 
 /// Sums the cost every node of `model` reports for its input shapes, which must be concrete.
-pub fn count_ops(model: &TypedModel) -> Result<OpCounts> {
+pub(crate) fn count_ops(model: &TypedModel) -> Result<OpCounts> {
     let mut counts = OpCounts::default();
     for node in model.nodes() {
         let inputs = model.node_input_facts(node.id)?;

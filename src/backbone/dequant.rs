@@ -23,7 +23,7 @@ pub fn dequantize(codes: &[i8], scales: &[f32], inner: usize) -> Vec<f32> {
 /// Replaces every `DequantizeLinear` whose inputs are all initializers by the f32 initializer
 /// it computes, and drops the int8 initializers nothing reads any more. Returns how many were
 /// folded; errors name `origin` and the node.
-pub fn fold_constant_dequantize(graph: &mut GraphProto, origin: &str) -> Result<usize> {
+pub(crate) fn fold_constant_dequantize(graph: &mut GraphProto, origin: &str) -> Result<usize> {
     let index: HashMap<String, usize> = graph
         .initializer
         .iter()

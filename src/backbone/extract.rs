@@ -18,7 +18,7 @@ pub fn extract_features(backbone: &Backbone, images: &[PathBuf], label: &str) ->
 /// Patch features (plain, or under `prompt`) of each item as `load` turns it into an image, on
 /// every core (one tract plan, one preprocessor per worker), with a progress bar. Order follows
 /// `images`.
-pub fn extract_features_with<T: Sync>(
+pub(crate) fn extract_features_with<T: Sync>(
     backbone: &Backbone,
     images: &[T],
     label: &str,

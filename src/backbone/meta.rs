@@ -11,7 +11,7 @@ use super::arch::Arch;
 use super::Arithmetic;
 
 /// Bumped when the graph's inputs or outputs change meaning.
-pub const GRAPH_FORMAT: u32 = 1;
+pub(crate) const GRAPH_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -80,7 +80,7 @@ impl BackboneMeta {
         self.embed_dim * self.feature_blocks.len()
     }
 
-    pub fn to_props(&self) -> Vec<StringStringEntryProto> {
+    pub(crate) fn to_props(&self) -> Vec<StringStringEntryProto> {
         let json = serde_json::to_string(self).expect("metadata serialises");
         [("ucad.format", GRAPH_FORMAT.to_string()), ("ucad.backbone", json)]
             .into_iter()
@@ -88,7 +88,7 @@ impl BackboneMeta {
             .collect()
     }
 
-    pub fn from_props(props: &[StringStringEntryProto], origin: &str) -> Result<BackboneMeta> {
+    pub(crate) fn from_props(props: &[StringStringEntryProto], origin: &str) -> Result<BackboneMeta> {
         let map: HashMap<&str, &str> = props.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
         let format: u32 = map
             .get("ucad.format")

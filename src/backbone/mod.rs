@@ -17,13 +17,14 @@ mod onnx_graph;
 pub mod parity;
 pub mod preprocess;
 pub mod resample;
-pub mod runner;
+pub(crate) mod runner;
 pub mod weights;
 
 pub use arch::{Arch, ArchSpec};
 pub use arithmetic::{Arithmetic, ArithmeticChoice};
 pub use export::{export_model, export_to_file, ExportOptions};
-pub use meta::{BackboneMeta, BackboneSpec, Quant, Resize};
+pub use meta::BackboneMeta;
+pub use meta::{BackboneSpec, Quant, Resize};
 pub use preprocess::Preprocessor;
 pub use runner::{Backbone, Prompt};
 pub use weights::VitWeights;

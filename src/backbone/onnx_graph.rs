@@ -8,13 +8,13 @@ use tract_onnx::pb::{
 };
 
 /// One dimension of a graph input or output.
-pub enum Dim {
+pub(crate) enum Dim {
     Fixed(usize),
     Symbol(&'static str),
 }
 
 #[derive(Default)]
-pub struct GraphBuilder {
+pub(crate) struct GraphBuilder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     inputs: Vec<ValueInfoProto>,
@@ -34,13 +34,13 @@ impl GraphBuilder {
         self.outputs.push(value_info(name, dims));
     }
 
-    pub fn f32_init(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+    pub(crate) fn f32_init(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.raw_init(name, DataType::Float, shape, raw)
     }
 
-    pub fn i8_init(&mut self, name: &str, shape: &[usize], data: &[i8]) -> String {
+    pub(crate) fn i8_init(&mut self, name: &str, shape: &[usize], data: &[i8]) -> String {
         let raw = data.iter().map(|v| *v as u8).collect();
         self.raw_init(name, DataType::Int8, shape, raw)
     }
@@ -57,7 +57,7 @@ impl GraphBuilder {
     }
 
     /// A shared f32 scalar constant.
-    pub fn scalar(&mut self, value: f32) -> String {
+    pub(crate) fn scalar(&mut self, value: f32) -> String {
         if let Some(name) = self.scalars.get(&value.to_bits()) {
             return name.clone();
         }
@@ -67,7 +67,7 @@ impl GraphBuilder {
     }
 
     /// A shared 1-D int64 constant (shapes, axes, indices).
-    pub fn ints(&mut self, values: &[i64]) -> String {
+    pub(crate) fn ints(&mut self, values: &[i64]) -> String {
         if let Some(name) = self.shapes.get(values) {
             return name.clone();
         }
@@ -88,11 +88,11 @@ impl GraphBuilder {
     }
 
     /// Adds a node with one output named after `scope` and the op.
-    pub fn op(&mut self, scope: &str, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    pub(crate) fn op(&mut self, scope: &str, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.op_n(scope, op, inputs, attrs, 1).remove(0)
     }
 
-    pub fn op_n(
+    pub(crate) fn op_n(
         &mut self,
         scope: &str,
         op: &str,
@@ -115,7 +115,7 @@ impl GraphBuilder {
     }
 
     /// Adds a node whose single output has a fixed name (graph outputs).
-    pub fn op_to(&mut self, output: &str, op: &str, inputs: &[&str], attribute: Vec<AttributeProto>) {
+    pub(crate) fn op_to(&mut self, output: &str, op: &str, inputs: &[&str], attribute: Vec<AttributeProto>) {
         self.counter += 1;
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -163,7 +163,7 @@ fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
     }
 }
 
-pub fn attr_int(name: &str, i: i64) -> AttributeProto {
+pub(crate) fn attr_int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
@@ -172,7 +172,7 @@ pub fn attr_int(name: &str, i: i64) -> AttributeProto {
     }
 }
 
-pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+pub(crate) fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Ints as i32,
@@ -181,7 +181,7 @@ pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     }
 }
 
-pub fn attr_float(name: &str, f: f32) -> AttributeProto {
+pub(crate) fn attr_float(name: &str, f: f32) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Float as i32,

@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Result};
 use image::imageops::{self, FilterType};
-use image::{GrayImage, ImageBuffer, Luma, Pixel, RgbImage};
+use image::{GrayImage, ImageBuffer, Pixel, RgbImage};
 use tract_core::prelude::Tensor;
 
 use super::meta::{BackboneMeta, Resize};
@@ -36,30 +36,30 @@ impl Preprocessor {
     }
 
     /// The S×S view of `image` the network sees (also what anomaly maps are drawn over).
-    pub fn resize(&self, image: &RgbImage) -> Result<RgbImage> {
-        self.resize_with(image, FilterType::Triangle)
+    pub fn network_view(&self, image: &RgbImage) -> Result<RgbImage> {
+        self.view_with(image, FilterType::Triangle)
     }
 
-    /// A ground-truth mask in the same geometry as [`Preprocessor::resize`] (nearest neighbour).
-    pub fn resize_mask(&self, mask: &GrayImage) -> Result<GrayImage> {
-        self.resize_with(mask, FilterType::Nearest)
+    /// A mask or label map in the same geometry as [`Preprocessor::network_view`] (nearest neighbour,
+    /// so that no new values appear).
+    pub(crate) fn network_view_nearest<P: Pixel + 'static>(&self, map: &Image<P>) -> Result<Image<P>> {
+        self.view_with(map, FilterType::Nearest)
     }
 
-    /// The binary ground truth in the network's view (mask > 0.5 after [`Preprocessor::resize_mask`]);
+    /// The binary ground truth in the network's view (mask > 0.5 after [`Preprocessor::network_view_nearest`]);
     /// all false without a mask (a normal part).
     pub fn truth(&self, mask: Option<&GrayImage>) -> Result<Vec<bool>> {
         match mask {
-            Some(mask) => Ok(self.resize_mask(mask)?.pixels().map(|p| p.0[0] > 127).collect()),
+            Some(mask) => Ok(self
+                .network_view_nearest(mask)?
+                .pixels()
+                .map(|p| p.0[0] > 127)
+                .collect()),
             None => Ok(vec![false; self.size * self.size]),
         }
     }
 
-    /// A segment label map in the same geometry as [`Preprocessor::resize`] (nearest neighbour).
-    pub fn resize_labels(&self, labels: &Image<Luma<u16>>) -> Result<Image<Luma<u16>>> {
-        self.resize_with(labels, FilterType::Nearest)
-    }
-
-    fn resize_with<P: Pixel + 'static>(&self, image: &Image<P>, filter: FilterType) -> Result<Image<P>> {
+    fn view_with<P: Pixel + 'static>(&self, image: &Image<P>, filter: FilterType) -> Result<Image<P>> {
         let (w, h) = image.dimensions();
         ensure!(w > 0 && h > 0, "image is empty ({w}×{h})");
         let s = self.size as u32;
@@ -79,7 +79,7 @@ impl Preprocessor {
 
     /// [1, 3, S, S] normalised with the backbone's mean and std.
     pub fn tensor(&mut self, image: &RgbImage) -> Result<Tensor> {
-        let resized = self.resize(image)?;
+        let resized = self.network_view(image)?;
         let plane = self.size * self.size;
         for (i, px) in resized.pixels().enumerate() {
             for c in 0..3 {
@@ -140,9 +140,9 @@ mod tests {
             1 => image::Rgb([0, 255, 0]),
             _ => image::Rgb([0, 0, 255]),
         });
-        let cropped = Preprocessor::new(&meta(Resize::CenterCrop)).resize(&img).unwrap();
+        let cropped = Preprocessor::new(&meta(Resize::CenterCrop)).network_view(&img).unwrap();
         assert!(cropped.pixels().all(|p| p[1] > 200));
-        let squashed = Preprocessor::new(&meta(Resize::Squash)).resize(&img).unwrap();
+        let squashed = Preprocessor::new(&meta(Resize::Squash)).network_view(&img).unwrap();
         assert_eq!(squashed.get_pixel(0, 16)[0], 255);
         assert_eq!(squashed.get_pixel(31, 16)[2], 255);
     }

@@ -10,7 +10,7 @@ use super::weights::VitWeights;
 const CUBIC_A: f64 = -0.75;
 
 /// The CLS and patch position embeddings, [1 + grid², D], resampled from the stored grid.
-pub fn position_embedding(w: &VitWeights, spec: &ArchSpec, grid: usize) -> Result<Vec<f32>> {
+pub(crate) fn position_embedding(w: &VitWeights, spec: &ArchSpec, grid: usize) -> Result<Vec<f32>> {
     let (d, stored) = (spec.embed_dim, spec.stored_grid);
     let pos = &w.get("pos_embed")?.data;
     if grid == stored {
@@ -35,7 +35,7 @@ fn taps(out: usize, len_in: usize, len_out: usize) -> [(usize, f64); 4] {
 }
 
 /// Resizes a row-major `[grid_in, grid_in, dim]` grid to `[grid_out, grid_out, dim]`.
-pub fn resize_grid(grid: &[f32], grid_in: usize, grid_out: usize, dim: usize) -> Vec<f32> {
+pub(crate) fn resize_grid(grid: &[f32], grid_in: usize, grid_out: usize, dim: usize) -> Vec<f32> {
     assert_eq!(
         grid.len(),
         grid_in * grid_in * dim,

@@ -75,7 +75,7 @@ impl Backbone {
 
     /// Loads an ONNX file already in memory; `path` names it in errors and reports. Each copy of
     /// the weights is dropped as soon as the next one exists, which bounds peak memory at load.
-    pub fn from_bytes_as(bytes: Vec<u8>, path: &Path, batch: usize, arithmetic: Arithmetic) -> Result<Backbone> {
+    pub(crate) fn from_bytes_as(bytes: Vec<u8>, path: &Path, batch: usize, arithmetic: Arithmetic) -> Result<Backbone> {
         ensure!(batch >= 1, "batch must be at least 1");
         let (file_sha256, mut proto, meta) = decode(&bytes, path)?;
         drop(bytes);

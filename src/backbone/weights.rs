@@ -60,7 +60,7 @@ pub struct MappingError {
 }
 
 /// The names and shapes a ViT of this spec must have, in timm's layout.
-pub fn expected_shapes(spec: &ArchSpec) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn expected_shapes(spec: &ArchSpec) -> Vec<(String, Vec<usize>)> {
     let d = spec.embed_dim;
     let h = spec.mlp_hidden;
     let tokens = 1 + spec.stored_grid * spec.stored_grid;

@@ -16,10 +16,10 @@ pub struct ColourStats {
 }
 
 /// The smallest spread, in 0–255 units: generated products and static scenes barely vary.
-pub const SPREAD_FLOOR: f32 = 2.0;
+pub(crate) const SPREAD_FLOOR: f32 = 2.0;
 /// Normalised colour distance beyond which an image is not in a task's colours (chosen on
 /// validation runs, docs/LIMITS.md).
-pub const COLOUR_LIMIT: f32 = 10.0;
+pub(crate) const COLOUR_LIMIT: f32 = 10.0;
 
 impl ColourStats {
     /// From the colours of a task's normal images.

@@ -184,7 +184,7 @@ impl Task {
     }
 
     /// Dimension of the knowledge rows.
-    pub fn knowledge_dim(&self) -> usize {
+    pub(crate) fn knowledge_dim(&self) -> usize {
         self.projection.as_ref().map_or(self.key.dim(), Projection::out_dim)
     }
 

@@ -6,11 +6,11 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// Dimension of the random projection used for the distances during selection.
-pub const PROJECTION_DIM: usize = 128;
+pub(crate) const PROJECTION_DIM: usize = 128;
 
 /// Indices of `count` rows of the row-major [n, dim] `rows`, chosen greedily; deterministic
 /// for a seed. Returns every index when `count >= n`.
-pub fn greedy_coreset(rows: &[f32], dim: usize, count: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn greedy_coreset(rows: &[f32], dim: usize, count: usize, seed: u64) -> Vec<usize> {
     let n = rows.len() / dim;
     if count >= n {
         return (0..n).collect();
@@ -117,7 +117,7 @@ fn project(rows: &[f32], dim: usize, seed: u64) -> Vec<f32> {
 }
 
 /// The selected rows, in selection order.
-pub fn gather_rows(rows: &[f32], dim: usize, indices: &[usize]) -> Vec<f32> {
+pub(crate) fn gather_rows(rows: &[f32], dim: usize, indices: &[usize]) -> Vec<f32> {
     indices
         .iter()
         .flat_map(|i| rows[i * dim..(i + 1) * dim].iter().copied())

@@ -17,7 +17,7 @@ const MAGIC: &[u8; 8] = b"UCADBANK";
 /// 6: the image-level routing signal (descriptors of the fit images and their spread). Older
 /// banks are refused with a re-fit error: what they lack needs the training images, and a task
 /// routed on one signal next to tasks routed on two would not be compared fairly.
-pub const FORMAT_VERSION: u32 = 6;
+pub(crate) const FORMAT_VERSION: u32 = 6;
 /// The oldest format read.
 const OLDEST_READ: u32 = 6;
 const HEADER_LEN: usize = 8 + 4 + 8;

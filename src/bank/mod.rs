@@ -9,6 +9,7 @@ pub mod projection;
 pub mod rows;
 pub mod validate;
 
-pub use contents::{Bank, BankError, Capacity, ImageStats, NormalStats, RoutingStats, StoredPrompt, Task};
+pub use contents::{Bank, BankError, Capacity, ImageStats, StoredPrompt, Task};
+pub use contents::{NormalStats, RoutingStats};
 pub use projection::Projection;
 pub use rows::{Precision, Rows};

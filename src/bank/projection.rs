@@ -26,7 +26,7 @@ pub struct Projection {
 
 /// Rows mapped into a subspace: coefficients [m, out_dim] and each row's squared distance to
 /// the subspace.
-pub struct Projected {
+pub(crate) struct Projected {
     pub coefficients: Vec<f32>,
     pub residuals: Vec<f32>,
 }
@@ -71,11 +71,11 @@ impl Projection {
         }
     }
 
-    pub fn in_dim(&self) -> usize {
+    pub(crate) fn in_dim(&self) -> usize {
         self.mean.len()
     }
 
-    pub fn out_dim(&self) -> usize {
+    pub(crate) fn out_dim(&self) -> usize {
         self.components.len()
     }
 
@@ -85,7 +85,7 @@ impl Projection {
 }
 
 /// A projection decoded once for applying to every query.
-pub struct ProjectionIndex {
+pub(crate) struct ProjectionIndex {
     mean: Vec<f32>,
     /// Cᵀ, row-major [in_dim, out_dim].
     transposed: Vec<f32>,
@@ -112,7 +112,7 @@ impl ProjectionIndex {
     }
 
     /// Maps row-major rows of the projection's input dim.
-    pub fn apply(&self, rows: &[f32]) -> Result<Projected> {
+    pub(crate) fn apply(&self, rows: &[f32]) -> Result<Projected> {
         let dim = self.mean.len();
         ensure!(
             rows.len() % dim == 0,

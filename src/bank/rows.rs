@@ -100,7 +100,7 @@ impl Rows {
     }
 
     /// Rows `range` as f32, borrowed when stored as f32, else decoded into `buffer`.
-    pub fn tile<'a>(&'a self, range: std::ops::Range<usize>, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+    pub(crate) fn tile<'a>(&'a self, range: std::ops::Range<usize>, buffer: &'a mut Vec<f32>) -> &'a [f32] {
         match &self.storage {
             Storage::F32(v) => &v[range.start * self.dim()..range.end * self.dim()],
             _ => {
@@ -126,7 +126,7 @@ impl Rows {
 
     /// Whether the declared dim divides the stored values and the scales match it (a decoded
     /// file may lie).
-    pub fn is_consistent(&self) -> bool {
+    pub(crate) fn is_consistent(&self) -> bool {
         let scales_fit = match &self.storage {
             Storage::I8 { scales, .. } => scales.len() == self.dim(),
             _ => true,
@@ -136,7 +136,7 @@ impl Rows {
 
     /// The first stored value (or int8 scale) that is not finite or could decode beyond
     /// ±`limit`, described; read in place, without decoding the rows.
-    pub fn out_of_range(&self, limit: f32) -> Option<String> {
+    pub(crate) fn out_of_range(&self, limit: f32) -> Option<String> {
         let bad = |v: f32| v.is_nan() || v.abs() > limit;
         let row = |i: usize| i / self.dim().max(1);
         match &self.storage {

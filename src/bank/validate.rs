@@ -12,12 +12,12 @@ use crate::backbone::BackboneSpec;
 /// Largest magnitude a stored feature value (row, int8 scale × 128, projection mean, prompt) may
 /// have: far beyond any ViT activation (tens to a few thousand), and small enough that every
 /// squared distance the detector computes stays finite in f32 whatever the feature dim.
-pub const VALUE_LIMIT: f32 = 4_294_967_296.0; // 2^32
+pub(crate) const VALUE_LIMIT: f32 = 4_294_967_296.0; // 2^32
 
 /// Highest bank version a bank may carry: room for a new version every second for 285 million
 /// years, and far from u64::MAX, where a signed bank would leave no newer version to install
 /// (every device that took it would refuse all updates after it).
-pub const MAX_VERSION: u64 = 1 << 53;
+pub(crate) const MAX_VERSION: u64 = 1 << 53;
 
 /// Projection components are orthonormal rows: no value beyond 1 (with room for rounding in f16
 /// and int8 storage).
@@ -28,7 +28,7 @@ const COLOUR_RANGE: f32 = 255.0;
 
 /// A field of a bank and what is wrong with it.
 #[derive(Debug)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub field: String,
     pub problem: String,
 }
@@ -41,7 +41,7 @@ fn problem(field: impl Into<String>, problem: impl Into<String>) -> Problem {
 }
 
 impl Problem {
-    pub fn into_error(self, origin: &str) -> BankError {
+    pub(crate) fn into_error(self, origin: &str) -> BankError {
         BankError::Invalid {
             path: origin.to_string(),
             field: self.field,
@@ -131,7 +131,7 @@ fn short(sha: &str) -> String {
 }
 
 /// The intrinsic check of one task of a bank of `feature_dim`.
-pub fn check_task(task: &Task, feature_dim: usize) -> Result<(), Problem> {
+pub(crate) fn check_task(task: &Task, feature_dim: usize) -> Result<(), Problem> {
     let field = |what: &str| format!("task {:?} {what}", task.name);
     if task.name.is_empty() || task.name.chars().any(char::is_control) {
         return Err(problem(field("name"), "is empty or holds control characters"));

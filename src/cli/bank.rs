@@ -14,6 +14,7 @@ use ucad::data::folder::{list_images, load_rgb};
 use ucad::detect::heatmap::save_overlay;
 use ucad::detect::map::anomaly_map;
 use ucad::detect::{Detector, Judgement};
+use ucad::fit::expected::expected_at_threshold;
 use ucad::fit::learner::PromptSummary;
 
 use super::args::{BackboneArg, FitParamsArgs};
@@ -66,16 +67,20 @@ impl FitArgs {
         if let Some(prompt) = &learned.prompt {
             print_prompt(prompt);
         }
+        let fit_s = start.elapsed().as_secs_f64();
         bank.append(learned.task)?;
         bank.save(&self.bank)?;
         println!(
-            "fitted {} on {count} images in {:.1} s; {} now holds {} task(s), version {}",
+            "fitted {} on {count} images in {fit_s:.1} s; {} now holds {} task(s), version {}",
             self.task,
-            start.elapsed().as_secs_f64(),
             self.bank.display(),
             bank.tasks.len(),
             bank.version
         );
+        let task = bank.tasks.last().expect("the task just appended");
+        let expected = expected_at_threshold(&backbone, task, &data.train, &params)
+            .context("the fit is saved, but its escapes could not be estimated")?;
+        println!("threshold {:.4}: {expected}", task.threshold);
         Ok(())
     }
 }
@@ -114,14 +119,14 @@ impl ScoreArgs {
             let judgement = detector.judge_image(&backbone, &pre.tensor(&image)?, None, &mut |_| {})?;
             println!("{}: {}", path.display(), describe(&detector, &judgement));
             if let Some(dir) = &self.heatmaps {
-                let relative: Vec<f32> = detector.tasks[judgement.task]
+                let relative: Vec<f32> = detector.tasks()[judgement.task]
                     .relative(&judgement.patch_scores)
                     .collect();
                 let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
                 let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
                 save_overlay(
                     &dir.join(format!("{stem}.png")),
-                    &pre.resize(&image)?,
+                    &pre.network_view(&image)?,
                     &map,
                     judgement.threshold,
                 )?;
@@ -146,7 +151,7 @@ fn describe(detector: &Detector, j: &Judgement) -> String {
     format!(
         "{} {} (normalised routing distance {distance:.3}, margin {margin:.3}) score {:.4} threshold {:.4} {decision}",
         if j.unknown { "nearest task" } else { "task" },
-        detector.tasks[j.task].name,
+        detector.tasks()[j.task].name,
         j.score,
         j.threshold
     )

@@ -9,7 +9,7 @@ use image::GrayImage;
 use super::folder::list_images;
 
 /// The name test items of normal parts carry as their defect.
-pub const GOOD: &str = "good";
+pub(crate) const GOOD: &str = "good";
 
 #[derive(Debug, Clone)]
 pub struct TestItem {
@@ -21,7 +21,7 @@ pub struct TestItem {
 }
 
 impl TestItem {
-    pub fn is_anomalous(&self) -> bool {
+    pub(crate) fn is_anomalous(&self) -> bool {
         self.defect != GOOD
     }
 }
@@ -47,7 +47,7 @@ pub fn load_task(root: &Path, name: &str) -> Result<TaskData> {
 }
 
 /// `<dir>/train/good`, `<dir>/test/<defect>`, `<dir>/ground_truth/<defect>/<stem>_mask.png`.
-pub fn mvtec(dir: &Path, name: &str) -> Result<TaskData> {
+pub(crate) fn mvtec(dir: &Path, name: &str) -> Result<TaskData> {
     ensure!(
         dir.is_dir(),
         "{}: no such dataset folder (expected the MVTec AD layout)",
@@ -185,7 +185,7 @@ fn visa(root: &Path, split: &Path, name: &str) -> Result<TaskData> {
 }
 
 /// `item`'s ground-truth mask (`None` for a normal part), checked to have its image's size.
-pub fn read_mask(item: &TestItem, image_dims: (u32, u32)) -> Result<Option<GrayImage>> {
+pub(crate) fn read_mask(item: &TestItem, image_dims: (u32, u32)) -> Result<Option<GrayImage>> {
     let Some(path) = &item.mask else {
         return Ok(None);
     };

@@ -67,7 +67,7 @@ pub enum Defect {
     Missing,
 }
 
-pub const DEFECTS: [Defect; 4] = [Defect::Scratch, Defect::Spot, Defect::Crack, Defect::Missing];
+pub(crate) const DEFECTS: [Defect; 4] = [Defect::Scratch, Defect::Spot, Defect::Crack, Defect::Missing];
 
 impl Defect {
     pub fn name(self) -> &'static str {

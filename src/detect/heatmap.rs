@@ -10,7 +10,7 @@ use crate::data::folder::save_image;
 /// Blends a colour ramp over `view` (the network's S×S view): transparent well below the
 /// threshold, yellow at it, red at twice its distance from zero. `map` holds scores minus the
 /// threshold, as the evaluation and the runtime report them.
-pub fn overlay(view: &RgbImage, map: &[f32], threshold: f32) -> Result<RgbImage> {
+pub(crate) fn overlay(view: &RgbImage, map: &[f32], threshold: f32) -> Result<RgbImage> {
     let (w, h) = view.dimensions();
     ensure!(
         map.len() == (w * h) as usize,

@@ -55,18 +55,18 @@ impl TaskIndex {
     }
 
     /// The prompt the task's features are computed under, if it has one.
-    pub fn prompt(&self) -> Option<&Prompt> {
+    pub(crate) fn prompt(&self) -> Option<&Prompt> {
         self.prompt.as_ref()
     }
 
     /// Dimensions of the plain patch features the task routes on.
-    pub fn dim(&self) -> usize {
+    pub(crate) fn dim(&self) -> usize {
         self.key.dim()
     }
 
     /// Median over patches of the 1-NN distance to the key. UCAD takes the mean; the median
     /// ignores a defect (up to half the patches), which must not send a part elsewhere.
-    pub fn key_distance(&self, plain: &[f32]) -> Result<f32> {
+    pub(crate) fn key_distance(&self, plain: &[f32]) -> Result<f32> {
         let mut found = self.key.search(plain, 1, None)?;
         ensure!(!found.is_empty(), "no patch features to route");
         let middle = found.len() / 2;
@@ -74,7 +74,7 @@ impl TaskIndex {
     }
 
     /// Distance of an image's [`descriptor`] to the nearest of the task's fit images'.
-    pub fn image_distance(&self, descriptor: &[f32]) -> Result<f32> {
+    pub(crate) fn image_distance(&self, descriptor: &[f32]) -> Result<f32> {
         let found = self.descriptors.search(descriptor, 1, None)?;
         ensure!(found.len() == 1, "an image descriptor is one row of the feature dim");
         Ok(found[0])
@@ -82,7 +82,7 @@ impl TaskIndex {
 
     /// Both routing signals in standard deviations of this task's normal images (0 = typical):
     /// comparable across products, whose raw distances are on other scales.
-    pub fn routing_signals(&self, plain: &[f32], descriptor: &[f32]) -> Result<Signals> {
+    pub(crate) fn routing_signals(&self, plain: &[f32], descriptor: &[f32]) -> Result<Signals> {
         let image = &self.routing.image;
         Ok(Signals {
             patch: (self.key_distance(plain)? - self.routing.mean) / self.routing.std,
@@ -91,12 +91,12 @@ impl TaskIndex {
     }
 
     /// The routing distance: [`Signals::combined`].
-    pub fn routing_distance(&self, plain: &[f32], descriptor: &[f32]) -> Result<f32> {
+    pub(crate) fn routing_distance(&self, plain: &[f32], descriptor: &[f32]) -> Result<f32> {
         Ok(self.routing_signals(plain, descriptor)?.combined())
     }
 
     /// Share of an image's patches unlike any normal patch of this task.
-    pub fn unlike_share(&self, patch_scores: &[f32]) -> f32 {
+    pub(crate) fn unlike_share(&self, patch_scores: &[f32]) -> f32 {
         let unlike = patch_scores.iter().filter(|s| **s > self.routing.patch_limit).count();
         unlike as f32 / patch_scores.len().max(1) as f32
     }
@@ -123,7 +123,7 @@ impl TaskIndex {
 
 /// An image's two routing distances to one task, each normalised by the task's normal images.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Signals {
+pub(crate) struct Signals {
     /// Median over patches of the 1-NN distance to the patch key.
     pub patch: f32,
     /// Distance of the image's descriptor to the nearest fit image's.
@@ -135,7 +135,7 @@ impl Signals {
     /// whose normal images spread widely on one signal (a busy, loosely spread texture is near
     /// to everything after dividing by its own spread) attracts other products only if it is
     /// as loose on the other.
-    pub fn combined(&self) -> f32 {
+    pub(crate) fn combined(&self) -> f32 {
         self.patch.max(self.image)
     }
 }

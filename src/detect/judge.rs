@@ -32,7 +32,7 @@ pub trait Views {
 }
 
 /// Features computed from the image as they are needed (`ucad score`, the inspection loop).
-pub struct Live<'a> {
+pub(crate) struct Live<'a> {
     pub backbone: &'a Backbone,
     pub image: &'a Tensor,
     pub plain: Vec<f32>,
@@ -126,7 +126,7 @@ impl Detector {
     }
 
     /// Judges an image against a given task, without routing (the oracle task id).
-    pub fn judge_as(&self, views: &impl Views, task: usize) -> Result<Judgement> {
+    pub(crate) fn judge_as(&self, views: &impl Views, task: usize) -> Result<Judgement> {
         let patch_scores = self.scores(views, task, &mut |_| {})?;
         Ok(Judgement::new(self, task, None, patch_scores, false))
     }

@@ -9,7 +9,7 @@ use crate::linalg::clamp_squared_distance;
 /// Stored rows searched by distance, decoded a tile at a time, with their squared norms
 /// precomputed.
 #[derive(Debug, Clone)]
-pub struct KnnIndex {
+pub(crate) struct KnnIndex {
     rows: Rows,
     norms: Vec<f32>,
 }
@@ -40,10 +40,6 @@ impl KnnIndex {
 
     pub fn len(&self) -> usize {
         self.norms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.norms.is_empty()
     }
 
     pub fn dim(&self) -> usize {

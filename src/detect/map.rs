@@ -1,10 +1,10 @@
 //! Patch scores → a pixel anomaly map: bilinear up-sampling (half-pixel centres) then a
 //! Gaussian blur with σ = 4 pixels, as PatchCore and UCAD do.
 
-pub const SIGMA: f32 = 4.0;
+pub(crate) const SIGMA: f32 = 4.0;
 
 /// Bilinearly resizes a row-major [grid, grid] map to [size, size].
-pub fn upsample(scores: &[f32], grid: usize, size: usize) -> Vec<f32> {
+pub(crate) fn upsample(scores: &[f32], grid: usize, size: usize) -> Vec<f32> {
     let scale = grid as f32 / size as f32;
     let coord = |o: usize| -> (usize, usize, f32) {
         let x = ((o as f32 + 0.5) * scale - 0.5).clamp(0.0, (grid - 1) as f32);
@@ -25,7 +25,7 @@ pub fn upsample(scores: &[f32], grid: usize, size: usize) -> Vec<f32> {
 }
 
 /// Separable Gaussian blur of a [size, size] map, edges replicated.
-pub fn gaussian_blur(map: &[f32], size: usize, sigma: f32) -> Vec<f32> {
+pub(crate) fn gaussian_blur(map: &[f32], size: usize, sigma: f32) -> Vec<f32> {
     let radius = (4.0 * sigma).ceil() as isize;
     let mut kernel: Vec<f32> = (-radius..=radius)
         .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())

@@ -5,7 +5,7 @@ pub mod heatmap;
 mod index;
 pub mod judge;
 #[allow(unsafe_code)] // SAFETY comments at each block
-pub mod knn;
+pub(crate) mod knn;
 pub mod map;
 
 use std::borrow::Cow;
@@ -16,14 +16,16 @@ use tract_core::prelude::Tensor;
 use crate::backbone::colour::Colour;
 use crate::backbone::Backbone;
 use crate::bank::Bank;
-pub use index::{Signals, TaskIndex};
-pub use judge::{Judgement, Stage, Views};
+pub(crate) use index::Signals;
+pub use index::TaskIndex;
+pub use judge::Judgement;
+pub use judge::{Stage, Views};
 
 /// An image's descriptor from its plain patch features (rows of `dim`): per dimension, the mean
 /// of the middle half of the patches' values (the interquartile mean). The image-level routing
 /// signal compares these. The middle half ignores a defect on less than a quarter of the part,
 /// which would move a plain mean (docs/LIMITS.md).
-pub fn descriptor(plain: &[f32], dim: usize) -> Vec<f32> {
+pub(crate) fn descriptor(plain: &[f32], dim: usize) -> Vec<f32> {
     let rows = plain.len() / dim.max(1);
     let (low, kept) = (rows / 4, rows - 2 * (rows / 4));
     let mut column = vec![0f32; rows];
@@ -62,7 +64,7 @@ pub struct Routing {
 
 /// Tasks of the image's colours compared by their knowledge when the nearest task's routing
 /// distance is beyond its limit or the image is not in its colours.
-pub const CANDIDATES: usize = 3;
+pub(crate) const CANDIDATES: usize = 3;
 
 /// Share of an image's patches unlike a candidate's normal ones above which that candidate does
 /// not explain the image (chosen on validation runs, docs/LIMITS.md).
@@ -78,19 +80,26 @@ pub struct Verdict {
 }
 
 pub struct Detector {
-    pub tasks: Vec<TaskIndex>,
+    tasks: Vec<TaskIndex>,
 }
 
 impl Detector {
     pub fn new(bank: &Bank) -> Result<Detector> {
-        ensure!(!bank.tasks.is_empty(), "the bank has no tasks: fit one first");
-        Ok(Detector {
-            tasks: bank.tasks.iter().map(TaskIndex::new).collect::<Result<_>>()?,
-        })
+        Detector::from_indexes(bank.tasks.iter().map(TaskIndex::new).collect::<Result<_>>()?)
     }
 
-    pub fn route(&self, plain: &[f32], colour: &Colour) -> Result<Routing> {
-        ensure!(!self.tasks.is_empty(), "the bank has no tasks to route to");
+    /// A detector over tasks already indexed, in learning order; at least one.
+    pub(crate) fn from_indexes(tasks: Vec<TaskIndex>) -> Result<Detector> {
+        ensure!(!tasks.is_empty(), "the bank has no tasks: fit one first");
+        Ok(Detector { tasks })
+    }
+
+    /// The tasks, in learning order.
+    pub fn tasks(&self) -> &[TaskIndex] {
+        &self.tasks
+    }
+
+    pub(crate) fn route(&self, plain: &[f32], colour: &Colour) -> Result<Routing> {
         let descriptor = descriptor(plain, self.tasks[0].dim());
         let distances: Vec<f32> = self
             .tasks
@@ -163,7 +172,7 @@ impl Detector {
 
 /// An image's anomaly score: its worst patch. A NaN patch score counts as the worst (`max`
 /// would skip it and could pass the part).
-pub fn image_score(patch_scores: &[f32]) -> f32 {
+pub(crate) fn image_score(patch_scores: &[f32]) -> f32 {
     patch_scores
         .iter()
         .map(|s| if s.is_nan() { f32::INFINITY } else { *s })
@@ -173,7 +182,7 @@ pub fn image_score(patch_scores: &[f32]) -> f32 {
 /// The routing decision from each task's routing distance, unknown-product limit and whether
 /// the image has its colours: the nearest task, unless it is beyond its limit or of other
 /// colours.
-pub fn decide_route(distances: &[f32], limits: &[f32], colour_fits: &[bool]) -> Routing {
+pub(crate) fn decide_route(distances: &[f32], limits: &[f32], colour_fits: &[bool]) -> Routing {
     let mut order: Vec<usize> = (0..distances.len()).collect();
     order.sort_by(|a, b| distances[*a].total_cmp(&distances[*b]));
     let best = order[0];

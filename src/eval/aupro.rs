@@ -3,10 +3,10 @@
 //! cut-off) and divided by `max_fpr`. Regions are the 8-connected components of the masks.
 
 /// False-positive rate up to which the PRO curve is integrated (MVTec AD's standard 0.3).
-pub const AUPRO_MAX_FPR: f64 = 0.3;
+pub(crate) const AUPRO_MAX_FPR: f64 = 0.3;
 
 /// Region labels of one binary mask (`size`×`size`): 0 for background, 1.. for components.
-pub fn label_regions(mask: &[bool], size: usize) -> (Vec<u32>, u32) {
+pub(crate) fn label_regions(mask: &[bool], size: usize) -> (Vec<u32>, u32) {
     let mut labels = vec![0u32; mask.len()];
     let mut next = 0u32;
     let mut stack = Vec::new();

@@ -38,7 +38,7 @@ pub struct Point {
 }
 
 impl Point {
-    pub fn mean_auroc(&self) -> Option<f64> {
+    pub(crate) fn mean_auroc(&self) -> Option<f64> {
         super::continual::mean(self.image_auroc.iter().flatten().copied())
     }
 
@@ -49,7 +49,7 @@ impl Point {
 
 /// The settings measured: the full-precision 10 % coreset (the reference), then fewer rows,
 /// fewer dims and narrower numbers.
-pub fn settings() -> Vec<Setting> {
+pub(crate) fn settings() -> Vec<Setting> {
     let mut all = vec![Setting {
         fraction: 0.1,
         dims: 0,

@@ -2,7 +2,7 @@
 //! task t, measured on task j ≤ t): forgetting (Chaudhry et al.) and backward transfer.
 
 /// a[t][j] for j ≤ t; `None` where the metric is undefined.
-pub type Matrix = Vec<Vec<Option<f64>>>;
+pub(crate) type Matrix = Vec<Vec<Option<f64>>>;
 
 /// FM = mean over j < T of (max_{j ≤ l < T} a[l][j] − a[T][j]), T the last task; `None` with
 /// a single task.
@@ -15,13 +15,13 @@ pub fn forgetting(a: &Matrix) -> Option<f64> {
 }
 
 /// BWT = mean over j < T of (a[T][j] − a[j][j]).
-pub fn backward_transfer(a: &Matrix) -> Option<f64> {
+pub(crate) fn backward_transfer(a: &Matrix) -> Option<f64> {
     let last = a.len().checked_sub(1)?;
     mean((0..last).filter_map(|j| Some(a[last][j]? - a[j][j]?)))
 }
 
 /// Mean of the final row (all tasks after the last one is learned).
-pub fn final_mean(a: &Matrix) -> Option<f64> {
+pub(crate) fn final_mean(a: &Matrix) -> Option<f64> {
     mean(a.last()?.iter().flatten().copied())
 }
 

@@ -3,7 +3,7 @@
 //! undefined (no positives, or for AUROC no negatives).
 
 /// Positives and negatives at each distinct score, highest score first.
-pub struct TieGroups {
+pub(crate) struct TieGroups {
     groups: Vec<(u64, u64)>,
     positives: u64,
     negatives: u64,
@@ -38,7 +38,7 @@ impl TieGroups {
     }
 
     /// Area under the ROC curve (trapezoids between tie groups).
-    pub fn auroc(&self) -> Option<f64> {
+    pub(crate) fn auroc(&self) -> Option<f64> {
         if self.positives == 0 || self.negatives == 0 {
             return None;
         }
@@ -51,7 +51,7 @@ impl TieGroups {
     }
 
     /// Σ (recall_k − recall_{k−1}) · precision_k over thresholds at each tie group.
-    pub fn average_precision(&self) -> Option<f64> {
+    pub(crate) fn average_precision(&self) -> Option<f64> {
         if self.positives == 0 {
             return None;
         }

@@ -28,6 +28,7 @@ use crate::detect::heatmap::save_overlay;
 use crate::detect::knn::KnnIndex;
 use crate::detect::map::anomaly_map;
 use crate::detect::{image_score, Detector, Judgement, Views};
+use crate::fit::expected::{expected_at_threshold, Expected};
 use crate::fit::learner::TaskLearner;
 use crate::fit::FitParams;
 
@@ -53,6 +54,8 @@ struct Prepared {
     test_colours: Vec<Colour>,
     /// Test features under the task's own prompt, once it is learned with one.
     test_knowledge: Option<Vec<Vec<f32>>>,
+    /// What the task's fit expects at its threshold.
+    expected: Option<Expected>,
     truth: Vec<Vec<bool>>,
     /// Side of the anomaly maps and ground truths.
     size: usize,
@@ -114,10 +117,16 @@ pub fn run(
             "task {} has rows of another backbone",
             set.data.name
         );
+        fit_s.push(set.train_s + start.elapsed().as_secs_f64());
+        set.expected = Some(expected_at_threshold(
+            backbone,
+            &learned.task,
+            &set.data.train,
+            &options.fit,
+        )?);
         bank.append(learned.task)?;
         set.test_knowledge = learned.test_knowledge;
         prompts.extend(learned.prompt);
-        fit_s.push(set.train_s + start.elapsed().as_secs_f64());
         info!("learned {} ({}/{count})", set.data.name, t + 1);
         let detector = Detector::new(&bank)?;
         let scoring = Instant::now();
@@ -126,7 +135,7 @@ pub fn run(
             .enumerate()
             .map(|(j, s)| {
                 let scores = score_set(backbone, s, |i| routed(backbone, &detector, s, j, i))?;
-                let metrics = measure(s, &scores, j, Some(detector.tasks[j].threshold));
+                let metrics = measure(s, &scores, j, Some(detector.tasks()[j].threshold));
                 Ok((scores, metrics))
             })
             .collect::<Result<_>>()?;
@@ -148,7 +157,7 @@ pub fn run(
         .enumerate()
         .map(|(j, s)| {
             let scores = score_set(backbone, s, |i| oracle(backbone, &detector, s, j, i))?;
-            Ok(measure(s, &scores, j, Some(detector.tasks[j].threshold)))
+            Ok(measure(s, &scores, j, Some(detector.tasks()[j].threshold)))
         })
         .collect::<Result<_>>()?;
     let reference = upper_reference(backbone, &sets, options)?;
@@ -215,6 +224,7 @@ fn prepare(backbone: &Backbone, cache: Option<&FeatureCache>, data: TaskData) ->
         train_colours,
         test_colours,
         test_knowledge: None,
+        expected: None,
         truth,
         size: pre.size(),
         train_s,
@@ -243,7 +253,7 @@ impl Views for TestImage<'_> {
     fn for_task(&self, detector: &Detector, task: usize) -> Result<Cow<'_, [f32]>> {
         match &self.set.test_knowledge {
             Some(knowledge) if task == self.own => return Ok(Cow::Borrowed(&knowledge[self.i])),
-            _ if !detector.tasks[task].prompted() => return Ok(Cow::Borrowed(self.plain())),
+            _ if !detector.tasks()[task].prompted() => return Ok(Cow::Borrowed(self.plain())),
             _ => {}
         }
         let path = &self.set.data.test[self.i].image;
@@ -254,7 +264,7 @@ impl Views for TestImage<'_> {
 
 impl Scored {
     fn new(detector: &Detector, judgement: Judgement) -> Scored {
-        let task = &detector.tasks[judgement.task];
+        let task = &detector.tasks()[judgement.task];
         Scored {
             task: judgement.task,
             margin: judgement.routing.as_ref().map(|r| r.margin),
@@ -331,6 +341,7 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         threshold: threshold.map(f64::from),
         false_reject_rate: rate(false, true).filter(|_| decided),
         escape_rate: rate(true, false).filter(|_| decided),
+        expected_escape_rate: set.expected.as_ref().map(|e| e.escape).filter(|_| decided),
     }
 }
 
@@ -375,14 +386,14 @@ fn write_heatmaps(
     let pre = Preprocessor::new(&backbone.meta);
     for (set, scores) in sets.iter().zip(scores) {
         for ((item, scored), map) in set.data.test.iter().zip(&scores.scored).zip(&scores.maps) {
-            let view = pre.resize(&load_rgb(&item.image)?)?;
+            let view = pre.network_view(&load_rgb(&item.image)?)?;
             let stem = item
                 .image
                 .file_stem()
                 .expect("listed files have names")
                 .to_string_lossy();
             let path = dir.join(&set.data.name).join(format!("{}_{stem}.png", item.defect));
-            save_overlay(&path, &view, map, detector.tasks[scored.task].threshold)?;
+            save_overlay(&path, &view, map, detector.tasks()[scored.task].threshold)?;
         }
     }
     info!("heatmaps written to {}", dir.display());
@@ -413,7 +424,7 @@ fn decisions(sets: &[Prepared], scores: &[SetScores], detector: &Detector) -> Ve
             decisions.push(ImageDecision {
                 image: item.image.display().to_string(),
                 task: set.data.name.clone(),
-                judged_as: detector.tasks[scored.task].name.clone(),
+                judged_as: detector.tasks()[scored.task].name.clone(),
                 unknown: scored.unknown,
                 beyond_limit: scored.beyond,
                 rejected: scored.rejected,

@@ -31,6 +31,9 @@ pub struct TaskMetrics {
     pub false_reject_rate: Option<f64>,
     /// Defective test images passed.
     pub escape_rate: Option<f64>,
+    /// What the fit expected: drawn defects on held-out normal images passed
+    /// (fit/expected.rs).
+    pub expected_escape_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -268,7 +271,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
+            "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
             "task",
             "img",
             "pix",
@@ -279,6 +282,7 @@ impl Report {
             "unk",
             "FRR",
             "esc",
+            "esc~",
             "orc.img",
             "orc.pro",
             "ref.img",
@@ -292,7 +296,7 @@ impl Report {
         {
             let _ = writeln!(
                 out,
-                "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
+                "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>7} {:>7}",
                 t.task,
                 f(t.image_auroc),
                 f(t.pixel_auroc),
@@ -303,6 +307,7 @@ impl Report {
                 f(t.unknown_rate),
                 f(t.false_reject_rate),
                 f(t.escape_rate),
+                f(t.expected_escape_rate),
                 f(o.image_auroc),
                 f(o.aupro),
                 f(r.image_auroc),

@@ -70,7 +70,7 @@ pub(super) fn normal_stats(scores: &[f32], target_false_reject: f32) -> NormalSt
 /// most their maximum, which a new normal part exceeds far more often than `rate`; then the
 /// larger of it and the same quantile of a Gumbel distribution fitted to the scores (moments)
 /// is used: an image score is a maximum over patches, and maxima have Gumbel-like right tails.
-pub fn threshold_for(scores: &[f32], target_false_reject: f32) -> f32 {
+pub(crate) fn threshold_for(scores: &[f32], target_false_reject: f32) -> f32 {
     let rate = target_false_reject.clamp(1e-6, 0.5);
     let empirical = empirical_quantile(scores, 1.0 - rate);
     if scores.len() as f32 * rate >= 1.0 {

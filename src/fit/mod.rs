@@ -4,6 +4,7 @@
 //! a threshold calibrated for a target false-reject rate.
 
 mod calibrate;
+pub mod expected;
 pub mod learner;
 mod params;
 
@@ -50,7 +51,7 @@ pub fn fit_task(backbone: &Backbone, name: &str, images: &[PathBuf], params: &Fi
 
 /// Learns a task from the plain features of its normal training images (one row-major [N, F]
 /// vector per image, rows of `dim`) and their colours.
-pub fn fit_from_features(
+pub(crate) fn fit_from_features(
     name: &str,
     features: &[Vec<f32>],
     colours: &[Colour],
@@ -61,7 +62,7 @@ pub fn fit_from_features(
 }
 
 /// Learns a task from both views of its normal training images.
-pub fn fit_from_views(name: &str, features: TaskFeatures, dim: usize, params: &FitParams) -> Result<Task> {
+pub(crate) fn fit_from_views(name: &str, features: TaskFeatures, dim: usize, params: &FitParams) -> Result<Task> {
     let fitting = Fitting::new(name, features, dim, params)?;
     let projection = fitting.projection(params);
     let count = fitting.knowledge_count(params, projection.as_ref())?;
@@ -89,7 +90,7 @@ pub fn fit_from_views(name: &str, features: TaskFeatures, dim: usize, params: &F
 /// (under the task's prompt; the plain ones when it has none), one row-major [N, F] vector per
 /// image.
 #[derive(Clone, Copy)]
-pub struct TaskFeatures<'a> {
+pub(crate) struct TaskFeatures<'a> {
     pub plain: &'a [Vec<f32>],
     pub knowledge: &'a [Vec<f32>],
     pub colours: &'a [Colour],
@@ -107,7 +108,7 @@ impl<'a> TaskFeatures<'a> {
 
 /// A task's training features split into memory and held-out images: the steps of a fit, so
 /// that a sweep over storage settings can reuse what they share.
-pub struct Fitting<'a> {
+pub(crate) struct Fitting<'a> {
     name: String,
     dim: usize,
     features: TaskFeatures<'a>,
@@ -170,7 +171,7 @@ impl<'a> Fitting<'a> {
         })
     }
 
-    pub fn memory_rows(&self) -> usize {
+    pub(crate) fn memory_rows(&self) -> usize {
         self.memory.len() / self.dim
     }
 
@@ -186,7 +187,7 @@ impl<'a> Fitting<'a> {
     }
 
     /// Knowledge rows: the asked-for fraction of the memory patches, cut to the budget.
-    pub fn knowledge_count(&self, params: &FitParams, projection: Option<&Projection>) -> Result<usize> {
+    pub(crate) fn knowledge_count(&self, params: &FitParams, projection: Option<&Projection>) -> Result<usize> {
         let dims = projection.map_or(self.dim, Projection::out_dim);
         let key_bytes = params.precision.bytes(params.key_rows, self.dim);
         let descriptor_bytes = DESCRIPTOR_PRECISION.bytes(self.described.len(), self.dim);

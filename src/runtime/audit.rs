@@ -25,7 +25,7 @@ use crate::detect::heatmap::overlay;
 use crate::detect::map::anomaly_map;
 
 /// A rejected part on its way to the disk.
-pub struct AuditSlot {
+pub(crate) struct AuditSlot {
     pub sequence: u64,
     /// The task's name, or `failsafe` when no task judged the part.
     pub label: String,
@@ -37,7 +37,7 @@ pub struct AuditSlot {
     pub relative_patches: Vec<f32>,
 }
 
-pub struct Auditor {
+pub(crate) struct Auditor {
     free: Receiver<Box<AuditSlot>>,
     work: Option<SyncSender<Box<AuditSlot>>>,
     writer: Option<JoinHandle<()>>,
@@ -104,7 +104,7 @@ impl Auditor {
     }
 
     /// Hands a rejected part to the writer; `fill` writes it into a free slot.
-    pub fn offer(&mut self, fill: impl FnOnce(&mut AuditSlot)) {
+    pub(crate) fn offer(&mut self, fill: impl FnOnce(&mut AuditSlot)) {
         let (Ok(mut slot), Some(work)) = (self.free.try_recv(), &self.work) else {
             self.dropped += 1;
             return;
@@ -165,7 +165,7 @@ fn write_part(
         let map = anomaly_map(&slot.relative_patches, meta.grid(), meta.input_size);
         let heatmap_path = budget.dir.join(format!("{stem}-heatmap.png"));
         save_image(
-            &overlay(&pre.resize(&slot.frame)?, &map, slot.threshold)?,
+            &overlay(&pre.network_view(&slot.frame)?, &map, slot.threshold)?,
             &heatmap_path,
         )?;
         budget.add(&heatmap_path)?;

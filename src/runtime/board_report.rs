@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::backbone::Arithmetic;
 
 /// The start of every line of the block.
-pub const PREFIX: &str = "ucad-board:";
+pub(crate) const PREFIX: &str = "ucad-board:";
 
 /// One run's frame time on a number of threads.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +68,7 @@ fn board_model() -> String {
 
 /// The cores' model names with their counts, e.g. `4 × Cortex-A72 (0xd08)`, from
 /// /proc/cpuinfo's `model name` (x86) or `CPU part` (ARM) lines.
-pub fn cpu_summary(cpuinfo: &str) -> String {
+pub(crate) fn cpu_summary(cpuinfo: &str) -> String {
     let mut models: Vec<(String, usize)> = Vec::new();
     for line in cpuinfo.lines() {
         let Some((key, value)) = line.split_once(':') else {

@@ -57,7 +57,7 @@ pub struct FramePool(Mutex<Vec<Frame>>);
 
 impl FramePool {
     /// Enough buffers for the frames of one deadline.
-    pub fn for_config(config: &RunConfig) -> FramePool {
+    pub(crate) fn for_config(config: &RunConfig) -> FramePool {
         let frames = (config.source.fps() * config.failsafe.deadline.as_secs_f64()).ceil() as usize + 2;
         let count = frames.min(MAX_FRAME_BUFFERS);
         let mut buffers = Vec::with_capacity(count);

@@ -52,7 +52,7 @@ const LATENCY_WINDOW: usize = 4096;
 const STAGES: usize = 7;
 
 /// Times consecutive stages: each mark charges the time since the previous one.
-pub struct Lap(Instant);
+pub(crate) struct Lap(Instant);
 
 impl Lap {
     pub fn start() -> Lap {
@@ -88,7 +88,7 @@ impl StageMeans {
     }
 }
 
-pub struct Counters {
+pub(crate) struct Counters {
     pub frames: u64,
     /// Frames that went through the model (not fail-safed before).
     pub judged: u64,
@@ -281,7 +281,7 @@ impl Counters {
     }
 
     /// Parts that never reached judging: rejected by default.
-    pub fn count_unjudged(&mut self, parts: u64) {
+    pub(crate) fn count_unjudged(&mut self, parts: u64) {
         self.frames += parts;
         self.rejects += parts;
         self.failsafes += parts;
@@ -301,7 +301,7 @@ impl Counters {
     }
 
     /// The periodic log line (formatted where it is written).
-    pub fn log_line(&self) -> impl std::fmt::Display + '_ {
+    pub(crate) fn log_line(&self) -> impl std::fmt::Display + '_ {
         CountersLine(self)
     }
 

@@ -5,10 +5,10 @@
 use std::sync::OnceLock;
 
 /// The environment variable naming the frames (comma-separated sequence numbers).
-pub const PANIC_AT_FRAMES: &str = "UCAD_PANIC_AT_FRAMES";
+pub(crate) const PANIC_AT_FRAMES: &str = "UCAD_PANIC_AT_FRAMES";
 
 /// Panics when `sequence` is one of the frames named in the environment.
-pub fn panic_if_chosen(sequence: u64) {
+pub(crate) fn panic_if_chosen(sequence: u64) {
     static CHOSEN: OnceLock<Result<Vec<u64>, String>> = OnceLock::new();
     let chosen = CHOSEN.get_or_init(|| {
         std::env::var(PANIC_AT_FRAMES).map_or(Ok(Vec::new()), |list| {

@@ -18,7 +18,7 @@ use super::reject::RejectLine;
 use super::source::{Frame, FrameSource};
 
 /// A V4L2 capture device streaming through mmap buffers.
-pub struct V4l2Source {
+pub(crate) struct V4l2Source {
     stream: Stream<'static>,
     path: PathBuf,
     format: PixelFormat,
@@ -130,7 +130,7 @@ fn capture_instant(meta: &Metadata) -> Instant {
 }
 
 /// A Raspberry Pi output pin (BCM numbering).
-pub struct RppalLine {
+pub(crate) struct RppalLine {
     pin: rppal::gpio::OutputPin,
     active_high: bool,
 }
@@ -162,7 +162,7 @@ impl RejectLine for RppalLine {
 }
 
 /// A line of a Linux GPIO character device (Jetson and other boards).
-pub struct GpiocdevLine {
+pub(crate) struct GpiocdevLine {
     request: gpiocdev::Request,
     line: u32,
 }

@@ -6,10 +6,10 @@ pub mod capture;
 pub mod config;
 pub mod counters;
 #[cfg(feature = "fault-injection")]
-pub mod fault_injection;
+pub(crate) mod fault_injection;
 #[cfg(feature = "device")]
 #[allow(unsafe_code)] // SAFETY comments at each block
-pub mod hardware;
+pub(crate) mod hardware;
 pub mod inspection;
 pub mod learn;
 pub mod pixels;
@@ -59,10 +59,10 @@ pub fn open_source(config: &SourceConfig, stall: Duration) -> Result<Box<dyn Fra
 /// Edge capacity of a simulated line (reserved at start-up).
 const SIM_EDGES: usize = 1 << 16;
 
-pub type OpenedLine = (Box<dyn RejectLine>, Option<Arc<Mutex<SimRecord>>>);
+pub(crate) type OpenedLine = (Box<dyn RejectLine>, Option<Arc<Mutex<SimRecord>>>);
 
 /// The line a config names, and the record of a simulated one.
-pub fn open_line(config: &LineConfig) -> Result<OpenedLine> {
+pub(crate) fn open_line(config: &LineConfig) -> Result<OpenedLine> {
     match config {
         LineConfig::Simulated => {
             let (line, record) = reject::SimulatedLine::new(SIM_EDGES);

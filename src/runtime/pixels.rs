@@ -13,7 +13,7 @@ const MAX_JPEG_PIXELS: u64 = 7680 * 4320;
 const JPEG_QUALITY: u8 = 90;
 
 /// A JPEG (colour or greyscale) → RGB into `frame`, resized only when the size changes.
-pub fn decode_jpeg(jpeg: &[u8], frame: &mut RgbImage) -> Result<()> {
+pub(crate) fn decode_jpeg(jpeg: &[u8], frame: &mut RgbImage) -> Result<()> {
     // A frame cut short (a USB glitch) still decodes, grey below the cut: refuse it instead.
     let end = jpeg.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
     ensure!(
@@ -52,7 +52,7 @@ pub fn decode_jpeg(jpeg: &[u8], frame: &mut RgbImage) -> Result<()> {
 }
 
 /// Copies `image` into `into`, reusing its buffer when the size matches.
-pub fn copy_image(image: &RgbImage, into: &mut RgbImage) {
+pub(crate) fn copy_image(image: &RgbImage, into: &mut RgbImage) {
     if into.dimensions() == image.dimensions() {
         into.copy_from_slice(image);
     } else {

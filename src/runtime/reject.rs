@@ -34,7 +34,7 @@ pub struct SimRecord {
 }
 
 /// Records timestamped edges instead of driving a pin.
-pub struct SimulatedLine {
+pub(crate) struct SimulatedLine {
     record: Arc<Mutex<SimRecord>>,
 }
 
@@ -118,7 +118,7 @@ impl Actuator {
 
     /// Withdraws a provisional pulse (the part passes); `false` when the line is already
     /// committed to it: it fires.
-    pub fn cancel(&self, ticket: Ticket) -> bool {
+    pub(crate) fn cancel(&self, ticket: Ticket) -> bool {
         self.shared.queue.cancel(ticket)
     }
 

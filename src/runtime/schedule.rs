@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Entries that may wait at once: parts between camera and gate (checked against the config's
 /// frame rate and travel) and the pulses held over unseen parts.
-pub const QUEUE_CAPACITY: usize = 256;
+pub(crate) const QUEUE_CAPACITY: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pulse {
@@ -71,7 +71,7 @@ pub struct Late {
     pub parts: u64,
 }
 
-pub struct PulseQueue {
+pub(crate) struct PulseQueue {
     epoch: Instant,
     slots: [Slot; QUEUE_CAPACITY],
     late_pulses: AtomicU64,
@@ -136,7 +136,7 @@ impl PulseQueue {
 
     /// Withdraws a provisional pulse; `false` when the edge thread has committed to it (or it
     /// has fired).
-    pub fn cancel(&self, ticket: Ticket) -> bool {
+    pub(crate) fn cancel(&self, ticket: Ticket) -> bool {
         let generation = ticket.live >> STATE_BITS;
         self.slots[ticket.slot]
             .word

@@ -55,7 +55,7 @@ impl Frame {
 
     /// Sizes this frame's buffers like `other`'s, so that frames sized on the first frame do
     /// not allocate on a later one.
-    pub fn size_like(&mut self, other: &Frame) {
+    pub(crate) fn size_like(&mut self, other: &Frame) {
         copy_image(&other.image, &mut self.image);
         self.encoded.reserve(other.encoded.capacity());
     }
@@ -90,7 +90,7 @@ pub trait FrameSource: Send {
 }
 
 /// A replayed frame as stored: pixels, or a JPEG file kept compressed like a camera's MJPEG.
-pub enum Clip {
+pub(crate) enum Clip {
     Pixels(RgbImage),
     Jpeg(Vec<u8>),
 }
@@ -210,7 +210,7 @@ pub fn conveyor(config: &SourceConfig) -> Result<Replay> {
 }
 
 /// The products of a conveyor source, for learning them.
-pub fn conveyor_products(config: &SourceConfig) -> Result<Vec<Product>> {
+pub(crate) fn conveyor_products(config: &SourceConfig) -> Result<Vec<Product>> {
     match *config {
         SourceConfig::Conveyor {
             products: count, seed, ..

@@ -21,7 +21,7 @@ fn held_stop_line() -> std::sync::MutexGuard<'static, Option<Box<dyn RejectLine>
 
 /// Opens the stop-line output, when the config has one, at start-up: a stop line that cannot
 /// work is an error before the first part, not when a fault needs it.
-pub fn open_stop_line(config: Option<&LineConfig>) -> Result<()> {
+pub(crate) fn open_stop_line(config: Option<&LineConfig>) -> Result<()> {
     let Some(config) = config else {
         return Ok(());
     };

@@ -23,7 +23,7 @@ pub struct LabelMap {
 impl LabelMap {
     /// The most frequent label of the pixels in each cell of a grid×grid tiling (row-major);
     /// ties go to the smaller label.
-    pub fn to_patches(&self, grid: usize) -> Vec<u32> {
+    pub(crate) fn to_patches(&self, grid: usize) -> Vec<u32> {
         let mut votes: Vec<HashMap<u32, usize>> = vec![HashMap::new(); grid * grid];
         for y in 0..self.height {
             let row = y * grid / self.height;
@@ -44,7 +44,7 @@ impl LabelMap {
 
     /// Paints binary masks (row-major, width×height) largest first with ids 1, 2, …, so that
     /// smaller masks lie on top; pixels no mask covers stay 0 (UCAD's label-map format).
-    pub fn paint(width: usize, height: usize, mut masks: Vec<Vec<bool>>) -> LabelMap {
+    pub(crate) fn paint(width: usize, height: usize, mut masks: Vec<Vec<bool>>) -> LabelMap {
         masks.sort_by_key(|m| std::cmp::Reverse(m.iter().filter(|p| **p).count()));
         let mut labels = vec![0u32; width * height];
         for (id, mask) in masks.iter().enumerate() {
@@ -96,7 +96,7 @@ impl std::fmt::Display for MaskSource {
 
 /// SLIC superpixels on the network's view: weight-free and deterministic. 16 segments of about
 /// 12 patches each on a 14×14 grid; compactness 10 (CIELAB units) lets them follow colour edges.
-pub struct Superpixels {
+pub(crate) struct Superpixels {
     pub segments: u32,
     pub compactness: u8,
 }
@@ -127,7 +127,7 @@ impl Segmenter for Superpixels {
 /// UCAD's label maps: for image `x.png` (any extension), `DIR/x.png`, a single-channel 8- or
 /// 16-bit PNG of the image's size (or any size of the same view) holding segment ids. It is
 /// brought to the network's view like the image, by nearest neighbour.
-pub struct LabelMapFolder {
+pub(crate) struct LabelMapFolder {
     pub dir: PathBuf,
 }
 
@@ -163,7 +163,7 @@ impl Segmenter for LabelMapFolder {
             ),
         };
         let fitted = pre
-            .resize_labels(&ids)
+            .network_view_nearest(&ids)
             .with_context(|| format!("label map {}", file.display()))?;
         Ok(LabelMap {
             width: fitted.width() as usize,

@@ -30,7 +30,7 @@ pub use vit::PromptedVit;
 
 /// The segment sources' factory (here, so that a source's file needs no other's).
 impl MaskSource {
-    pub fn segmenter(&self) -> Result<Box<dyn Segmenter>> {
+    pub(crate) fn segmenter(&self) -> Result<Box<dyn Segmenter>> {
         Ok(match self {
             MaskSource::Superpixel => Box::new(masks::Superpixels::default()),
             MaskSource::Sam(weights) => Box::new(sam::SamSegmenter::load(weights)?),
@@ -111,13 +111,13 @@ pub struct Trained {
 
 impl Trained {
     /// The held-out loss of the kept prompt.
-    pub fn best_held(&self) -> f64 {
+    pub(crate) fn best_held(&self) -> f64 {
         self.epochs[self.best_epoch - 1].held
     }
 }
 
 /// Images and their segment labels, on every core.
-pub fn samples(vit: &PromptedVit, segmenter: &dyn Segmenter, images: &[PathBuf]) -> Result<Vec<Sample>> {
+pub(crate) fn samples(vit: &PromptedVit, segmenter: &dyn Segmenter, images: &[PathBuf]) -> Result<Vec<Sample>> {
     crate::parallel::map(
         images,
         || Preprocessor::new(vit.meta()),
@@ -134,7 +134,7 @@ pub fn sample(
     rgb: &RgbImage,
 ) -> Result<Sample> {
     let meta = vit.meta();
-    let view = pre.resize(rgb)?;
+    let view = pre.network_view(rgb)?;
     let labels = segmenter.segment(path, &view, pre)?.to_patches(meta.grid());
     let input = pre.tensor(rgb)?;
     let data = input.try_as_plain_ram()?.as_slice::<f32>()?;
@@ -155,7 +155,7 @@ pub fn initial_prompt(vit: &PromptedVit, seed: u64) -> Result<Tensor> {
 }
 
 /// The loss of one batch of `samples` under `prompt`.
-pub fn batch_loss(vit: &PromptedVit, loss: SclLoss, samples: &[&Sample], prompt: &Tensor) -> Result<Tensor> {
+pub(crate) fn batch_loss(vit: &PromptedVit, loss: SclLoss, samples: &[&Sample], prompt: &Tensor) -> Result<Tensor> {
     let images: Vec<&Tensor> = samples.iter().map(|s| &s.image).collect();
     let labels: Vec<u32> = samples.iter().flat_map(|s| s.labels.iter().copied()).collect();
     let features = vit.forward_shared(&Tensor::stack(&images, 0)?, prompt)?;
@@ -173,7 +173,7 @@ fn mean_loss(vit: &PromptedVit, recipe: &Recipe, samples: &[Sample], prompt: &Te
 }
 
 /// Trains a prompt on `train`, keeping the epoch with the lowest loss on `held`.
-pub fn train_prompt(vit: &PromptedVit, train: &[Sample], held: &[Sample], recipe: &Recipe) -> Result<Trained> {
+pub(crate) fn train_prompt(vit: &PromptedVit, train: &[Sample], held: &[Sample], recipe: &Recipe) -> Result<Trained> {
     ensure!(
         !train.is_empty() && !held.is_empty(),
         "prompt learning needs training and held-out images"
@@ -252,7 +252,7 @@ pub fn train_prompt(vit: &PromptedVit, train: &[Sample], held: &[Sample], recipe
 
 /// Learns a task's prompt from its memory images, selected on its held-out images (seeded
 /// subsets of both when the recipe caps them).
-pub fn learn_prompt(
+pub(crate) fn learn_prompt(
     vit: &PromptedVit,
     segmenter: &dyn Segmenter,
     memory: &[PathBuf],

@@ -16,7 +16,7 @@ use crate::backbone::Preprocessor;
 /// SAM's low-resolution mask side: a quarter of its 1024 input.
 const MASK_SIDE: usize = IMAGE_SIZE / 4;
 
-pub struct SamSegmenter {
+pub(crate) struct SamSegmenter {
     sam: Sam,
     /// Point prompts per side of the grid the generator tries (SAM's default: 32).
     pub points_per_side: usize,

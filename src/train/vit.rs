@@ -163,7 +163,7 @@ impl PromptedVit {
         &self.meta
     }
 
-    pub fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         self.dtype
     }
 

@@ -97,7 +97,7 @@ struct Head {
 }
 
 /// A request whose head is read and whose body is still to come.
-pub struct Incoming<'a, S> {
+pub(crate) struct Incoming<'a, S> {
     input: Timed<'a, S>,
     head: Head,
     /// Bytes after the head that came with it.
@@ -113,7 +113,7 @@ pub fn read_request<S: Source>(source: &mut S, max_body: usize, deadline: Instan
 }
 
 /// Reads a request's head (what `read_request` does before the body).
-pub fn read_head<S: Source>(source: &mut S, deadline: Instant) -> Result<Incoming<'_, S>, Refusal> {
+pub(crate) fn read_head<S: Source>(source: &mut S, deadline: Instant) -> Result<Incoming<'_, S>, Refusal> {
     let mut input = Timed { source, deadline };
     let mut buffer = vec![0u8; MAX_HEAD];
     let mut filled = 0;
@@ -151,12 +151,12 @@ pub fn read_head<S: Source>(source: &mut S, deadline: Instant) -> Result<Incomin
 
 impl<S: Source> Incoming<'_, S> {
     /// Whether reading the body will hold it in memory: it has one, within `max_body`.
-    pub fn holds_a_body(&self, max_body: usize) -> bool {
+    pub(crate) fn holds_a_body(&self, max_body: usize) -> bool {
         (1..=max_body as u64).contains(&self.head.content_length)
     }
 
     /// Reads the body (see `read_request`).
-    pub fn read_body(mut self, max_body: usize) -> Result<HttpRequest, Refusal> {
+    pub(crate) fn read_body(mut self, max_body: usize) -> Result<HttpRequest, Refusal> {
         let head = self.head;
         let early = &self.early[..];
         if head.content_length > max_body as u64 {
@@ -241,7 +241,7 @@ fn discard<S: Source>(input: &mut Timed<S>, limit: u64) {
     }
 }
 
-pub fn write_response(output: &mut impl Write, status: u16, json: &str) -> std::io::Result<()> {
+pub(crate) fn write_response(output: &mut impl Write, status: u16, json: &str) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",

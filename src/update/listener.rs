@@ -399,7 +399,7 @@ fn status(state: &DeviceState) -> serde_json::Value {
             "version": i.version,
             "origin": i.origin,
             "arithmetic": i.arithmetic,
-            "tasks": i.detector.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            "tasks": i.detector.tasks().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         })
     });
     let demoted = state.demoted.lock().unwrap_or_else(|e| e.into_inner()).clone();

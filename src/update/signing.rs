@@ -16,9 +16,9 @@ const MAGIC: &[u8; 8] = b"UCADSIGN";
 const FORMAT: u32 = 2;
 const CONTEXT: &[u8] = b"ucad bank update v2\0";
 /// Bytes before the line name in an envelope.
-pub const HEADER_LEN: usize = 8 + 4 + 8 + 64 + 1;
+pub(crate) const HEADER_LEN: usize = 8 + 4 + 8 + 64 + 1;
 /// The longest line name.
-pub const MAX_LINE_LEN: usize = 64;
+pub(crate) const MAX_LINE_LEN: usize = 64;
 
 const SECRET_TAG: &str = "ucad-ed25519-secret";
 const PUBLIC_TAG: &str = "ucad-ed25519-public";
@@ -124,7 +124,7 @@ fn signed_message(line: &Line, bank: &[u8]) -> Vec<u8> {
     [CONTEXT, &[line.0.len() as u8], line.0.as_bytes(), bank].concat()
 }
 
-pub fn key_id(key: &VerifyingKey) -> [u8; 8] {
+pub(crate) fn key_id(key: &VerifyingKey) -> [u8; 8] {
     Sha256::digest(key.as_bytes())[..8].try_into().expect("8 bytes")
 }
 

@@ -93,7 +93,7 @@ impl BankStore {
 
     /// Puts the last-known-good bank back in place of the current one (which faulted in use),
     /// so that a restart does not run the faulty bank again, and returns it.
-    pub fn demote(&self) -> Result<Bank> {
+    pub(crate) fn demote(&self) -> Result<Bank> {
         let bytes = read_bank_file(&self.last_good)?;
         let bank = self.usable(&bytes, &self.last_good)?;
         write_atomic(&self.current, &bytes)?;

@@ -22,7 +22,7 @@ use crate::backbone::onnx_graph::{attr_float, attr_int, attr_ints, Dim, GraphBui
 use crate::backbone::resample::position_embedding;
 use crate::backbone::weights::VitWeights;
 
-pub const OPSET: i64 = 17;
+pub(crate) const OPSET: i64 = 17;
 /// Added to the prefix logits of a plain (gate 0) pass; exp(−1e9) is exactly 0 in f32.
 const GATE_OFF_BIAS: f32 = 1e9;
 

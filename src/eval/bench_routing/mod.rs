@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use log::info;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -41,7 +41,7 @@ pub struct RoutingBenchOptions {
 }
 
 /// Share of a real set's training images kept for testing in a validation run.
-pub const VALIDATION_SHARE: f32 = 0.25;
+pub(crate) const VALIDATION_SHARE: f32 = 0.25;
 
 /// Test images with their task and, per task, routing signals.
 struct Distances {
@@ -70,9 +70,13 @@ pub fn run(
         .into_iter()
         .map(|(dir, name)| Ok((load_task(&dir, &name)?, Some(dir.as_path()) == real_root)))
         .collect::<Result<_>>()?;
+    ensure!(
+        !sets.is_empty(),
+        "nothing to learn: give --data and --tasks, or --synthetic with at least 1"
+    );
     let cache = FeatureCache::new(cache_dir);
     let dim = backbone.meta.feature_dim();
-    let mut detector = Detector { tasks: Vec::new() };
+    let mut indexes = Vec::new();
     let mut test = Vec::new();
     for (t, (set, is_real)) in sets.iter().enumerate() {
         let train = cache.features(backbone, &set.train, &format!("{}: train", set.name))?;
@@ -86,7 +90,7 @@ pub fn run(
         };
         let (fit_features, fit_colours) = pick(&fit_ids);
         let task = fit_from_features(&set.name, &fit_features, &fit_colours, dim, &options.fit)?;
-        detector.tasks.push(TaskIndex::new(&task)?);
+        indexes.push(TaskIndex::new(&task)?);
         let (features, colours) = match options.validate && *is_real {
             true => pick(&test_ids),
             false => {
@@ -98,13 +102,14 @@ pub fn run(
         test.extend(features.into_iter().zip(colours).map(|(f, c)| (t, f, c)));
         info!("learned {} ({}/{})", set.name, t + 1, sets.len());
     }
+    let detector = Detector::from_indexes(indexes)?;
     let signals = crate::parallel::map(
         &test,
         || (),
         |_, (_, f, _)| {
             let image = descriptor(f, dim);
             detector
-                .tasks
+                .tasks()
                 .iter()
                 .map(|task| task.routing_signals(f, &image))
                 .collect::<Result<Vec<Signals>>>()
@@ -112,13 +117,19 @@ pub fn run(
     )?;
     let colour_fits = test
         .iter()
-        .map(|(_, _, c)| detector.tasks.iter().map(|task| task.routing.colour.fits(c)).collect())
+        .map(|(_, _, c)| {
+            detector
+                .tasks()
+                .iter()
+                .map(|task| task.routing.colour.fits(c))
+                .collect()
+        })
         .collect();
     let mut distances = Distances {
         owner: test.iter().map(|(t, _, _)| *t).collect(),
         signals,
         colour_fits,
-        limits: detector.tasks.iter().map(|t| t.routing.unknown_above).collect(),
+        limits: detector.tasks().iter().map(|t| t.routing.unknown_above).collect(),
         resolved: HashMap::new(),
     };
     let orders = orders(sets.len(), &options.order_seeds);
@@ -127,7 +138,7 @@ pub fn run(
         &beyond,
         || (),
         |_, (image, routing)| {
-            let scores = |t: usize| detector.tasks[t].patch_scores(&test[*image].1);
+            let scores = |t: usize| detector.tasks()[t].patch_scores(&test[*image].1);
             let verdict = detector.resolve(routing, scores(routing.task)?, scores)?;
             let key = (*image, routing.task, routing.candidates.clone());
             Ok((key, (verdict.task, verdict.unknown)))

@@ -10,17 +10,18 @@ use serde::{Deserialize, Deserializer};
 mod reject;
 mod source;
 
-pub use reject::{FailsafeAction, FailsafeConfig, LineConfig, RejectConfig};
+pub use reject::{FailsafeAction, LineConfig};
+pub use reject::{FailsafeConfig, RejectConfig};
 pub use source::{PixelFormat, Roi, SourceConfig, FPS};
 
 use super::schedule::QUEUE_CAPACITY;
 
 /// The longest travel, pulse, deadline or stall time a config may give: more is a typo.
-pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// The longest `log_every_s` (about 32 years: periodic lines off).
-pub const MAX_LOG_EVERY: Duration = Duration::from_secs(1_000_000_000);
+pub(crate) const MAX_LOG_EVERY: Duration = Duration::from_secs(1_000_000_000);
 /// Reject-queue entries kept free of parts for the pulses that hold the gate over unseen parts.
-pub const BLIND_PULSES: u64 = 16;
+pub(crate) const BLIND_PULSES: u64 = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,7 +147,7 @@ fn default_update_max_mib() -> usize {
 }
 
 /// The largest `update.max_mib`: a request body is held in memory whole.
-pub const MAX_UPDATE_MIB: usize = 1024;
+pub(crate) const MAX_UPDATE_MIB: usize = 1024;
 
 fn default_audit_queue() -> usize {
     4
@@ -232,7 +233,7 @@ pub fn frame_period(fps: f64) -> Result<Duration> {
 
 /// Parts between the camera and the end of their reject pulse at most: each has its own entry
 /// in the reject queue.
-pub fn parts_in_flight(fps: f64, travel: Duration, width: Duration) -> u64 {
+pub(crate) fn parts_in_flight(fps: f64, travel: Duration, width: Duration) -> u64 {
     (fps * (travel + width).as_secs_f64()).ceil() as u64 + 1
 }
 

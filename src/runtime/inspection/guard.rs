@@ -21,7 +21,7 @@ use crate::update::store::Origin;
 
 /// A bank that faults on each of its first this many frames is sent back to the last-known-good
 /// one.
-pub const DEMOTE_AFTER: u32 = 3;
+pub(crate) const DEMOTE_AFTER: u32 = 3;
 
 /// Route state of sticky routing.
 #[derive(Default)]
@@ -74,7 +74,7 @@ impl Inspector {
         self.probation = Probation::default();
         if let Some(counters) = counters {
             counters.bank_swaps += 1;
-            let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks.len());
+            let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks().len());
             counters.rejects_per_task.resize(tasks, 0);
             info!(
                 "frame {} on: bank version {:?}",

@@ -246,7 +246,7 @@ impl Inspector {
             slot.relative_patches.clear();
             match (record.task, detector) {
                 (Some(task), Some(detector)) => {
-                    let task = &detector.tasks[task];
+                    let task = &detector.tasks()[task];
                     slot.label.push_str(&task.name);
                     slot.threshold = task.threshold;
                     slot.relative_patches.extend(task.relative(&self.patch_scores));

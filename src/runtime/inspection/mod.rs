@@ -15,8 +15,6 @@ use log::{error, info, warn};
 mod guard;
 mod judging_loop;
 
-pub use guard::DEMOTE_AFTER;
-
 use super::capture::{Capture, CaptureCounts, FramePool};
 use super::config::{mib, FailsafeAction, RunConfig};
 use super::counters::{Counters, MemoryReport, PartRecord, Summary};
@@ -248,7 +246,7 @@ impl Inspector {
         };
         let listener = self.start_listener()?;
         self.adopt_installed_bank(None);
-        let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks.len());
+        let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks().len());
         let c = &self.config;
         // Also the first record this thread logs, so that the logger's buffers exist before the
         // first frame.

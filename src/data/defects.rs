@@ -1,0 +1,187 @@
+//! Defects drawn onto real normal images: a fit estimates from them how many defects its
+//! threshold lets through, before any defective part was seen. Three kinds, each sized to the
+//! image: a thin scratch darker or brighter than what it crosses, a stain that shifts the colour
+//! of a small disc, and a patch of the part copied onto another place of it (a structural defect
+//! in the part's own colours, as in CutPaste).
+
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrawnDefect {
+    Scratch,
+    Stain,
+    MovedPatch,
+}
+
+pub(crate) const DRAWN_DEFECTS: [DrawnDefect; 3] = [DrawnDefect::Scratch, DrawnDefect::Stain, DrawnDefect::MovedPatch];
+
+/// The smallest side a defect is drawn on: below it a stain would cover no pixel.
+pub(crate) const MIN_SIDE: u32 = 32;
+
+/// `image` with one defect of `kind`, placed and shaped by `seed`, in its central 70 % (where
+/// the part is on most cameras' framing); `None` when a side is under [`MIN_SIDE`].
+pub(crate) fn draw_defect(image: &RgbImage, kind: DrawnDefect, seed: u64) -> Option<RgbImage> {
+    let mut out = image.clone();
+    let (w, h) = image.dimensions();
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let side = w.min(h) as f32;
+    let centre = (
+        rng.random_range(0.15..0.85) * w as f32,
+        rng.random_range(0.15..0.85) * h as f32,
+    );
+    match kind {
+        DrawnDefect::Scratch => scratch(&mut out, centre, side, &mut rng),
+        DrawnDefect::Stain => stain(&mut out, centre, side, &mut rng),
+        DrawnDefect::MovedPatch => moved_patch(&mut out, image, centre, side, &mut rng),
+    }
+    Some(out)
+}
+
+/// A straight line 15–35 % of the side long and about 1 % wide, in the opposite brightness of
+/// the pixels it crosses.
+fn scratch(out: &mut RgbImage, (cx, cy): (f32, f32), side: f32, rng: &mut ChaCha8Rng) {
+    let length = rng.random_range(0.15..0.35) * side;
+    let width = (rng.random_range(0.006..0.014) * side).max(1.0);
+    let angle = rng.random_range(0.0..std::f32::consts::PI);
+    let (dx, dy) = (angle.cos() * length / 2.0, angle.sin() * length / 2.0);
+    let (a, b) = ((cx - dx, cy - dy), (cx + dx, cy + dy));
+    let covered = |x: f32, y: f32| distance_to_segment((x, y), a, b) <= width / 2.0;
+    let bright = mean_luma(out, covered) < 128.0;
+    paint(out, covered, |_| {
+        if bright {
+            Rgb([235, 235, 230])
+        } else {
+            Rgb([20, 18, 16])
+        }
+    });
+}
+
+/// A disc of 3–7 % of the side whose colour moves 60 % of the way to a light brown (on a dark
+/// part) or a dark brown (on a light one).
+fn stain(out: &mut RgbImage, (cx, cy): (f32, f32), side: f32, rng: &mut ChaCha8Rng) {
+    let radius = rng.random_range(0.03..0.07) * side;
+    let covered = |x: f32, y: f32| (x - cx).powi(2) + (y - cy).powi(2) <= radius * radius;
+    let target = if mean_luma(out, covered) < 128.0 {
+        [200.0, 150.0, 90.0]
+    } else {
+        [70.0, 45.0, 25.0]
+    };
+    paint(out, covered, |p| {
+        Rgb(std::array::from_fn(|c| {
+            (f32::from(p.0[c]) * 0.4 + target[c] * 0.6).round() as u8
+        }))
+    });
+}
+
+/// A square of 8–16 % of the side, taken from anywhere on the image, pasted at the centre
+/// turned by a quarter, a fifth brighter where it was dark and darker where it was light: on a
+/// uniform surface a moved patch alone would change nothing.
+fn moved_patch(out: &mut RgbImage, image: &RgbImage, (cx, cy): (f32, f32), side: f32, rng: &mut ChaCha8Rng) {
+    let (w, h) = image.dimensions();
+    let size = ((rng.random_range(0.08..0.16) * side) as u32).max(2);
+    let x0 = (cx as u32).saturating_sub(size / 2).min(w - size);
+    let y0 = (cy as u32).saturating_sub(size / 2).min(h - size);
+    let (sx, sy) = (rng.random_range(0..=w - size), rng.random_range(0..=h - size));
+    let shift = |p: Rgb<u8>| {
+        let lighter = luma(&p) < 128.0;
+        Rgb(p.0.map(|c| match lighter {
+            true => (f32::from(c) * 1.2 + 12.0).min(255.0) as u8,
+            false => (f32::from(c) * 0.8) as u8,
+        }))
+    };
+    for dy in 0..size {
+        for dx in 0..size {
+            let pixel = *image.get_pixel(sx + dy, sy + (size - 1 - dx));
+            out.put_pixel(x0 + dx, y0 + dy, shift(pixel));
+        }
+    }
+}
+
+fn distance_to_segment(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
+    let (vx, vy) = (b.0 - a.0, b.1 - a.1);
+    let t = (((p.0 - a.0) * vx + (p.1 - a.1) * vy) / (vx * vx + vy * vy).max(f32::EPSILON)).clamp(0.0, 1.0);
+    ((p.0 - a.0 - t * vx).powi(2) + (p.1 - a.1 - t * vy).powi(2)).sqrt()
+}
+
+fn luma(p: &Rgb<u8>) -> f32 {
+    0.299 * f32::from(p.0[0]) + 0.587 * f32::from(p.0[1]) + 0.114 * f32::from(p.0[2])
+}
+
+/// Mean brightness of the pixels `covered` selects (mid-grey when it selects none).
+fn mean_luma(image: &RgbImage, covered: impl Fn(f32, f32) -> bool) -> f32 {
+    let (sum, count) = image
+        .enumerate_pixels()
+        .filter(|(x, y, _)| covered(*x as f32 + 0.5, *y as f32 + 0.5))
+        .fold((0.0, 0usize), |(s, n), (_, _, p)| (s + luma(p), n + 1));
+    if count == 0 {
+        128.0
+    } else {
+        sum / count as f32
+    }
+}
+
+fn paint(image: &mut RgbImage, covered: impl Fn(f32, f32) -> bool, colour: impl Fn(&Rgb<u8>) -> Rgb<u8>) {
+    for (x, y, pixel) in image.enumerate_pixels_mut() {
+        if covered(x as f32 + 0.5, y as f32 + 0.5) {
+            *pixel = colour(pixel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grey(width: u32, height: u32, level: u8) -> RgbImage {
+        RgbImage::from_pixel(width, height, Rgb([level; 3]))
+    }
+
+    fn changed(a: &RgbImage, b: &RgbImage) -> usize {
+        a.pixels().zip(b.pixels()).filter(|(p, q)| p != q).count()
+    }
+
+    #[test]
+    fn every_kind_changes_a_small_part_of_the_image_the_same_way_for_a_seed() {
+        let textured = crate::data::synthetic::textured_image(240, 160, 3);
+        for kind in DRAWN_DEFECTS {
+            let drawn = draw_defect(&textured, kind, 11).unwrap();
+            let share = changed(&textured, &drawn) as f32 / (240.0 * 160.0);
+            assert!(share > 0.001 && share < 0.05, "{kind:?}: {share}");
+            assert_eq!(Some(drawn), draw_defect(&textured, kind, 11), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_scratch_contrasts_with_what_it_crosses() {
+        for level in [30, 220] {
+            let plain = grey(100, 100, level);
+            let drawn = draw_defect(&plain, DrawnDefect::Scratch, 5).unwrap();
+            let marked = drawn.pixels().find(|p| p.0[0] != level).expect("a scratch");
+            assert!(
+                (i32::from(marked.0[0]) - i32::from(level)).abs() > 150,
+                "{level} → {marked:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_drawn_on_an_image_too_small_for_every_kind() {
+        for (width, height) in [(MIN_SIDE - 1, 400), (400, MIN_SIDE - 1), (1, 1)] {
+            for kind in DRAWN_DEFECTS {
+                assert_eq!(draw_defect(&grey(width, height, 90), kind, 1), None);
+            }
+        }
+        let smallest = crate::data::synthetic::textured_image(MIN_SIDE, MIN_SIDE, 2);
+        for kind in DRAWN_DEFECTS {
+            for seed in 0..20 {
+                let drawn = draw_defect(&smallest, kind, seed).unwrap();
+                assert!(changed(&smallest, &drawn) > 0, "{kind:?} seed {seed}");
+            }
+        }
+    }
+}
