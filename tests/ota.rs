@@ -37,6 +37,26 @@ const ROOM: Capacity = Capacity {
     bytes_per_task: 2 << 20,
 };
 
+/// `GET /metrics` of a device: the Prometheus text page.
+fn metrics(address: &str) -> String {
+    let response = ureq::get(&format!("http://{address}/metrics")).call().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    response.into_string().unwrap()
+}
+
+/// The sample of one metric on a metrics page.
+fn metric(page: &str, name: &str) -> u64 {
+    let line = page
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}:\n{page}"));
+    line[name.len() + 1..].parse().unwrap()
+}
+
 fn sha(path: &Path) -> String {
     ucad::fsutil::sha256_file(path).unwrap()
 }
@@ -104,15 +124,21 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
         "frames kept flowing"
     );
     assert_eq!(status["totals"]["failsafe_rejects"].as_u64(), Some(0));
+    assert_eq!(status["refused_requests"].as_u64(), Some(200));
     assert_eq!(
         sha(&device.bank_path()),
         installed_sha,
         "the installed bank is unchanged"
     );
+    let page = metrics(&device.address);
+    assert_eq!(metric(&page, "ucad_refused_requests_total"), 200);
+    assert_eq!(metric(&page, "ucad_bank_version"), 1);
+    assert!(metric(&page, "ucad_frames_total") >= status["totals"]["frames"].as_u64().unwrap());
 
     let answer = client::push(&device.address, &newer).unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(device.installed_version(), 2);
+    assert_eq!(metric(&metrics(&device.address), "ucad_bank_version"), 2);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -241,7 +241,13 @@ fn discard<S: Source>(input: &mut Timed<S>, limit: u64) {
     }
 }
 
-pub(crate) fn write_response(output: &mut impl Write, status: u16, json: &str) -> std::io::Result<()> {
+/// Writes a whole answer: status line, `content_type`, length, `body`; the connection closes after.
+pub(crate) fn write_response(
+    output: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -259,8 +265,8 @@ pub(crate) fn write_response(output: &mut impl Write, status: u16, json: &str) -
     };
     write!(
         output,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-        json.len()
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     output.flush()
 }

@@ -21,6 +21,7 @@
 //! never waits on a client.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use log::{info, warn};
 use serde_json::json;
 
 use super::http::{self, refuse, Refusal};
+use super::metrics;
 use super::policy::{validate, UpdatePolicy};
 use super::state::{DeviceState, Installed};
 use super::store::{BankStore, Origin};
@@ -310,12 +312,15 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
 }
 
 fn serve(stream: &TcpStream, served: &Served) {
-    let answer = receive(stream, served).unwrap_or_else(refused);
-    respond(stream, answer);
+    let reply = receive(stream, served).unwrap_or_else(refused);
+    if (400..500).contains(&reply.status) && reply.status != 404 {
+        served.shared.state.refused_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    respond(stream, reply);
 }
 
 /// Answers the request unless the connection was cut to make room before it was read.
-fn receive(stream: &TcpStream, served: &Served) -> Result<(u16, serde_json::Value), Refusal> {
+fn receive(stream: &TcpStream, served: &Served) -> Result<Reply, Refusal> {
     let shared = &served.shared;
     let read = read(stream, served);
     if !shared.answering(served.id) {
@@ -340,28 +345,50 @@ fn read(stream: &TcpStream, served: &Served) -> Result<(http::HttpRequest, Optio
     Ok((incoming.read_body(max_bytes)?, turn))
 }
 
-fn respond(stream: &TcpStream, (status, body): (u16, serde_json::Value)) {
+/// An answer: status, content type and body.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Reply {
+    fn json(status: u16, body: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: body.to_string(),
+        }
+    }
+}
+
+fn respond(stream: &TcpStream, reply: Reply) {
     let written = stream
         .set_write_timeout(Some(WRITE_TIMEOUT))
-        .and_then(|()| http::write_response(&mut &*stream, status, &body.to_string()));
+        .and_then(|()| http::write_response(&mut &*stream, reply.status, reply.content_type, &reply.body));
     if let Err(e) = written {
         warn!("update listener: cannot answer: {e}");
     }
 }
 
-fn refused(refusal: Refusal) -> (u16, serde_json::Value) {
+fn refused(refusal: Refusal) -> Reply {
     warn!("update request refused ({}): {}", refusal.status, refusal.message);
-    (refusal.status, json!({"ok": false, "error": refusal.message}))
+    Reply::json(refusal.status, json!({"ok": false, "error": refusal.message}))
 }
 
-fn answer(request: &http::HttpRequest, shared: &Shared) -> (u16, serde_json::Value) {
+fn answer(request: &http::HttpRequest, shared: &Shared) -> Reply {
     match (request.method.as_str(), request.path.as_str()) {
         ("POST", "/bank") => match install(&request.body, shared) {
-            Ok(installed) => (200, json!({"ok": true, "installed": installed})),
+            Ok(installed) => Reply::json(200, json!({"ok": true, "installed": installed})),
             Err(refusal) => refused(refusal),
         },
-        ("GET", "/status") => (200, status(&shared.state)),
-        (method, path) => (404, json!({"ok": false, "error": format!("no {method} {path} here")})),
+        ("GET", "/status") => Reply::json(200, status(&shared.state)),
+        ("GET", "/metrics") => Reply {
+            status: 200,
+            content_type: metrics::CONTENT_TYPE,
+            body: metrics::render(&shared.state),
+        },
+        (method, path) => Reply::json(404, json!({"ok": false, "error": format!("no {method} {path} here")})),
     }
 }
 
@@ -403,5 +430,6 @@ fn status(state: &DeviceState) -> serde_json::Value {
         })
     });
     let demoted = state.demoted.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    json!({"bank": bank, "totals": totals, "demoted": demoted})
+    let refused_requests = state.refused_requests.load(Ordering::Relaxed);
+    json!({"bank": bank, "totals": totals, "demoted": demoted, "refused_requests": refused_requests})
 }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod http;
 pub mod listener;
+mod metrics;
 pub mod policy;
 pub mod signing;
 pub mod state;

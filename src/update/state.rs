@@ -1,6 +1,7 @@
 //! What the inspection loop and the update listener share: the installed bank, the loop's
 //! counters as `GET /status` reports them, and the last demotion.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use anyhow::Result;
@@ -41,6 +42,9 @@ pub struct DeviceState {
     pub totals: Mutex<Totals>,
     /// The last bank the loop sent back to the last-known-good one, and why.
     pub demoted: Mutex<Option<Demotion>>,
+    /// Requests the listener refused as malformed or not acceptable (4xx but 404): a damaged
+    /// or oversized push, a bank unsigned or for another line, backbone or capacity, not newer.
+    pub refused_requests: AtomicU64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
