@@ -134,6 +134,7 @@ fn two_hundred_bad_updates_are_refused_and_the_device_keeps_running() {
     assert_eq!(metric(&page, "ucad_refused_requests_total"), 200);
     assert_eq!(metric(&page, "ucad_bank_version"), 1);
     assert!(metric(&page, "ucad_frames_total") >= status["totals"]["frames"].as_u64().unwrap());
+    assert!(metric(&page, "ucad_latency_seconds_count") > 0);
 
     let answer = client::push(&device.address, &newer).unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);

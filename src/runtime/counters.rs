@@ -10,7 +10,7 @@ use super::capture::Part;
 use super::schedule::Late;
 use super::source::Truth;
 use crate::detect::Stage;
-use crate::update::state::Totals;
+use crate::update::state::{LatencyHistogram, Totals};
 
 /// One judged (or fail-safed) part, for tests and audits.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +116,7 @@ pub(crate) struct Counters {
     pub escapes: u64,
     pub false_rejects: u64,
     latencies_ms: HistoryBuffer<f32, LATENCY_WINDOW>,
+    latency: LatencyHistogram,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -258,6 +259,7 @@ impl Counters {
             escapes: 0,
             false_rejects: 0,
             latencies_ms: HistoryBuffer::new(),
+            latency: LatencyHistogram::default(),
         }
     }
 
@@ -266,6 +268,7 @@ impl Counters {
         self.frames += 1;
         if let Some(latency) = latency {
             self.latencies_ms.write(latency.as_secs_f32() * 1e3);
+            self.latency.record(latency.as_secs_f64() * 1e3);
         }
         if part.rejected {
             self.rejects += 1;
@@ -318,6 +321,7 @@ impl Counters {
             dropped_frames: self.dropped_frames,
             routing_switches: self.routing_switches,
             bank_swaps: self.bank_swaps,
+            latency: self.latency,
         }
     }
 

@@ -1,10 +1,11 @@
-//! `GET /metrics`: the loop's counters, the installed bank's version and the refused updates
-//! in the Prometheus text format (version 0.0.4), for a fleet's existing monitoring.
+//! `GET /metrics`: the loop's counters, the installed bank's version, the refused requests and
+//! the latency histogram in the Prometheus text format (version 0.0.4), for a fleet's existing
+//! monitoring.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use super::state::DeviceState;
+use super::state::{DeviceState, LatencyHistogram, LATENCY_BOUNDS_MS};
 
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -69,7 +70,26 @@ pub(crate) fn render(state: &DeviceState) -> String {
         "Version of the installed bank (0: none).",
         version,
     );
+    latency(&mut page, &t.latency);
     page
+}
+
+/// The latency histogram: cumulative buckets, their sum and count, in seconds.
+fn latency(page: &mut String, histogram: &LatencyHistogram) {
+    let name = "ucad_latency_seconds";
+    let _ = writeln!(
+        page,
+        "# HELP {name} Capture to decision, per part.\n# TYPE {name} histogram"
+    );
+    let mut parts = 0;
+    for (bound, count) in LATENCY_BOUNDS_MS.iter().zip(&histogram.parts) {
+        parts += count;
+        let _ = writeln!(page, "{name}_bucket{{le=\"{}\"}} {parts}", bound / 1e3);
+    }
+    parts += histogram.parts[LATENCY_BOUNDS_MS.len()];
+    let _ = writeln!(page, "{name}_bucket{{le=\"+Inf\"}} {parts}");
+    let _ = writeln!(page, "{name}_sum {}", histogram.sum_ms / 1e3);
+    let _ = writeln!(page, "{name}_count {parts}");
 }
 
 fn metric(page: &mut String, name: &str, kind: &str, help: &str, value: u64) {
@@ -82,21 +102,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_metric_has_help_type_and_one_sample_line() {
+    fn every_metric_has_help_type_and_its_samples() {
         let state = DeviceState::default();
-        state.totals.lock().unwrap().frames = 42;
+        {
+            let mut totals = state.totals.lock().unwrap();
+            totals.frames = 42;
+            for ms in [3.0, 5.0, 7.0, 400.0, 9000.0] {
+                totals.latency.record(ms);
+            }
+        }
         state.refused_requests.store(3, Ordering::Relaxed);
         let page = render(&state);
-        let lines: Vec<&str> = page.lines().collect();
-        assert_eq!(lines.len(), 13 * 3);
-        for sample in lines.chunks(3) {
-            let name = sample[2].split(' ').next().unwrap();
-            assert_eq!(sample[0].split(' ').nth(2), Some(name), "{sample:?}");
-            assert!(sample[1].starts_with(&format!("# TYPE {name} ")), "{sample:?}");
-            assert!(name.starts_with("ucad_") && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        let mut lines = page.lines().peekable();
+        while let Some(help) = lines.next() {
+            let name = help.split(' ').nth(2).unwrap();
+            assert!(help.starts_with("# HELP ucad_"), "{help}");
+            assert!(lines.next().unwrap().starts_with(&format!("# TYPE {name} ")));
+            let samples: Vec<&str> = std::iter::from_fn(|| lines.next_if(|l| !l.starts_with('#'))).collect();
+            assert!(
+                !samples.is_empty() && samples.iter().all(|s| s.starts_with(name)),
+                "{samples:?}"
+            );
         }
         assert!(page.contains("\nucad_frames_total 42\n"));
         assert!(page.contains("\nucad_refused_requests_total 3\n"));
-        assert!(page.ends_with("ucad_bank_version 0\n"));
+        assert!(page.contains("\nucad_bank_version 0\n"));
+        assert!(page.contains("\nucad_latency_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(page.contains("\nucad_latency_seconds_bucket{le=\"0.01\"} 3\n"));
+        assert!(page.contains("\nucad_latency_seconds_bucket{le=\"0.5\"} 4\n"));
+        assert!(page.contains("\nucad_latency_seconds_bucket{le=\"5\"} 4\n"));
+        assert!(page.contains("\nucad_latency_seconds_bucket{le=\"+Inf\"} 5\n"));
+        assert!(page.contains("\nucad_latency_seconds_count 5\n"));
+        assert!(page.contains("\nucad_latency_seconds_sum 9.415\n"), "{page}");
     }
 }

@@ -67,4 +67,28 @@ pub struct Totals {
     pub dropped_frames: u64,
     pub routing_switches: u64,
     pub bank_swaps: u64,
+    /// Capture to decision, every part counted.
+    pub latency: LatencyHistogram,
+}
+
+/// Upper bounds of the latency buckets, in milliseconds (a last bucket holds the rest).
+pub const LATENCY_BOUNDS_MS: [f64; 10] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+
+/// Parts by latency bucket (each part in the first bucket whose bound it does not exceed) and
+/// the sum of their latencies: fixed size, so that counting takes nothing from the heap.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LatencyHistogram {
+    pub parts: [u64; LATENCY_BOUNDS_MS.len() + 1],
+    pub sum_ms: f64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, ms: f64) {
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.parts[bucket] += 1;
+        self.sum_ms += ms;
+    }
 }
