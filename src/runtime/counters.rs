@@ -116,7 +116,8 @@ pub(crate) struct Counters {
     pub escapes: u64,
     pub false_rejects: u64,
     latencies_ms: HistoryBuffer<f32, LATENCY_WINDOW>,
-    latency: LatencyHistogram,
+    /// Every part the loop took, default rejects included (the window above holds the judged).
+    pub latency: LatencyHistogram,
 }
 
 #[derive(Debug, Clone, Serialize)]

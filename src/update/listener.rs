@@ -2,7 +2,8 @@
 //! signed bank (`POST /bank`), refuses anything not signed by a trusted key for this device's
 //! line, damaged, for another backbone, beyond the device's capacity or not newer than every
 //! bank installed before, installs the rest atomically and hands it to the loop between two
-//! frames; `GET /status` reports the installed bank and the loop's counters.
+//! frames; `GET /status` reports the installed bank and the loop's counters, `GET /metrics` the
+//! same for Prometheus.
 //!
 //! Up to `MAX_CONNECTIONS` requests are served at once, each on its own thread and within the
 //! request deadline, so that slow clients delay nobody. One remote address gets at most
@@ -41,7 +42,7 @@ use crate::bank::Bank;
 const MAX_CONNECTIONS: usize = 8;
 /// Requests served at once for one remote address.
 const MAX_PER_PEER: usize = 3;
-/// An answer (a few hundred bytes) must be taken within this.
+/// An answer (a few KiB at most) must be taken within this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct UpdateListener {

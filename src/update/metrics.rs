@@ -9,15 +9,19 @@ use super::state::{DeviceState, LatencyHistogram, LATENCY_BOUNDS_MS};
 
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The metrics page: one counter or gauge per line, each with its help and type.
+/// The metrics page: each metric with its help, type and samples.
 pub(crate) fn render(state: &DeviceState) -> String {
     let t = *state.totals.lock().unwrap_or_else(|e| e.into_inner());
     let counters: [(&str, &str, u64); 12] = [
         ("frames", "Frames taken from the source.", t.frames),
-        ("rejects", "Parts rejected on time.", t.rejects),
+        (
+            "rejects",
+            "Parts rejected, fail-safe and late pulses included.",
+            t.rejects,
+        ),
         (
             "failsafe_rejects",
-            "Parts given the fail-safe action (not judged, or an unknown product).",
+            "Parts given the fail-safe action: not judged in time, or an unknown product.",
             t.failsafe_rejects,
         ),
         (
@@ -37,8 +41,8 @@ pub(crate) fn render(state: &DeviceState) -> String {
             t.unknown_products,
         ),
         (
-            "source_stalls",
-            "Times the source delivered no frame for the stall time.",
+            "stalls",
+            "Stretches without frames: stalls, source errors, dropped frames.",
             t.stalls,
         ),
         (
@@ -54,7 +58,7 @@ pub(crate) fn render(state: &DeviceState) -> String {
         ("bank_swaps", "Banks adopted between frames.", t.bank_swaps),
         (
             "refused_requests",
-            "Requests refused as malformed or not acceptable (4xx but 404).",
+            "Requests answered with a 4xx but 404: refused pushes, malformed or too slow requests.",
             state.refused_requests.load(Ordering::Relaxed),
         ),
     ];
@@ -81,15 +85,15 @@ fn latency(page: &mut String, histogram: &LatencyHistogram) {
         page,
         "# HELP {name} Capture to decision, per part.\n# TYPE {name} histogram"
     );
-    let mut parts = 0;
+    let mut cumulative = 0;
     for (bound, count) in LATENCY_BOUNDS_MS.iter().zip(&histogram.parts) {
-        parts += count;
-        let _ = writeln!(page, "{name}_bucket{{le=\"{}\"}} {parts}", bound / 1e3);
+        cumulative += count;
+        let _ = writeln!(page, "{name}_bucket{{le=\"{}\"}} {cumulative}", bound / 1e3);
     }
-    parts += histogram.parts[LATENCY_BOUNDS_MS.len()];
-    let _ = writeln!(page, "{name}_bucket{{le=\"+Inf\"}} {parts}");
+    cumulative += histogram.parts[LATENCY_BOUNDS_MS.len()];
+    let _ = writeln!(page, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
     let _ = writeln!(page, "{name}_sum {}", histogram.sum_ms / 1e3);
-    let _ = writeln!(page, "{name}_count {parts}");
+    let _ = writeln!(page, "{name}_count {cumulative}");
 }
 
 fn metric(page: &mut String, name: &str, kind: &str, help: &str, value: u64) {

@@ -1,5 +1,6 @@
 //! What the inspection loop and the update listener share: the installed bank, the loop's
-//! counters as `GET /status` reports them, and the last demotion.
+//! counters, the listener's refusals (both reported by `GET /status` and `GET /metrics`), and the
+//! last demotion.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -42,8 +43,9 @@ pub struct DeviceState {
     pub totals: Mutex<Totals>,
     /// The last bank the loop sent back to the last-known-good one, and why.
     pub demoted: Mutex<Option<Demotion>>,
-    /// Requests the listener refused as malformed or not acceptable (4xx but 404): a damaged
-    /// or oversized push, a bank unsigned or for another line, backbone or capacity, not newer.
+    /// Requests the listener answered with a 4xx but 404: damaged or oversized pushes, banks
+    /// unsigned, for another line, backbone or capacity or not newer, and also requests too
+    /// slow (408) or ended before their head was whole (a port scan's connect and close).
     pub refused_requests: AtomicU64,
 }
 
@@ -67,7 +69,8 @@ pub struct Totals {
     pub dropped_frames: u64,
     pub routing_switches: u64,
     pub bank_swaps: u64,
-    /// Capture to decision, every part counted.
+    /// Capture to decision of every part the loop took, a default reject included (parts it
+    /// never took are only in `rejected_by_default`).
     pub latency: LatencyHistogram,
 }
 

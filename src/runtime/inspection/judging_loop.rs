@@ -101,6 +101,7 @@ fn unjudged(part: &Part, travel: Duration, counters: &mut Counters) -> PartRecor
     counters.failsafes += 1;
     counters.rejected_by_default += 1;
     counters.count(&record, None);
+    counters.latency.record(part.captured.elapsed().as_secs_f64() * 1e3);
     record
 }
 
