@@ -12,6 +12,31 @@ use ucad::bank::Bank;
 use ucad::update::client;
 use ucad::update::signing::{sign, write_key_pair, Line};
 
+/// A device's `ucad run`, killed when dropped: a test that fails before it stops the device
+/// leaves no process running (one would load the cores under the timing tests that follow).
+pub struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Already ended (the test stopped it) or not: either way nothing is left running.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The line the test devices are on.
 pub const LINE: &str = "line-a";
 
@@ -61,11 +86,11 @@ impl Device {
     }
 
     /// `ucad run` on this device's config, answering status requests.
-    pub fn start(&self) -> Child {
+    pub fn start(&self) -> Running {
         self.start_with(&[])
     }
 
-    pub fn start_with(&self, args: &[&str]) -> Child {
+    pub fn start_with(&self, args: &[&str]) -> Running {
         let child = Command::new(env!("CARGO_BIN_EXE_ucad"))
             .args(["run", "--config"])
             .arg(&self.config)
@@ -75,8 +100,9 @@ impl Device {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let running = Running(child);
         wait_for_listener(&self.address);
-        child
+        running
     }
 
     pub fn status(&self) -> serde_json::Value {
