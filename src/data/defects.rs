@@ -10,6 +10,8 @@ use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::synthetic::near_polyline;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DrawnDefect {
     Scratch,
@@ -56,7 +58,7 @@ fn scratch(out: &mut RgbImage, (cx, cy): (f32, f32), side: f32, strength: f32, r
     let angle = rng.random_range(0.0..std::f32::consts::PI);
     let (dx, dy) = (angle.cos() * length / 2.0, angle.sin() * length / 2.0);
     let (a, b) = ((cx - dx, cy - dy), (cx + dx, cy + dy));
-    let covered = |x: f32, y: f32| distance_to_segment((x, y), a, b) <= width / 2.0;
+    let covered = |x: f32, y: f32| near_polyline(&[a, b], x, y, width / 2.0);
     let target = if mean_luma(out, covered) < 128.0 {
         [235.0, 235.0, 230.0]
     } else {
@@ -118,12 +120,6 @@ fn towards(p: &Rgb<u8>, target: [f32; 3], share: f32) -> Rgb<u8> {
         };
         (from + step).round().clamp(0.0, 255.0) as u8
     }))
-}
-
-fn distance_to_segment(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
-    let (vx, vy) = (b.0 - a.0, b.1 - a.1);
-    let t = (((p.0 - a.0) * vx + (p.1 - a.1) * vy) / (vx * vx + vy * vy).max(f32::EPSILON)).clamp(0.0, 1.0);
-    ((p.0 - a.0 - t * vx).powi(2) + (p.1 - a.1 - t * vy).powi(2)).sqrt()
 }
 
 fn luma(p: &Rgb<u8>) -> f32 {

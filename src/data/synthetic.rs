@@ -286,7 +286,8 @@ fn polyline(rng: &mut ChaCha8Rng, cx: f32, cy: f32, size: f32, wander: bool) -> 
     points
 }
 
-fn near_polyline(points: &[(f32, f32)], x: f32, y: f32, width: f32) -> bool {
+/// Whether (x, y) lies within `width` of the polyline through `points`.
+pub(crate) fn near_polyline(points: &[(f32, f32)], x: f32, y: f32, width: f32) -> bool {
     points.windows(2).any(|seg| {
         let ((ax, ay), (bx, by)) = (seg[0], seg[1]);
         let (vx, vy) = (bx - ax, by - ay);
