@@ -24,6 +24,7 @@ use ucad::data::folder::load_rgb;
 use ucad::detect::Detector;
 use ucad::update::client;
 use ucad::update::http::DEADLINE;
+use ucad::update::install::Installer;
 use ucad::update::listener::UpdateListener;
 use ucad::update::policy::UpdatePolicy;
 use ucad::update::signing::sign;
@@ -349,7 +350,8 @@ fn bare_listener(dir: &Path, deadline: Duration) -> UpdateListener {
         request_deadline: deadline,
     };
     let store = BankStore::new(&dir.join("bank.ucad"), spec(), ROOM);
-    UpdateListener::start("127.0.0.1:0", policy, store, Arc::new(DeviceState::default())).unwrap()
+    let installer = Installer::new(policy, store, Arc::new(DeviceState::default()));
+    UpdateListener::start("127.0.0.1:0", Arc::new(installer)).unwrap()
 }
 
 /// The longest `GET /status` took, polled every 100 ms while `busy` runs.
@@ -646,4 +648,22 @@ fn the_update_section_is_checked_and_names_the_key() {
         let err = refusal(base.replace("max_mib = 1", &format!("max_mib = {max}")));
         assert!(err.contains("update.max_mib") && err.contains("1024"), "{max}: {err}");
     }
+    let listen = "listen = \"127.0.0.1:1\"\n";
+    let err = refusal(base.replace(listen, ""));
+    assert!(err.contains("needs `listen`") && err.contains("`source`"), "{err}");
+    for url in [
+        "https://h/manifest",
+        "http://h",
+        "http://h/",
+        "http:///manifest",
+        "http://h/a b",
+    ] {
+        let err = refusal(base.replace(listen, &format!("source = {url:?}\n")));
+        assert!(err.contains("update.source") && err.contains(url), "{url}: {err}");
+    }
+    let pulling = base.replace(listen, "source = \"http://h:1/line-a/manifest\"\n");
+    let err = refusal(pulling.clone() + "poll_s = 0\n");
+    assert!(err.contains("update.poll_s"), "{err}");
+    let err = refusal(pulling + "fetch_timeout_s = -1\n");
+    assert!(err.contains("fetch_timeout_s"), "{err}");
 }

@@ -59,6 +59,10 @@ enum Command {
     /// Send a bank to a device (`ucad run` with an [update] listener): signed here with --key,
     /// or already signed by `ucad sign`.
     Push(update::PushArgs),
+    /// Publish a bank for the devices of one line that pull updates (`[update] source`): writes
+    /// the bank and a signed manifest (version, size, sha256, line, expiry) into OUT, a folder
+    /// any web server or object store can serve. The bank is checked first, as for `sign`.
+    Publish(update::PublishArgs),
     /// A device's installed bank and counters.
     Status(update::StatusArgs),
     /// Learn one product from normal images and append it to a bank.
@@ -152,6 +156,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Keygen(a) => a.execute(),
         Command::Sign(a) => a.execute(&ctx),
         Command::Push(a) => a.execute(&ctx),
+        Command::Publish(a) => a.execute(&ctx),
         Command::Status(a) => a.execute(),
         Command::Fit(a) => a.execute(&ctx),
         Command::Run(a) => a.execute(&ctx),

@@ -1,12 +1,15 @@
-//! Commands that get banks to devices: `keygen`, `sign`, `push`, and `status` to read one back.
+//! Commands that get banks to devices: `keygen`, `sign`, `push`, `publish` (for devices that
+//! pull), and `status` to read one back.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context as _, Result};
+use sha2::Digest as _;
 use ucad::backbone::Backbone;
 use ucad::bank::format::read_bank_file;
 use ucad::bank::Bank;
 use ucad::update::client;
+use ucad::update::manifest::Manifest;
 use ucad::update::signing::{self, Line, SignedUpdate};
 
 use super::args::BankBackboneArg;
@@ -109,6 +112,73 @@ impl PushArgs {
 }
 
 #[derive(clap::Args)]
+pub struct PublishArgs {
+    #[arg(long)]
+    bank: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    /// The line (device group) the bank is for: devices with another `[update] line` refuse it.
+    #[arg(long, value_parser = Line::new)]
+    line: Line,
+    /// The folder a web server or object store serves (made when missing): the bank file and
+    /// `manifest` are written there.
+    #[arg(long)]
+    out: PathBuf,
+    /// Devices refuse the manifest this many days after publishing: publish again before then.
+    #[arg(long, default_value_t = 30.0)]
+    valid_days: f64,
+    #[command(flatten)]
+    backbone: BankBackboneArg,
+}
+
+/// The longest `--valid-days`.
+const MAX_VALID_DAYS: f64 = 3650.0;
+
+impl PublishArgs {
+    /// Writes the bank, then the signed manifest naming it (so that a server never serves a
+    /// manifest whose bank is not there yet).
+    pub fn execute(self, ctx: &Context) -> Result<()> {
+        ensure!(
+            self.valid_days > 0.0 && self.valid_days <= MAX_VALID_DAYS,
+            "--valid-days {} must be more than 0 and at most {MAX_VALID_DAYS}",
+            self.valid_days
+        );
+        let bytes = read_bank_file(&self.bank)?;
+        let bank = check_bank(ctx, &self.bank, &bytes, &self.backbone)?;
+        let key = signing::read_secret_key(&self.key)?;
+        let issued_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_secs();
+        let manifest = Manifest {
+            line: self.line,
+            version: bank.version,
+            bank: format!("bank-v{}.ucad", bank.version),
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            issued_unix,
+            expires_unix: issued_unix + (self.valid_days * 86_400.0).round() as u64,
+        };
+        let text = manifest.sign(&key)?;
+        std::fs::create_dir_all(&self.out).with_context(|| format!("cannot make {}", self.out.display()))?;
+        ucad::fsutil::write_atomic(&self.out.join(&manifest.bank), &bytes)?;
+        let manifest_path = self.out.join("manifest");
+        ucad::fsutil::write_atomic(&manifest_path, text.as_bytes())?;
+        println!(
+            "wrote {} and {}: bank version {} for line {}, {} bytes, valid for {} days (until {} s since 1970)",
+            self.out.join(&manifest.bank).display(),
+            manifest_path.display(),
+            manifest.version,
+            manifest.line,
+            manifest.size,
+            self.valid_days,
+            manifest.expires_unix
+        );
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
 pub struct StatusArgs {
     #[arg(long)]
     device: String,
@@ -132,7 +202,7 @@ impl StatusArgs {
 
 /// Checks a bank file's bytes (`origin`'s, or the bank inside its signed update) as a device
 /// will: the bank loads and fits its backbone, which --backbone names or the model cache holds.
-fn check_bank(ctx: &Context, origin: &Path, bytes: &[u8], backbone: &BankBackboneArg) -> Result<()> {
+fn check_bank(ctx: &Context, origin: &Path, bytes: &[u8], backbone: &BankBackboneArg) -> Result<Bank> {
     let name = origin.display().to_string();
     let bank = Bank::from_bytes(bytes, &name)?;
     let cache = &ctx.cache;
@@ -147,7 +217,7 @@ fn check_bank(ctx: &Context, origin: &Path, bytes: &[u8], backbone: &BankBackbon
         })?,
     };
     bank.check_backbone(&Backbone::read_spec(&path)?, &name)?;
-    Ok(())
+    Ok(bank)
 }
 
 /// A bank file, checked, signed with a secret key file for a line.

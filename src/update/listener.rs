@@ -32,11 +32,11 @@ use log::{info, warn};
 use serde_json::json;
 
 use super::http::{self, refuse, Refusal};
+use super::install::Installer;
 use super::metrics;
-use super::policy::{validate, UpdatePolicy};
-use super::state::{DeviceState, Installed};
-use super::store::{BankStore, Origin};
-use crate::bank::Bank;
+use super::policy::validate;
+use super::state::DeviceState;
+use super::store::Origin;
 
 /// Requests served at once.
 const MAX_CONNECTIONS: usize = 8;
@@ -53,10 +53,7 @@ pub struct UpdateListener {
 
 /// What the listener's threads share.
 struct Shared {
-    policy: UpdatePolicy,
-    /// Held for a whole install: one version check and install at a time.
-    store: Mutex<BankStore>,
-    state: Arc<DeviceState>,
+    installer: Arc<Installer>,
     connections: Mutex<Connections>,
     /// Signalled when the body turn is given back, a connection is cut or the listener stops.
     turn_freed: Condvar,
@@ -217,18 +214,11 @@ impl Drop for BodyTurn {
 }
 
 impl UpdateListener {
-    pub fn start(
-        listen: &str,
-        policy: UpdatePolicy,
-        store: BankStore,
-        state: Arc<DeviceState>,
-    ) -> Result<UpdateListener> {
+    pub fn start(listen: &str, installer: Arc<Installer>) -> Result<UpdateListener> {
         let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen for updates on {listen}"))?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            policy,
-            store: Mutex::new(store),
-            state,
+            installer,
             connections: Mutex::new(Connections {
                 stopping: false,
                 next_id: 0,
@@ -315,7 +305,12 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
 fn serve(stream: &TcpStream, served: &Served) {
     let reply = receive(stream, served).unwrap_or_else(refused);
     if (400..500).contains(&reply.status) && reply.status != 404 {
-        served.shared.state.refused_requests.fetch_add(1, Ordering::Relaxed);
+        served
+            .shared
+            .installer
+            .state
+            .refused_requests
+            .fetch_add(1, Ordering::Relaxed);
     }
     respond(stream, reply);
 }
@@ -335,8 +330,9 @@ fn receive(stream: &TcpStream, served: &Served) -> Result<Reply, Refusal> {
 /// back with it.
 fn read(stream: &TcpStream, served: &Served) -> Result<(http::HttpRequest, Option<BodyTurn>), Refusal> {
     let shared = &served.shared;
-    let deadline = Instant::now() + shared.policy.request_deadline;
-    let max_bytes = shared.policy.max_bytes;
+    let policy = &shared.installer.policy;
+    let deadline = Instant::now() + policy.request_deadline;
+    let max_bytes = policy.max_bytes;
     let mut source = stream;
     let incoming = http::read_head(&mut source, deadline)?;
     let turn = match incoming.holds_a_body(max_bytes) {
@@ -378,46 +374,25 @@ fn refused(refusal: Refusal) -> Reply {
 }
 
 fn answer(request: &http::HttpRequest, shared: &Shared) -> Reply {
+    let installer = &shared.installer;
     match (request.method.as_str(), request.path.as_str()) {
-        ("POST", "/bank") => match install(&request.body, shared) {
-            Ok(installed) => Reply::json(200, json!({"ok": true, "installed": installed})),
-            Err(refusal) => refused(refusal),
-        },
-        ("GET", "/status") => Reply::json(200, status(&shared.state)),
+        ("POST", "/bank") => {
+            let installed = installer.install(Origin::Pushed, |highest| {
+                validate(&request.body, &installer.policy, highest)
+            });
+            match installed {
+                Ok(installed) => Reply::json(200, json!({"ok": true, "installed": installed})),
+                Err(refusal) => refused(refusal),
+            }
+        }
+        ("GET", "/status") => Reply::json(200, status(&installer.state)),
         ("GET", "/metrics") => Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&shared.state),
+            body: metrics::render(&installer.state),
         },
         (method, path) => Reply::json(404, json!({"ok": false, "error": format!("no {method} {path} here")})),
     }
-}
-
-fn install(body: &[u8], shared: &Shared) -> Result<serde_json::Value, Refusal> {
-    let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
-    let state = &shared.state;
-    let running = state.installed.load().as_ref().map_or(0, |i| i.version);
-    let highest = store
-        .highest_installed()
-        .map_err(|e| refuse(500, format!("{e:#}")))?
-        .max(running);
-    let (bank, bank_bytes) = validate(body, &shared.policy, highest)?;
-    let installed = Installed::new(&bank, Origin::Pushed).map_err(|e| refuse(422, format!("{e:#}")))?;
-    store
-        .install(bank_bytes, bank.version)
-        .map_err(|e| refuse(500, format!("cannot install: {e:#}")))?;
-    let summary = bank_summary(&bank);
-    state.installed.store(Some(Arc::new(installed)));
-    info!("bank version {} installed: {summary}", bank.version);
-    Ok(summary)
-}
-
-fn bank_summary(bank: &Bank) -> serde_json::Value {
-    json!({
-        "version": bank.version,
-        "arithmetic": bank.arithmetic,
-        "tasks": bank.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-    })
 }
 
 fn status(state: &DeviceState) -> serde_json::Value {
@@ -432,5 +407,12 @@ fn status(state: &DeviceState) -> serde_json::Value {
     });
     let demoted = state.demoted.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let refused_requests = state.refused_requests.load(Ordering::Relaxed);
-    json!({"bank": bank, "totals": totals, "demoted": demoted, "refused_requests": refused_requests})
+    let pull = state.pull.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    json!({
+        "bank": bank,
+        "totals": totals,
+        "demoted": demoted,
+        "refused_requests": refused_requests,
+        "pull": pull,
+    })
 }

@@ -74,6 +74,12 @@ pub(crate) fn render(state: &DeviceState) -> String {
         "Version of the installed bank (0: none).",
         version,
     );
+    if let Some(pull) = state.pull.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        let refused = "Pull update checks whose manifest or bank was refused.";
+        metric(&mut page, "ucad_pull_refused_total", "counter", refused, pull.refused);
+        let failed = "Pull update checks that could not fetch the manifest or the bank.";
+        metric(&mut page, "ucad_pull_failed_total", "counter", failed, pull.failed);
+    }
     latency(&mut page, &t.latency);
     page
 }

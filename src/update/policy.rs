@@ -49,15 +49,28 @@ pub fn validate<'a>(
             ),
         ));
     }
-    let bank = Bank::from_bytes(update.bank, "pushed bank").map_err(|e| match e {
+    let bank = validate_bank(update.bank, policy, highest_installed, "pushed bank")?;
+    Ok((bank, update.bank))
+}
+
+/// The bank file's part of the checks, for a pushed bank and a pulled one alike (`origin` names
+/// it in refusals): intact, for this backbone, within capacity, not empty, newer than
+/// `highest_installed`.
+pub(crate) fn validate_bank(
+    bytes: &[u8],
+    policy: &UpdatePolicy,
+    highest_installed: u64,
+    origin: &str,
+) -> Result<Bank, Refusal> {
+    let bank = Bank::from_bytes(bytes, origin).map_err(|e| match e {
         BankError::NewerFormat { .. } | BankError::OlderFormat { .. } | BankError::Invalid { .. } => refuse(422, e),
         _ => refuse(400, e),
     })?;
-    bank.check_backbone(&policy.backbone, "pushed bank")
-        .and_then(|()| bank.check_capacity(policy.capacity, "pushed bank"))
+    bank.check_backbone(&policy.backbone, origin)
+        .and_then(|()| bank.check_capacity(policy.capacity, origin))
         .map_err(|e| refuse(422, e))?;
     if bank.tasks.is_empty() {
-        return Err(refuse(422, "the pushed bank has no tasks"));
+        return Err(refuse(422, format!("the {origin} has no tasks")));
     }
     if bank.version <= highest_installed {
         return Err(refuse(
@@ -69,5 +82,5 @@ pub fn validate<'a>(
             ),
         ));
     }
-    Ok((bank, update.bank))
+    Ok(bank)
 }

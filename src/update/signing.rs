@@ -44,7 +44,7 @@ pub enum EnvelopeError {
 
 /// The name of the production line (or device group) an update is signed for: 1 to 64 ASCII
 /// letters, digits, `.`, `_` or `-`, so that two names that look alike are alike.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String")]
 pub struct Line(String);
 

@@ -47,6 +47,33 @@ pub struct DeviceState {
     /// unsigned, for another line, backbone or capacity or not newer, and also requests too
     /// slow (408) or ended before their head was whole (a port scan's connect and close).
     pub refused_requests: AtomicU64,
+    /// What came of polling for pull updates (`None` without `update.source`).
+    pub pull: Mutex<Option<PullStatus>>,
+}
+
+/// The pull updates' side of `GET /status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullStatus {
+    pub source: String,
+    /// When the manifest was last checked, in seconds since 1970 (`None` before the first check).
+    pub checked_unix: Option<u64>,
+    /// What came of it: up to date, installed, refused or failed, and why.
+    pub outcome: String,
+    /// Checks whose manifest or bank was refused, and checks that could not fetch them.
+    pub refused: u64,
+    pub failed: u64,
+}
+
+impl PullStatus {
+    pub(crate) fn new(source: &str) -> PullStatus {
+        PullStatus {
+            source: source.to_string(),
+            checked_unix: None,
+            outcome: "not checked yet".into(),
+            refused: 0,
+            failed: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -37,6 +37,7 @@ pub enum Origin {
     Current,
     LastGood,
     Pushed,
+    Pulled,
 }
 
 impl BankStore {

@@ -130,8 +130,21 @@ pub struct AuditConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
-    /// Address to listen on, e.g. `127.0.0.1:7878` or the line network's interface address.
-    pub listen: String,
+    /// Address to listen on for pushed banks and `GET /status`, `/metrics`, e.g.
+    /// `127.0.0.1:7878` or the line network's interface address (off when absent).
+    pub listen: Option<String>,
+    /// A published manifest's URL (`ucad publish`), polled for newer banks (off when absent).
+    pub source: Option<String>,
+    /// Between two checks of `source`.
+    #[serde(rename = "poll_s", default = "default_poll", deserialize_with = "seconds")]
+    pub poll: Duration,
+    /// A manifest or bank fetch must be whole within this.
+    #[serde(
+        rename = "fetch_timeout_s",
+        default = "default_fetch_timeout",
+        deserialize_with = "seconds"
+    )]
+    pub fetch_timeout: Duration,
     /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
     pub trusted_keys: Vec<PathBuf>,
     /// The production line (or device group) this device is on: only banks signed for it
@@ -144,6 +157,14 @@ pub struct UpdateConfig {
 
 fn default_update_max_mib() -> usize {
     64
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// The largest `update.max_mib`: a request body is held in memory whole.
@@ -235,6 +256,26 @@ pub fn frame_period(fps: f64) -> Result<Duration> {
 /// in the reject queue.
 pub(crate) fn parts_in_flight(fps: f64, travel: Duration, width: Duration) -> u64 {
     (fps * (travel + width).as_secs_f64()).ceil() as u64 + 1
+}
+
+/// A manifest's URL: plain HTTP with a host and a path (the bank lies in the path's folder).
+fn check_source_url(url: &str) -> Result<()> {
+    let rest = url.strip_prefix("http://").with_context(|| {
+        format!(
+            "update.source {url:?} must be an http:// URL (HTTPS is not built into this ucad: serve the \
+             manifest on the line network, or through a local proxy; manifests and banks are signed either way)"
+        )
+    })?;
+    let host_and_path = rest.find('/').is_some_and(|at| at > 0 && at + 1 < rest.len());
+    ensure!(
+        host_and_path,
+        "update.source {url:?} must name a host and the manifest's path, e.g. http://updates.plant:8080/line-a/manifest"
+    );
+    ensure!(
+        !url.chars().any(|c| c.is_whitespace() || c.is_control()),
+        "update.source {url:?} holds spaces or control characters"
+    );
+    Ok(())
 }
 
 fn count(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<()> {
@@ -347,6 +388,15 @@ impl RunConfig {
                 update.max_mib
             );
             mib(update.max_mib)?;
+            ensure!(
+                update.listen.is_some() || update.source.is_some(),
+                "[update] needs `listen` (pushed banks, status) or `source` (pulled banks), or both"
+            );
+            if let Some(source) = &update.source {
+                check_source_url(source)?;
+            }
+            positive("update.poll_s", update.poll, MAX_DURATION * 24)?;
+            positive("update.fetch_timeout_s", update.fetch_timeout, MAX_DURATION)?;
         }
         self.source.check()?;
         if let Some(roi) = self.roi {

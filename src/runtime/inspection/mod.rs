@@ -30,8 +30,10 @@ use crate::alloc::{
 use crate::backbone::BackboneSpec;
 use crate::backbone::{Backbone, Preprocessor};
 use crate::runtime::audit::Auditor;
+use crate::update::install::Installer;
 use crate::update::listener::UpdateListener;
 use crate::update::policy::UpdatePolicy;
+use crate::update::pull::{Poller, PullConfig};
 use crate::update::signing::read_public_key;
 use crate::update::state::{DeviceState, Installed};
 use crate::update::store::BankStore;
@@ -80,7 +82,14 @@ struct Started {
     actuator: Actuator,
     books: Books,
     sim: Option<Arc<Mutex<SimRecord>>>,
-    listener: Option<UpdateListener>,
+    updates: Updates,
+}
+
+/// The update listener and the poller, as configured; both stop when dropped.
+#[derive(Default)]
+struct Updates {
+    _listener: Option<UpdateListener>,
+    _poller: Option<Poller>,
 }
 
 impl Inspector {
@@ -128,7 +137,7 @@ impl Inspector {
             actuator,
             mut books,
             sim,
-            listener,
+            updates,
         } = match self.start() {
             Ok(started) => started,
             Err(e) => {
@@ -154,9 +163,7 @@ impl Inspector {
             }
         }
         let memory = memory_report(steady, books.counters.frames);
-        if let Some(listener) = listener {
-            listener.stop();
-        }
+        drop(updates);
         let late = actuator.shutdown();
         if late.pulses > 0 {
             error!(
@@ -244,7 +251,7 @@ impl Inspector {
             Some(audit) => Some(Auditor::start(audit, &self.backbone.meta)?),
             None => None,
         };
-        let listener = self.start_listener()?;
+        let updates = self.start_updates()?;
         self.adopt_installed_bank(None);
         let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks().len());
         let c = &self.config;
@@ -273,14 +280,14 @@ impl Inspector {
                 counters: Counters::new(tasks),
             },
             sim,
-            listener,
+            updates,
         })
     }
 
-    /// Starts the update listener when the config asks for one.
-    fn start_listener(&self) -> Result<Option<UpdateListener>> {
+    /// Starts the update listener and the poller the config asks for.
+    fn start_updates(&self) -> Result<Updates> {
         let Some(update) = &self.config.update else {
-            return Ok(None);
+            return Ok(Updates::default());
         };
         let trusted = update
             .trusted_keys
@@ -296,7 +303,26 @@ impl Inspector {
             request_deadline: crate::update::http::DEADLINE,
         };
         let store = bank_store(&self.config, &self.backbone);
-        UpdateListener::start(&update.listen, policy, store, self.state.clone()).map(Some)
+        let installer = Arc::new(Installer::new(policy, store, self.state.clone()));
+        let listener = match &update.listen {
+            Some(listen) => Some(UpdateListener::start(listen, installer.clone())?),
+            None => None,
+        };
+        let poller = match &update.source {
+            Some(source) => {
+                let pull = PullConfig {
+                    source: source.clone(),
+                    every: update.poll,
+                    timeout: update.fetch_timeout,
+                };
+                Some(Poller::start(pull, installer)?)
+            }
+            None => None,
+        };
+        Ok(Updates {
+            _listener: listener,
+            _poller: poller,
+        })
     }
 }
 
