@@ -215,6 +215,14 @@ pub struct Capacity {
     pub bytes_per_task: usize,
 }
 
+impl Capacity {
+    /// What a device reserves unless its `[bank]` section says otherwise.
+    pub const DEFAULT: Capacity = Capacity {
+        tasks: 32,
+        bytes_per_task: 2048 << 10,
+    };
+}
+
 impl Bank {
     pub fn new(backbone_sha256: &str, feature_dim: usize, patches: usize) -> Bank {
         Bank {

@@ -5,6 +5,7 @@ mod contents;
 pub mod coreset;
 mod describe;
 pub mod format;
+pub mod merge;
 pub mod projection;
 pub mod rows;
 pub mod validate;

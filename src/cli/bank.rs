@@ -1,4 +1,4 @@
-//! Commands that make a bank and use it off the line: `fit`, `score`, `inspect`.
+//! Commands that make a bank and use it off the line: `fit`, `score`, `inspect`, `bank merge`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use ucad::backbone::colour::image_colours;
 use ucad::backbone::extract::extract_features;
 use ucad::backbone::Preprocessor;
 use ucad::bank::format::load_for_backbone;
-use ucad::bank::Bank;
+use ucad::bank::{Bank, Capacity};
 use ucad::data::dataset::TaskData;
 use ucad::data::folder::{list_images, load_rgb};
 use ucad::detect::heatmap::save_overlay;
@@ -166,6 +166,70 @@ impl InspectArgs {
     pub fn execute(self) -> Result<()> {
         let bank = Bank::load(&self.bank)?;
         print!("{}: {bank}", self.bank.display());
+        Ok(())
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum BankAction {
+    /// One bank from banks fitted separately with the same backbone (say, one `ucad fit` job per
+    /// product): their tasks in the order given, the same as fitting them in sequence in that
+    /// order. Refuses banks of another backbone, feature size or arithmetic, a task name twice and
+    /// a merged bank beyond the capacity.
+    Merge(MergeArgs),
+}
+
+impl BankAction {
+    pub fn execute(self) -> Result<()> {
+        match self {
+            BankAction::Merge(a) => a.execute(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// The merged bank: a new file.
+    out: PathBuf,
+    /// The banks, in learning order.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The merged bank's version (default: the sum of the inputs'). Devices refuse a version not
+    /// above the one they run: a merge of refitted products needs a version above it.
+    #[arg(long)]
+    version: Option<u64>,
+    /// The devices' `[bank] capacity_tasks`.
+    #[arg(long, default_value_t = Capacity::DEFAULT.tasks)]
+    capacity_tasks: usize,
+    /// The devices' `[bank] capacity_task_kib`.
+    #[arg(long, default_value_t = Capacity::DEFAULT.bytes_per_task >> 10)]
+    capacity_task_kib: usize,
+}
+
+impl MergeArgs {
+    fn execute(self) -> Result<()> {
+        anyhow::ensure!(
+            !self.out.exists(),
+            "{} exists: merge into a new file (the inputs stay as they are)",
+            self.out.display()
+        );
+        let inputs = (self.inputs.iter())
+            .map(|path| Ok((path.display().to_string(), Bank::load(path)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let capacity = Capacity {
+            tasks: self.capacity_tasks,
+            bytes_per_task: self.capacity_task_kib.saturating_mul(1024),
+        };
+        let merged = ucad::bank::merge::merge(&inputs, capacity, self.version)?;
+        merged.save(&self.out)?;
+        let names: Vec<&str> = merged.tasks.iter().map(|t| t.name.as_str()).collect();
+        println!(
+            "merged {} bank(s) into {}: tasks {} in this order, version {}",
+            inputs.len(),
+            self.out.display(),
+            names.join(", "),
+            merged.version
+        );
         Ok(())
     }
 }

@@ -83,6 +83,11 @@ enum Command {
     Score(bank::ScoreArgs),
     /// Summarise a bank.
     Inspect(bank::InspectArgs),
+    /// Work on bank files.
+    Bank {
+        #[command(subcommand)]
+        action: bank::BankAction,
+    },
     /// Extract patch features of images (or of a generated image) and print their summary.
     Features(backbone::FeaturesArgs),
     /// Compare our plain-mode tokens with the original pretrained graph's hidden states (JSON).
@@ -166,6 +171,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => a.execute(),
         Command::Score(a) => a.execute(&ctx),
         Command::Inspect(a) => a.execute(),
+        Command::Bank { action } => action.execute(),
         Command::Features(a) => a.execute(&ctx),
         Command::CheckParity(a) => a.execute(&ctx),
         Command::BenchBackbone(a) => a.execute(&ctx),

@@ -204,11 +204,11 @@ impl BankConfig {
 }
 
 fn default_capacity_tasks() -> usize {
-    32
+    crate::bank::Capacity::DEFAULT.tasks
 }
 
 fn default_capacity_task_kib() -> usize {
-    2048
+    crate::bank::Capacity::DEFAULT.bytes_per_task >> 10
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
