@@ -295,9 +295,13 @@ fn a_damaged_jpeg_and_a_deadline_miss_are_rejected_and_logged() {
         Event::Image(s.good[2].clone()),
     ]);
     let outcome = s.run(s.config.clone(), &mut source, None).unwrap();
-    let failsafe: Vec<bool> = outcome.parts.iter().map(|p| p.failsafe).collect();
+    let failsafe: Vec<bool> = outcome.parts.iter().map(|p| p.failsafe.is_some()).collect();
     assert_eq!(failsafe, [false, true, true, false]);
-    assert!(outcome.parts.iter().filter(|p| p.failsafe).all(|p| p.rejected));
+    assert!(outcome
+        .parts
+        .iter()
+        .filter(|p| p.failsafe.is_some())
+        .all(|p| p.rejected));
     assert!(logged("frame 1: ") && logged("JPEG"), "{:?}", LOGGED.lock().unwrap());
     assert!(logged("frame 2: ") && logged("too late to judge by its deadline"));
     assert_eq!(outcome.summary.failsafe_rejects, 2);
@@ -319,12 +323,12 @@ fn an_unknown_product_is_failsafed_and_counted() {
         Event::Image(foreign[1].clone()),
     ]);
     let outcome = s.run(s.config.clone(), &mut source, None).unwrap();
-    let failsafe: Vec<bool> = outcome.parts.iter().map(|p| p.failsafe).collect();
+    let failsafe: Vec<bool> = outcome.parts.iter().map(|p| p.failsafe.is_some()).collect();
     assert_eq!(failsafe, [false, true, false, true]);
     assert!(outcome
         .parts
         .iter()
-        .filter(|p| p.failsafe)
+        .filter(|p| p.failsafe.is_some())
         .all(|p| p.rejected && p.task.is_none()));
     assert_eq!(outcome.summary.unknown_products, 2);
     assert_eq!(outcome.summary.failsafe_rejects, 2);
@@ -419,7 +423,7 @@ fn a_bank_that_faults_in_judging_gets_the_failsafe_and_is_demoted() {
     let summary = &outcome.summary;
     assert_eq!(summary.frames, 5);
     assert_eq!(summary.failsafe_rejects, 5);
-    assert!(outcome.parts.iter().all(|p| p.rejected && p.failsafe));
+    assert!(outcome.parts.iter().all(|p| p.rejected && p.failsafe.is_some()));
     // The prompt of the wrong length is an error of the backbone's (a panic before the bank
     // checks); a panic is contained the same way (the unit test in runtime::inspection).
     assert_eq!(summary.judging_panics, 0, "{:?}", LOGGED.lock().unwrap());
@@ -452,7 +456,7 @@ fn a_demoted_bank_gives_way_to_the_last_known_good_one() {
     let outcome = inspector.run(&mut source, None).unwrap();
     let judged_by: Vec<Option<u64>> = outcome.parts.iter().map(|p| p.bank_version).collect();
     assert_eq!(judged_by, [None, None, None, Some(1), Some(1), Some(1)]);
-    assert!(outcome.parts[..3].iter().all(|p| p.rejected && p.failsafe));
+    assert!(outcome.parts[..3].iter().all(|p| p.rejected && p.failsafe.is_some()));
     assert_eq!((outcome.summary.judging_panics, outcome.summary.bank_demotions), (0, 1));
     assert!(logged("back on the last-known-good bank version 1"));
     assert_eq!(inspector.state().demoted.lock().unwrap().as_ref().unwrap().version, 2);

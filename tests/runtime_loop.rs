@@ -91,7 +91,7 @@ fn run_once(config: &RunConfig, backbone: &std::path::Path, travel: Duration) ->
             gap <= Duration::from_millis(1)
         };
         let truth = part.truth.unwrap();
-        assert!(!part.failsafe, "part {} needed the fail-safe", part.sequence);
+        assert!(part.failsafe.is_none(), "part {} needed the fail-safe", part.sequence);
         assert_eq!(part.rejected, truth.defective, "part {}: {part:?}", part.sequence);
         let fired = rises.iter().filter(near).count();
         if fired != truth.defective as usize {

@@ -10,7 +10,25 @@ use super::capture::Part;
 use super::schedule::Late;
 use super::source::Truth;
 use crate::detect::Stage;
-use crate::update::state::{LatencyHistogram, Totals};
+use crate::update::state::{LatencyHistogram, MqttReport, Totals};
+
+/// Why a part got the fail-safe action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failsafe {
+    /// No usable bank is loaded.
+    NoBank,
+    /// No learned product explains the part.
+    UnknownProduct,
+    /// Judging failed or panicked.
+    Fault,
+    /// Too old to be judged by its deadline, or judged after it.
+    Late,
+    /// It passed, but the reject gate had already committed to it.
+    GateCommitted,
+    /// Never judged: no frame buffer was free, or the loop was ending.
+    NotJudged,
+}
 
 /// One judged (or fail-safed) part, for tests and audits.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +43,8 @@ pub struct PartRecord {
     /// Image score minus the task's threshold.
     pub relative_score: f32,
     pub rejected: bool,
-    pub failsafe: bool,
+    /// Why the fail-safe decided the part, when it did.
+    pub failsafe: Option<Failsafe>,
     /// When the reject pulse was scheduled to start.
     pub reject_at: Option<Instant>,
 }
@@ -40,7 +59,7 @@ impl PartRecord {
             bank_version: None,
             relative_score: f32::NAN,
             rejected: false,
-            failsafe: false,
+            failsafe: None,
             reject_at: None,
         }
     }
@@ -109,6 +128,8 @@ pub(crate) struct Counters {
     pub stalls: u64,
     pub dropped_frames: u64,
     pub audit_not_saved: u64,
+    /// Messages published to the MQTT broker and dropped (`None` without `[mqtt]`).
+    pub mqtt: Option<MqttReport>,
     pub routing_switches: u64,
     pub bank_swaps: u64,
     /// Parts with ground truth, and how the decisions compared with it.
@@ -143,6 +164,8 @@ pub struct Summary {
     pub stalls: u64,
     pub dropped_frames: u64,
     pub audit_not_saved: u64,
+    /// Messages published to the MQTT broker and dropped (`None` without `[mqtt]`).
+    pub mqtt: Option<MqttReport>,
     pub routing_switches: u64,
     pub bank_swaps: u64,
     pub reject_timing_error_ms_max: Option<f64>,
@@ -182,6 +205,13 @@ impl fmt::Display for Summary {
             self.dropped_frames,
             self.audit_not_saved
         )?;
+        if let Some(mqtt) = self.mqtt {
+            writeln!(
+                f,
+                "MQTT: {} messages published, {} dropped",
+                mqtt.published, mqtt.dropped
+            )?;
+        }
         write!(f, "{}", self.stages_ms)?;
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         let m = &self.memory;
@@ -254,6 +284,7 @@ impl Counters {
             stalls: 0,
             dropped_frames: 0,
             audit_not_saved: 0,
+            mqtt: None,
             routing_switches: 0,
             bank_swaps: 0,
             known_parts: 0,
@@ -365,6 +396,7 @@ impl Counters {
             stalls: self.stalls,
             dropped_frames: self.dropped_frames,
             audit_not_saved: self.audit_not_saved,
+            mqtt: self.mqtt,
             routing_switches: self.routing_switches,
             bank_swaps: self.bank_swaps,
             reject_timing_error_ms_max: timing_error_ms,

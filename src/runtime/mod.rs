@@ -12,6 +12,7 @@ pub(crate) mod fault_injection;
 pub(crate) mod hardware;
 pub mod inspection;
 pub mod learn;
+pub(crate) mod mqtt;
 pub mod pixels;
 #[allow(unsafe_code)] // SAFETY comments at each block
 pub mod reject;

@@ -408,11 +408,13 @@ fn status(state: &DeviceState) -> serde_json::Value {
     let demoted = state.demoted.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let refused_requests = state.refused_requests.load(Ordering::Relaxed);
     let pull = state.pull.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mqtt = (state.mqtt.lock().unwrap_or_else(|e| e.into_inner()).as_ref()).map(|m| m.report());
     json!({
         "bank": bank,
         "totals": totals,
         "demoted": demoted,
         "refused_requests": refused_requests,
         "pull": pull,
+        "mqtt": mqtt,
     })
 }

@@ -80,6 +80,19 @@ pub(crate) fn render(state: &DeviceState) -> String {
         let failed = "Pull update checks that could not fetch the manifest or the bank.";
         metric(&mut page, "ucad_pull_failed_total", "counter", failed, pull.failed);
     }
+    if let Some(mqtt) = state.mqtt.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        let report = mqtt.report();
+        let dropped = "MQTT messages dropped: the queue to the broker was full (a slow or lost broker).";
+        metric(&mut page, "ucad_mqtt_dropped_total", "counter", dropped, report.dropped);
+        let connected = "Whether the MQTT broker is connected (1) or not (0).";
+        metric(
+            &mut page,
+            "ucad_mqtt_connected",
+            "gauge",
+            connected,
+            report.connected as u64,
+        );
+    }
     latency(&mut page, &t.latency);
     page
 }

@@ -2,8 +2,8 @@
 //! counters, the listener's refusals (both reported by `GET /status` and `GET /metrics`), and the
 //! last demotion.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use arc_swap::ArcSwapOption;
@@ -49,6 +49,35 @@ pub struct DeviceState {
     pub refused_requests: AtomicU64,
     /// What came of polling for pull updates (`None` without `update.source`).
     pub pull: Mutex<Option<PullStatus>>,
+    /// The MQTT publisher's counts (`None` without `[mqtt]`).
+    pub mqtt: Mutex<Option<Arc<MqttCounters>>>,
+}
+
+/// The MQTT publisher's side of `GET /status` and of the summary.
+#[derive(Debug, Default)]
+pub struct MqttCounters {
+    pub connected: AtomicBool,
+    /// Messages handed to the broker's connection.
+    pub published: AtomicU64,
+    /// Messages dropped: the loop's queue or the client's was full (a slow or lost broker).
+    pub dropped: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MqttReport {
+    pub connected: bool,
+    pub published: u64,
+    pub dropped: u64,
+}
+
+impl MqttCounters {
+    pub fn report(&self) -> MqttReport {
+        MqttReport {
+            connected: self.connected.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The pull updates' side of `GET /status`.

@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Context, Result};
 use serde::{Deserialize, Deserializer};
 
+mod fleet;
 mod reject;
 mod source;
 
+pub use fleet::{MqttConfig, UpdateConfig};
 pub use reject::{FailsafeAction, LineConfig};
 pub use reject::{FailsafeConfig, RejectConfig};
 pub use source::{PixelFormat, Roi, SourceConfig, FPS};
@@ -45,9 +47,13 @@ pub struct RunConfig {
     /// Saving rejected frames with their heatmaps (off when absent).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
-    /// The listener for signed bank updates (off when absent).
+    /// Signed bank updates: pushed to a listener, pulled from a web server, or both (off when
+    /// absent).
     #[serde(default)]
     pub update: Option<UpdateConfig>,
+    /// Decisions and counters to an MQTT broker (off when absent).
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
     /// Between counter lines in the log (`log_every_s`).
     #[serde(rename = "log_every_s", default = "default_log_every", deserialize_with = "seconds")]
     pub log_every: Duration,
@@ -62,7 +68,7 @@ fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Err
 }
 
 /// A duration given in seconds (see [`millis`]).
-fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(super) fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let s = f64::deserialize(deserializer)?;
     duration(s)
         .ok_or_else(|| serde::de::Error::custom(format!("{s:?} s is not a duration (a finite number, at least 0)")))
@@ -126,49 +132,6 @@ pub struct AuditConfig {
     #[serde(default = "default_audit_queue")]
     pub queue: usize,
 }
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateConfig {
-    /// Address to listen on for pushed banks and `GET /status`, `/metrics`, e.g.
-    /// `127.0.0.1:7878` or the line network's interface address (off when absent).
-    pub listen: Option<String>,
-    /// A published manifest's URL (`ucad publish`), polled for newer banks (off when absent).
-    pub source: Option<String>,
-    /// Between two checks of `source`.
-    #[serde(rename = "poll_s", default = "default_poll", deserialize_with = "seconds")]
-    pub poll: Duration,
-    /// A manifest or bank fetch must be whole within this.
-    #[serde(
-        rename = "fetch_timeout_s",
-        default = "default_fetch_timeout",
-        deserialize_with = "seconds"
-    )]
-    pub fetch_timeout: Duration,
-    /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
-    pub trusted_keys: Vec<PathBuf>,
-    /// The production line (or device group) this device is on: only banks signed for it
-    /// (`ucad sign --line`) are accepted. Required, so that no two lines share one by default.
-    pub line: crate::update::signing::Line,
-    /// Larger requests are refused (a body up to twice this is read and discarded first).
-    #[serde(default = "default_update_max_mib")]
-    pub max_mib: usize,
-}
-
-fn default_update_max_mib() -> usize {
-    64
-}
-
-fn default_poll() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_fetch_timeout() -> Duration {
-    Duration::from_secs(120)
-}
-
-/// The largest `update.max_mib`: a request body is held in memory whole.
-pub(crate) const MAX_UPDATE_MIB: usize = 1024;
 
 fn default_audit_queue() -> usize {
     4
@@ -258,27 +221,7 @@ pub(crate) fn parts_in_flight(fps: f64, travel: Duration, width: Duration) -> u6
     (fps * (travel + width).as_secs_f64()).ceil() as u64 + 1
 }
 
-/// A manifest's URL: plain HTTP with a host and a path (the bank lies in the path's folder).
-fn check_source_url(url: &str) -> Result<()> {
-    let rest = url.strip_prefix("http://").with_context(|| {
-        format!(
-            "update.source {url:?} must be an http:// URL (HTTPS is not built into this ucad: serve the \
-             manifest on the line network, or through a local proxy; manifests and banks are signed either way)"
-        )
-    })?;
-    let host_and_path = rest.find('/').is_some_and(|at| at > 0 && at + 1 < rest.len());
-    ensure!(
-        host_and_path,
-        "update.source {url:?} must name a host and the manifest's path, e.g. http://updates.plant:8080/line-a/manifest"
-    );
-    ensure!(
-        !url.chars().any(|c| c.is_whitespace() || c.is_control()),
-        "update.source {url:?} holds spaces or control characters"
-    );
-    Ok(())
-}
-
-fn count(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<()> {
+pub(super) fn count(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<()> {
     ensure!(
         range.contains(&value),
         "{key} must be between {} and {}, not {value}",
@@ -288,7 +231,7 @@ fn count(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<()> {
     Ok(())
 }
 
-fn positive(key: &str, value: Duration, max: Duration) -> Result<()> {
+pub(super) fn positive(key: &str, value: Duration, max: Duration) -> Result<()> {
     ensure!(
         !value.is_zero() && value <= max,
         "{key} must be positive and at most {max:?}, not {value:?}"
@@ -378,25 +321,10 @@ impl RunConfig {
             count("audit.queue", audit.queue as u64, 1..=64)?;
         }
         if let Some(update) = &self.update {
-            ensure!(
-                !update.trusted_keys.is_empty(),
-                "update.trusted_keys must name at least one key"
-            );
-            ensure!(
-                (1..=MAX_UPDATE_MIB).contains(&update.max_mib),
-                "update.max_mib ({}) must be 1 to {MAX_UPDATE_MIB}",
-                update.max_mib
-            );
-            mib(update.max_mib)?;
-            ensure!(
-                update.listen.is_some() || update.source.is_some(),
-                "[update] needs `listen` (pushed banks, status) or `source` (pulled banks), or both"
-            );
-            if let Some(source) = &update.source {
-                check_source_url(source)?;
-            }
-            positive("update.poll_s", update.poll, MAX_DURATION * 24)?;
-            positive("update.fetch_timeout_s", update.fetch_timeout, MAX_DURATION)?;
+            update.check()?;
+        }
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.check()?;
         }
         self.source.check()?;
         if let Some(roi) = self.roi {

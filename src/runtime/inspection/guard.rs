@@ -14,7 +14,7 @@ use crate::alloc::in_frame_pool;
 use crate::detect::{Detector, Judgement, Stage};
 use crate::runtime::capture::panic_message;
 use crate::runtime::config::{RoutingConfig, RoutingMode};
-use crate::runtime::counters::{Counters, Lap};
+use crate::runtime::counters::{Counters, Failsafe, Lap};
 use crate::runtime::source::Frame;
 use crate::update::state::{Demotion, Installed};
 use crate::update::store::Origin;
@@ -84,13 +84,13 @@ impl Inspector {
         }
     }
 
-    /// The frame's judgement; `None` — the fail-safe — for an unknown product or a fault, an
-    /// error or a panic alike (logged and counted). A bank that faults on each of its first
+    /// The frame's judgement, or why it gets the fail-safe: no bank, an unknown product, or a
+    /// fault — an error or a panic alike (logged and counted). A bank that faults on each of its first
     /// frames is demoted.
-    pub(super) fn judge_guarded(&mut self, frame: &mut Frame, counters: &mut Counters) -> Option<Judgement> {
+    pub(super) fn judge_guarded(&mut self, frame: &mut Frame, counters: &mut Counters) -> Result<Judgement, Failsafe> {
         let Some(installed) = self.current.clone() else {
             error!("frame {}: no bank loaded", frame.sequence);
-            return None;
+            return Err(Failsafe::NoBank);
         };
         let mut bank_stage = false;
         let judged = contained(|| {
@@ -112,7 +112,7 @@ impl Inspector {
                         frame.sequence
                     );
                 }
-                return verdict;
+                return verdict.ok_or(Failsafe::UnknownProduct);
             }
             Err(Fault::Error(message)) => message,
             Err(Fault::Panic(message)) => {
@@ -129,7 +129,7 @@ impl Inspector {
                 self.demote(&installed, &fault, counters);
             }
         }
-        None
+        Err(Failsafe::Fault)
     }
 
     /// Sends a bank that faulted on each of its first frames back to the last-known-good one

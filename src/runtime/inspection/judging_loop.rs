@@ -14,7 +14,8 @@ use crate::detect::Stage;
 use crate::runtime::audit::Auditor;
 use crate::runtime::capture::{CaptureCounts, Event, FramePool, Part};
 use crate::runtime::config::FailsafeAction;
-use crate::runtime::counters::{Counters, Lap, PartRecord};
+use crate::runtime::counters::{Counters, Failsafe, Lap, PartRecord};
+use crate::runtime::mqtt::MqttPublisher;
 use crate::runtime::pixels::copy_image;
 use crate::runtime::reject::Actuator;
 use crate::runtime::source::Frame;
@@ -25,10 +26,23 @@ const WARM_UP_FRAMES: u64 = 5;
 /// How often the loop looks at the stop flag while it waits for a frame.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
-/// What the loop keeps while it runs: its counters and the audit writer.
+/// What the loop keeps while it runs: its counters, the audit writer and the MQTT publisher.
 pub(super) struct Books {
     pub(super) auditor: Option<Auditor>,
+    pub(super) mqtt: Option<MqttPublisher>,
     pub(super) counters: Counters,
+}
+
+impl Books {
+    /// Keeps a part's record (the first `records.capacity()`) and publishes it.
+    fn record(&self, record: PartRecord, records: &mut Vec<PartRecord>) {
+        if records.len() < records.capacity() {
+            records.push(record);
+        }
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.part(&record, record.captured.elapsed());
+        }
+    }
 }
 
 /// The judging side of a run: what it reads and updates.
@@ -73,9 +87,7 @@ impl Loop<'_> {
                         part.sequence
                     );
                     let record = unjudged(&part, self.travel, &mut self.books.counters);
-                    if self.parts.len() < self.parts.capacity() {
-                        self.parts.push(record);
-                    }
+                    self.books.record(record, self.parts);
                 }
                 Ok(Event::End(end)) => {
                     if let Err(e) = end {
@@ -94,7 +106,7 @@ impl Loop<'_> {
 fn unjudged(part: &Part, travel: Duration, counters: &mut Counters) -> PartRecord {
     let record = PartRecord {
         rejected: true,
-        failsafe: true,
+        failsafe: Some(Failsafe::NotJudged),
         reject_at: part.ticket.map(|_| part.captured + travel),
         ..PartRecord::new(part)
     };
@@ -147,16 +159,18 @@ impl Inspector {
                 }
             };
             run.sync_counts();
-            *self.state.totals.lock().unwrap_or_else(|e| e.into_inner()) = run.books.counters.totals();
-            if run.parts.len() < run.parts.capacity() {
-                run.parts.push(record);
-            }
-            if record.failsafe && self.config.failsafe.action == FailsafeAction::StopLine {
+            let totals = run.books.counters.totals();
+            *self.state.totals.lock().unwrap_or_else(|e| e.into_inner()) = totals;
+            run.books.record(record, run.parts);
+            if record.failsafe.is_some() && self.config.failsafe.action == FailsafeAction::StopLine {
                 let late = anyhow::anyhow!("frame {} could not be judged in time", record.sequence);
                 return (Err(late), false);
             }
             if last_log.elapsed() >= self.config.log_every {
                 info!("{}", run.books.counters.log_line());
+                if let Some(mqtt) = &run.books.mqtt {
+                    mqtt.counters(&totals);
+                }
                 last_log = Instant::now();
             }
         }
@@ -181,7 +195,7 @@ impl Inspector {
                 part.sequence, self.judging_time
             );
             counters.rejected_by_default += 1;
-            None
+            Err(Failsafe::Late)
         } else {
             let judged = self.judge_guarded(frame, counters);
             // An average over about the last 8 frames.
@@ -190,20 +204,21 @@ impl Inspector {
         };
         let in_time = part.captured.elapsed() <= deadline;
         match judged {
-            Some(judgement) if in_time => {
+            Ok(judgement) if in_time => {
                 record.task = Some(judgement.task);
                 record.bank_version = self.current.as_ref().map(|i| i.version);
                 record.relative_score = judgement.relative();
                 record.rejected = judgement.rejected();
             }
-            Some(_) => {
+            Ok(_) => {
                 error!(
                     "frame {}: judged after its deadline: rejected by default",
                     part.sequence
                 );
                 counters.rejected_by_default += 1;
+                record.failsafe = Some(Failsafe::Late);
             }
-            None => {}
+            Err(failsafe) => record.failsafe = Some(failsafe),
         }
         let pass = record.task.is_some() && !record.rejected;
         if pass && part.ticket.is_some_and(|ticket| !actuator.cancel(ticket)) {
@@ -213,9 +228,9 @@ impl Inspector {
             );
             counters.rejected_by_default += 1;
             record.task = None;
+            record.failsafe = Some(Failsafe::GateCommitted);
         }
-        if record.task.is_none() {
-            record.failsafe = true;
+        if record.failsafe.is_some() {
             record.rejected = true;
             counters.failsafes += 1;
         }
@@ -232,7 +247,7 @@ impl Inspector {
         }
         counters.count(&record, Some(part.captured.elapsed()));
         debug!(
-            "frame {}: task {:?} score−threshold {:+.4} rejected {} failsafe {} truth {:?}",
+            "frame {}: task {:?} score−threshold {:+.4} rejected {} failsafe {:?} truth {:?}",
             record.sequence, record.task, record.relative_score, record.rejected, record.failsafe, record.truth
         );
         record

@@ -30,6 +30,7 @@ use crate::alloc::{
 use crate::backbone::BackboneSpec;
 use crate::backbone::{Backbone, Preprocessor};
 use crate::runtime::audit::Auditor;
+use crate::runtime::mqtt::MqttPublisher;
 use crate::update::install::Installer;
 use crate::update::listener::UpdateListener;
 use crate::update::policy::UpdatePolicy;
@@ -174,6 +175,9 @@ impl Inspector {
         if let Some(auditor) = books.auditor {
             books.counters.audit_not_saved = auditor.finish();
         }
+        if let Some(mqtt) = books.mqtt {
+            books.counters.mqtt = Some(mqtt.finish());
+        }
         let timing_error = sim
             .as_ref()
             .and_then(|s| max_timing_error_ms(&s.lock().unwrap_or_else(|e| e.into_inner())));
@@ -240,7 +244,8 @@ impl Inspector {
         })
     }
 
-    /// The frame pool, the reject line, the audit writer and the update listener, and the bank.
+    /// The frame pool, the reject line, the audit writer, the MQTT publisher, the update
+    /// listener and poller, and the bank.
     fn start(&mut self) -> Result<Started> {
         reserve_frame_pool(self.config.memory.frame_pool_bytes()?)?;
         let threads = crate::parallel::use_threads(self.config.runtime.threads)?;
@@ -249,6 +254,10 @@ impl Inspector {
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
         let auditor = match &self.config.audit {
             Some(audit) => Some(Auditor::start(audit, &self.backbone.meta)?),
+            None => None,
+        };
+        let mqtt = match &self.config.mqtt {
+            Some(mqtt) => Some(MqttPublisher::start(mqtt, &self.state)?),
             None => None,
         };
         let updates = self.start_updates()?;
@@ -277,6 +286,7 @@ impl Inspector {
             actuator: Actuator::start(reject_line),
             books: Books {
                 auditor,
+                mqtt,
                 counters: Counters::new(tasks),
             },
             sim,

@@ -1,0 +1,163 @@
+//! The `[update]` and `[mqtt]` sections: how a device on a fleet gets its banks and reports its
+//! decisions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde::Deserialize;
+
+use super::{count, mib, positive, seconds, MAX_DURATION};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Address to listen on for pushed banks and `GET /status`, `/metrics`, e.g.
+    /// `127.0.0.1:7878` or the line network's interface address (off when absent).
+    pub listen: Option<String>,
+    /// A published manifest's URL (`ucad publish`), polled for newer banks (off when absent).
+    pub source: Option<String>,
+    /// Between two checks of `source`.
+    #[serde(rename = "poll_s", default = "default_poll", deserialize_with = "seconds")]
+    pub poll: Duration,
+    /// A manifest or bank fetch must be whole within this.
+    #[serde(
+        rename = "fetch_timeout_s",
+        default = "default_fetch_timeout",
+        deserialize_with = "seconds"
+    )]
+    pub fetch_timeout: Duration,
+    /// Public keys (`ucad keygen`'s `.pub` files) whose signed banks this device accepts.
+    pub trusted_keys: Vec<PathBuf>,
+    /// The production line (or device group) this device is on: only banks signed for it
+    /// (`ucad sign --line`) are accepted. Required, so that no two lines share one by default.
+    pub line: crate::update::signing::Line,
+    /// Larger requests are refused (a body up to twice this is read and discarded first).
+    #[serde(default = "default_update_max_mib")]
+    pub max_mib: usize,
+}
+
+fn default_update_max_mib() -> usize {
+    64
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// The largest `update.max_mib`: a request body is held in memory whole.
+pub(crate) const MAX_UPDATE_MIB: usize = 1024;
+
+impl UpdateConfig {
+    pub(super) fn check(&self) -> Result<()> {
+        ensure!(
+            !self.trusted_keys.is_empty(),
+            "update.trusted_keys must name at least one key"
+        );
+        ensure!(
+            (1..=MAX_UPDATE_MIB).contains(&self.max_mib),
+            "update.max_mib ({}) must be 1 to {MAX_UPDATE_MIB}",
+            self.max_mib
+        );
+        mib(self.max_mib)?;
+        ensure!(
+            self.listen.is_some() || self.source.is_some(),
+            "[update] needs `listen` (pushed banks, status) or `source` (pulled banks), or both"
+        );
+        if let Some(source) = &self.source {
+            check_source_url(source)?;
+        }
+        positive("update.poll_s", self.poll, MAX_DURATION * 24)?;
+        positive("update.fetch_timeout_s", self.fetch_timeout, MAX_DURATION)
+    }
+}
+
+/// A manifest's URL: plain HTTP with a host and a path (the bank lies in the path's folder).
+fn check_source_url(url: &str) -> Result<()> {
+    let rest = url.strip_prefix("http://").with_context(|| {
+        format!(
+            "update.source {url:?} must be an http:// URL (HTTPS is not built into this ucad: serve the \
+             manifest on the line network, or through a local proxy; manifests and banks are signed either way)"
+        )
+    })?;
+    let host_and_path = rest.find('/').is_some_and(|at| at > 0 && at + 1 < rest.len());
+    ensure!(
+        host_and_path,
+        "update.source {url:?} must name a host and the manifest's path, e.g. http://updates.plant:8080/line-a/manifest"
+    );
+    ensure!(
+        !url.chars().any(|c| c.is_whitespace() || c.is_control()),
+        "update.source {url:?} holds spaces or control characters"
+    );
+    Ok(())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `HOST:PORT` of the broker, e.g. `broker.plant:1883` (plain MQTT 3.1.1, no TLS).
+    pub broker: String,
+    /// Decisions go to `TOPIC/parts`, counters to `TOPIC/counters`, e.g. `ucad/line-a/cam3`.
+    pub topic: String,
+    /// The client id (default: `ucad-` and the topic with `/` as `-`): unique per broker.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Messages that may wait for the broker; more are dropped and counted.
+    #[serde(default = "default_mqtt_queue")]
+    pub queue: usize,
+}
+
+fn default_mqtt_queue() -> usize {
+    256
+}
+
+/// The longest topic or client id: MQTT allows more, a broker's ACLs rarely do.
+const MAX_MQTT_NAME: usize = 200;
+
+impl MqttConfig {
+    pub(crate) fn host_and_port(&self) -> Result<(String, u16)> {
+        let (host, port) = (self.broker.rsplit_once(':'))
+            .filter(|(host, _)| !host.is_empty())
+            .with_context(|| {
+                format!(
+                    "mqtt.broker {:?} must be HOST:PORT, e.g. broker.plant:1883",
+                    self.broker
+                )
+            })?;
+        let port = (port.parse::<u16>().ok().filter(|p| *p > 0))
+            .with_context(|| format!("mqtt.broker {:?}: the port must be 1 to 65535", self.broker))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok((host.to_string(), port))
+    }
+
+    pub(crate) fn client_id(&self) -> String {
+        (self.client_id.clone()).unwrap_or_else(|| format!("ucad-{}", self.topic.replace('/', "-")))
+    }
+
+    pub(super) fn check(&self) -> Result<()> {
+        self.host_and_port()?;
+        let plain = |name: &str| {
+            !name.is_empty()
+                && name.len() <= MAX_MQTT_NAME
+                && !name
+                    .chars()
+                    .any(|c| matches!(c, '+' | '#') || c.is_control() || c.is_whitespace())
+        };
+        ensure!(
+            plain(&self.topic) && !self.topic.ends_with('/'),
+            "mqtt.topic {:?} must be 1 to {MAX_MQTT_NAME} bytes without wildcards (+, #), spaces, control \
+             characters or a trailing /",
+            self.topic
+        );
+        ensure!(
+            plain(&self.client_id()),
+            "mqtt.client_id {:?} must be 1 to {MAX_MQTT_NAME} bytes without wildcards, spaces or control characters",
+            self.client_id()
+        );
+        count("mqtt.queue", self.queue as u64, 1..=4096)
+    }
+}
