@@ -19,11 +19,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes)
+        .and_then(|()| readable_by_all(tmp.as_file()))
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", tmp.path().display()))?;
     tmp.persist(path)
         .with_context(|| format!("cannot move the new file to {}", path.display()))?;
     sync_parent(path)
+}
+
+/// Mode 0644, as a file created under the usual umask gets: a temporary file is created 0600,
+/// which would hide results from other users — a web server serving a published folder, say.
+/// (Secret keys are written apart, owner-only.)
+fn readable_by_all(file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 /// A regular file's bytes, at most `max_bytes` of them: a FIFO, a device (`/dev/zero`) or a

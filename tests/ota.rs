@@ -653,17 +653,23 @@ fn the_update_section_is_checked_and_names_the_key() {
     assert!(err.contains("needs `listen`") && err.contains("`source`"), "{err}");
     for url in [
         "https://h/manifest",
+        "ftp://h/manifest",
         "http://h",
-        "http://h/",
+        "http://h/line-a/",
         "http:///manifest",
-        "http://h/a b",
+        "http://h:99999/manifest",
+        "http://h/manifest?token=1/2",
+        "http://h/manifest#x",
+        "manifest",
     ] {
         let err = refusal(base.replace(listen, &format!("source = {url:?}\n")));
         assert!(err.contains("update.source") && err.contains(url), "{url}: {err}");
     }
     let pulling = base.replace(listen, "source = \"http://h:1/line-a/manifest\"\n");
-    let err = refusal(pulling.clone() + "poll_s = 0\n");
-    assert!(err.contains("update.poll_s"), "{err}");
+    for poll in ["0", "0.01", "90000"] {
+        let err = refusal(pulling.clone() + &format!("poll_s = {poll}\n"));
+        assert!(err.contains("update.poll_s"), "{poll}: {err}");
+    }
     let err = refusal(pulling + "fetch_timeout_s = -1\n");
     assert!(err.contains("fetch_timeout_s"), "{err}");
 }

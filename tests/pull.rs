@@ -74,9 +74,21 @@ fn pull_from(device: &Device, url: &str, timeout_s: f64) {
 
 /// `ucad publish` of a bank of the test product with `version`, for `line`, into `folder`.
 fn publish(device: &Device, version: u64, line: &str, folder: &Path) {
+    let out = publish_command(device, version, line, folder);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The same, refused: what it says.
+fn publish_refused(device: &Device, version: u64, folder: &Path) -> String {
+    let out = publish_command(device, version, LINE, folder);
+    assert!(!out.status.success(), "published");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn publish_command(device: &Device, version: u64, line: &str, folder: &Path) -> std::process::Output {
     let bank = device.dir.path().join(format!("to-publish-{version}.ucad"));
     device.product.bank(0.1, version).save(&bank).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ucad"))
+    Command::new(env!("CARGO_BIN_EXE_ucad"))
         .args(["publish", "--line", line, "--bank"])
         .arg(&bank)
         .arg("--key")
@@ -86,8 +98,7 @@ fn publish(device: &Device, version: u64, line: &str, folder: &Path) {
         .arg("--backbone")
         .arg(&device.product.backbone)
         .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        .unwrap()
 }
 
 /// Waits (at most a minute) until `done` holds for a device's status.
@@ -174,6 +185,8 @@ fn replayed_expired_foreign_and_oversized_manifests_are_refused_with_the_loop_ru
     wait_for(&device, "installs version 2", |s| s["bank"]["version"] == 2);
     let version_2 = std::fs::read(folder.path().join("manifest")).unwrap();
     let mut frames = on_version_3(&device, folder.path());
+    let err = publish_refused(&device, 2, folder.path());
+    assert!(err.contains("already publishes bank version 3"), "{err}");
 
     std::fs::write(folder.path().join("manifest"), &version_2).unwrap();
     frames = refused_while_running(&device, frames, "a replayed or stale manifest");
@@ -272,7 +285,7 @@ fn a_server_that_stalls_mid_body_is_given_up_at_the_fetch_timeout() {
     let _running = device.start();
     let started = Instant::now();
     let status = wait_for(&device, "the stalled fetch fails", |s| {
-        pull_outcome(s).contains("the body stopped after")
+        pull_outcome(s).contains("the body stopped coming")
     });
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     assert_eq!(status["bank"]["version"], 1, "nothing installed");

@@ -9,7 +9,7 @@ use ucad::backbone::Backbone;
 use ucad::bank::format::read_bank_file;
 use ucad::bank::Bank;
 use ucad::update::client;
-use ucad::update::manifest::Manifest;
+use ucad::update::manifest::{Manifest, MAX_VALID_S, MIN_VALID_S};
 use ucad::update::signing::{self, Line, SignedUpdate};
 
 use super::args::BankBackboneArg;
@@ -131,16 +131,14 @@ pub struct PublishArgs {
     backbone: BankBackboneArg,
 }
 
-/// The longest `--valid-days`.
-const MAX_VALID_DAYS: f64 = 3650.0;
-
 impl PublishArgs {
     /// Writes the bank, then the signed manifest naming it (so that a server never serves a
     /// manifest whose bank is not there yet).
     pub fn execute(self, ctx: &Context) -> Result<()> {
+        let valid_s = self.valid_days * 86_400.0;
         ensure!(
-            self.valid_days > 0.0 && self.valid_days <= MAX_VALID_DAYS,
-            "--valid-days {} must be more than 0 and at most {MAX_VALID_DAYS}",
+            (MIN_VALID_S as f64..=MAX_VALID_S as f64).contains(&valid_s),
+            "--valid-days {} must be {MIN_VALID_S} s to 3650 days",
             self.valid_days
         );
         let bytes = read_bank_file(&self.bank)?;
@@ -157,12 +155,13 @@ impl PublishArgs {
             size: bytes.len() as u64,
             sha256: hex::encode(sha2::Sha256::digest(&bytes)),
             issued_unix,
-            expires_unix: issued_unix + (self.valid_days * 86_400.0).round() as u64,
+            expires_unix: issued_unix + valid_s.round() as u64,
         };
         let text = manifest.sign(&key)?;
+        let manifest_path = self.out.join("manifest");
+        check_published(&manifest_path, &manifest, &key)?;
         std::fs::create_dir_all(&self.out).with_context(|| format!("cannot make {}", self.out.display()))?;
         ucad::fsutil::write_atomic(&self.out.join(&manifest.bank), &bytes)?;
-        let manifest_path = self.out.join("manifest");
         ucad::fsutil::write_atomic(&manifest_path, text.as_bytes())?;
         println!(
             "wrote {} and {}: bank version {} for line {}, {} bytes, valid for {} days (until {} s since 1970)",
@@ -176,6 +175,33 @@ impl PublishArgs {
         );
         Ok(())
     }
+}
+
+/// Refuses to replace a manifest (signed with this key) of a newer bank, or of the same version
+/// with other bytes: devices would refuse the new one for good. The same bank may be published
+/// again (to renew its expiry), and a manifest this key did not sign is replaced.
+fn check_published(path: &Path, new: &Manifest, key: &ed25519_dalek::SigningKey) -> Result<()> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Ok(());
+    };
+    let Ok(old) = Manifest::verified(&bytes, &[key.verifying_key()]) else {
+        return Ok(());
+    };
+    ensure!(
+        old.line != new.line || old.version < new.version || (old.version == new.version && old.sha256 == new.sha256),
+        "{} already publishes bank version {} for line {}{}: devices that have it refuse version {}; \
+         publish a newer bank (`ucad bank merge --version`, or fit again)",
+        path.display(),
+        old.version,
+        old.line,
+        if old.version == new.version {
+            " with other bytes"
+        } else {
+            ""
+        },
+        new.version
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]

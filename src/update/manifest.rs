@@ -20,6 +20,10 @@ const CONTEXT: &[u8] = b"ucad bank manifest v1\0";
 pub(crate) const MAX_MANIFEST_BYTES: usize = 16 << 10;
 /// The longest bank file name a manifest may give.
 const MAX_NAME_LEN: usize = 128;
+/// The longest a manifest may be valid: devices refuse a longer promise, whoever signed it.
+pub const MAX_VALID_S: u64 = 3650 * 86_400;
+/// The shortest: less cannot reach a device before it expires.
+pub const MIN_VALID_S: u64 = 60;
 
 /// What a publisher promises about one bank, for one line, until a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,11 @@ impl Manifest {
             .ok_or_else(|| malformed("no header line"))?;
         let (header, body) = (&bytes[..split], &bytes[split + 1..]);
         let header = std::str::from_utf8(header).map_err(|_| malformed("the header line is not text"))?;
+        if header.ends_with('\r') {
+            return Err(malformed(
+                "its lines end in CR LF: it was changed on its way (a manifest is served byte for byte)",
+            ));
+        }
         let fields: Vec<&str> = header.split(' ').collect();
         let [tag, format, id, signature] = fields[..] else {
             return Err(malformed(
@@ -119,10 +128,11 @@ impl Manifest {
         if self.size == 0 {
             return Err("size is 0".into());
         }
-        if self.expires_unix <= self.issued_unix {
+        let valid = self.expires_unix.checked_sub(self.issued_unix);
+        if !valid.is_some_and(|v| (MIN_VALID_S..=MAX_VALID_S).contains(&v)) {
             return Err(format!(
-                "expiry ({}) is not after its issue ({})",
-                self.expires_unix, self.issued_unix
+                "validity, from its issue ({}) to its expiry ({}), must be {MIN_VALID_S} s to 3650 days",
+                self.issued_unix, self.expires_unix
             ));
         }
         Ok(())
@@ -200,6 +210,7 @@ mod tests {
         let refused = |bytes: &[u8]| Manifest::verified(bytes, &trusted).unwrap_err().to_string();
         assert!(refused(b"").contains("no header line"));
         assert!(refused(b"<html>\n").contains("not `ucad-manifest FORMAT"));
+        assert!(refused(text.replace('\n', "\r\n").as_bytes()).contains("CR LF"));
         assert!(refused(text.replacen("ucad-manifest 1", "ucad-manifest 2", 1).as_bytes()).contains("format 2"));
         assert!(refused(&vec![b'x'; MAX_MANIFEST_BYTES + 1]).contains("at most"));
         let upper = text.replacen(&text[16..32], &text[16..32].to_uppercase(), 1);

@@ -24,7 +24,7 @@ use super::store::Origin;
 /// Where and how often to look for a newer bank.
 #[derive(Debug, Clone)]
 pub struct PullConfig {
-    /// The manifest's URL; the bank is fetched from the same folder.
+    /// The manifest's URL (checked by the config); the bank is fetched from the same folder.
     pub source: String,
     pub every: Duration,
     /// Each fetch (manifest or bank) must be whole within this.
@@ -40,7 +40,11 @@ pub(crate) struct Poller {
 
 /// What one check came to.
 enum Checked {
-    UpToDate(u64),
+    /// The manifest's version is the highest installed here; the bank running now.
+    UpToDate {
+        published: u64,
+        running: u64,
+    },
     Installed(u64),
     /// The manifest or the bank was refused: signed wrongly, for another line, expired, older,
     /// oversized, not matching its manifest, or not a bank for this device.
@@ -51,6 +55,8 @@ enum Checked {
 
 impl Poller {
     pub(crate) fn start(config: PullConfig, installer: Arc<Installer>) -> Result<Poller> {
+        let manifest_url =
+            url::Url::parse(&config.source).with_context(|| format!("update.source {:?}", config.source))?;
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(config.timeout.min(Duration::from_secs(10)))
             .timeout(config.timeout)
@@ -58,18 +64,20 @@ impl Poller {
             .build();
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopped = stop.clone();
-        *installer.state.pull.lock().unwrap_or_else(|e| e.into_inner()) = Some(PullStatus::new(&config.source));
-        info!("polling {} for bank updates every {:?}", config.source, config.every);
+        let shown = without_credentials(&manifest_url);
+        *installer.state.pull.lock().unwrap_or_else(|e| e.into_inner()) = Some(PullStatus::new(&shown));
+        info!("polling {shown} for bank updates every {:?}", config.every);
+        let mut puller = Puller {
+            every: config.every,
+            manifest_url,
+            shown,
+            agent,
+            installer,
+            refused_bank: None,
+        };
         let thread = std::thread::Builder::new()
             .name("ucad-pull".into())
-            .spawn(move || {
-                let puller = Puller {
-                    config,
-                    agent,
-                    installer,
-                };
-                puller.poll(&stopped)
-            })
+            .spawn(move || puller.poll(&stopped))
             .context("cannot start the update poller")?;
         Ok(Poller { stop, _thread: thread })
     }
@@ -84,20 +92,26 @@ impl Drop for Poller {
 }
 
 struct Puller {
-    config: PullConfig,
+    every: Duration,
+    manifest_url: url::Url,
+    /// The manifest's URL as logs and `/status` show it: without credentials.
+    shown: String,
     agent: ureq::Agent,
     installer: Arc<Installer>,
+    /// The last bank refused for what it is (its version, sha256 and why): not fetched again
+    /// while the manifest names it.
+    refused_bank: Option<(u64, String, String)>,
 }
 
 impl Puller {
-    fn poll(&self, stop: &(Mutex<bool>, Condvar)) {
+    fn poll(&mut self, stop: &(Mutex<bool>, Condvar)) {
         let (stopping, wake) = stop;
         loop {
             let checked = self.check();
             self.report(checked);
             let guard = stopping.lock().unwrap_or_else(|e| e.into_inner());
             let (guard, _) = wake
-                .wait_timeout_while(guard, self.config.every, |stop| !*stop)
+                .wait_timeout_while(guard, self.every, |stop| !*stop)
                 .unwrap_or_else(|e| e.into_inner());
             if *guard {
                 return;
@@ -105,42 +119,74 @@ impl Puller {
         }
     }
 
-    fn check(&self) -> Checked {
-        let source = &self.config.source;
-        let bytes = match fetch(&self.agent, source, MAX_MANIFEST_BYTES as u64) {
+    fn check(&mut self) -> Checked {
+        let shown = &self.shown;
+        let bytes = match fetch(&self.agent, &self.manifest_url, MAX_MANIFEST_BYTES as u64) {
             Ok(bytes) => bytes,
-            Err(Fetch::Failed(e)) => return Checked::Failed(e),
-            Err(Fetch::TooLong(what)) => return Checked::Refused(format!("manifest {source}: {what}")),
+            Err(Fetch::Failed(e)) => return Checked::Failed(format!("manifest {shown}: {e}")),
+            Err(Fetch::TooLong(what)) => return Checked::Refused(format!("manifest {shown}: {what}")),
         };
         let policy = &self.installer.policy;
         let manifest = match Manifest::verified(&bytes, &policy.trusted) {
             Ok(manifest) => manifest,
-            Err(e) => return Checked::Refused(format!("manifest {source}: {e}")),
+            Err(e) => return Checked::Refused(format!("manifest {shown}: {e}")),
         };
+        let refused =
+            |why: String| Checked::Refused(format!("manifest {shown} (bank version {}): {why}", manifest.version));
+        if let Err(why) = admissible(&manifest, policy.line.as_str(), unix_now()) {
+            return refused(why);
+        }
         let highest = match self.installer.highest_installed() {
             Ok(highest) => highest,
             Err(refusal) => return Checked::Refused(refusal.message),
         };
         if manifest.version == highest {
-            return Checked::UpToDate(highest);
+            let running = self.installer.state.installed.load().as_ref().map_or(0, |i| i.version);
+            return Checked::UpToDate {
+                published: highest,
+                running,
+            };
         }
-        if let Err(why) = admissible(&manifest, policy.line.as_str(), highest, policy.max_bytes) {
-            return Checked::Refused(format!("manifest {source} (bank version {}): {why}", manifest.version));
+        if manifest.version < highest {
+            return refused(format!(
+                "older than version {highest}, the highest installed on this device: a replayed or stale \
+                 manifest, no rollback"
+            ));
         }
-        let url = beside(source, &manifest.bank);
+        if manifest.size > policy.max_bytes as u64 {
+            return refused(format!(
+                "the bank has {} bytes, at most {} accepted (update.max_mib)",
+                manifest.size, policy.max_bytes
+            ));
+        }
+        if let Some((_, _, why)) = (self.refused_bank.as_ref())
+            .filter(|(version, sha256, _)| *version == manifest.version && *sha256 == manifest.sha256)
+        {
+            return Checked::Refused(why.clone());
+        }
+        self.fetch_and_install(&manifest)
+    }
+
+    fn fetch_and_install(&mut self, manifest: &Manifest) -> Checked {
+        let url = match self.manifest_url.join(&manifest.bank) {
+            Ok(url) => url,
+            Err(e) => return Checked::Refused(format!("bank {}: not a URL beside the manifest: {e}", manifest.bank)),
+        };
+        let shown = without_credentials(&url);
         let bank = match fetch(&self.agent, &url, manifest.size) {
             Ok(bytes) => bytes,
-            Err(Fetch::Failed(e)) => return Checked::Failed(e),
-            Err(Fetch::TooLong(what)) => return Checked::Refused(format!("bank {url}: {what}")),
+            Err(Fetch::Failed(e)) => return Checked::Failed(format!("bank {shown}: {e}")),
+            Err(Fetch::TooLong(what)) => return Checked::Refused(format!("bank {shown}: {what}")),
         };
-        if let Err(why) = matches_manifest(&bank, &manifest) {
-            return Checked::Refused(format!("bank {url}: {why}"));
+        if let Err(why) = matches_manifest(&bank, manifest) {
+            return Checked::Refused(format!("bank {shown}: {why}"));
         }
+        let policy = &self.installer.policy;
         let installed = self.installer.install(Origin::Pulled, |highest| {
             let checked = validate_bank(&bank, policy, highest, "pulled bank")?;
             if checked.version != manifest.version {
                 let says = format!(
-                    "{url} is bank version {}, its manifest says {}",
+                    "it is bank version {}, its manifest says {}",
                     checked.version, manifest.version
                 );
                 return Err(refuse(422, says));
@@ -149,7 +195,12 @@ impl Puller {
         });
         match installed {
             Ok(_) => Checked::Installed(manifest.version),
-            Err(refusal) => Checked::Refused(format!("bank {url}: {}", refusal.message)),
+            Err(refusal) => {
+                // The bytes are the signed ones: the same manifest gets the same answer.
+                let why = format!("bank {shown}: {}", refusal.message);
+                self.refused_bank = Some((manifest.version, manifest.sha256.clone(), why.clone()));
+                Checked::Refused(why)
+            }
         }
     }
 
@@ -157,9 +208,14 @@ impl Puller {
     /// and puts it in the device's status.
     fn report(&self, checked: Checked) {
         let mut status = self.installer.state.pull.lock().unwrap_or_else(|e| e.into_inner());
-        let status = status.get_or_insert_with(|| PullStatus::new(&self.config.source));
+        let status = status.get_or_insert_with(|| PullStatus::new(&self.shown));
         let outcome = match &checked {
-            Checked::UpToDate(version) => format!("up to date (bank version {version})"),
+            Checked::UpToDate { published, running } if published == running => {
+                format!("up to date (bank version {published})")
+            }
+            Checked::UpToDate { published, running } => {
+                format!("up to date: bank version {published} was installed here before; running version {running}")
+            }
             Checked::Installed(version) => format!("installed bank version {version}"),
             Checked::Refused(why) => format!("refused: {why}"),
             Checked::Failed(why) => format!("failed: {why}"),
@@ -167,12 +223,12 @@ impl Puller {
         match checked {
             Checked::Refused(_) => status.refused += 1,
             Checked::Failed(_) => status.failed += 1,
-            Checked::UpToDate(_) | Checked::Installed(_) => {}
+            Checked::UpToDate { .. } | Checked::Installed(_) => {}
         }
         let repeated = status.outcome == outcome;
         match checked {
             Checked::Refused(_) | Checked::Failed(_) if !repeated => warn!("pull update {outcome}"),
-            Checked::UpToDate(_) if !repeated => info!("pull update: {outcome}"),
+            Checked::UpToDate { .. } if !repeated => info!("pull update: {outcome}"),
             _ => debug!("pull update: {outcome}"),
         }
         status.checked_unix = Some(unix_now());
@@ -180,32 +236,18 @@ impl Puller {
     }
 }
 
-/// Whether a verified manifest may be acted on by this device, before its bank is fetched.
-fn admissible(manifest: &Manifest, line: &str, highest: u64, max_bytes: usize) -> Result<(), String> {
+/// Whether a verified manifest is for this device at all: its line, not expired at `now`.
+fn admissible(manifest: &Manifest, line: &str, now: u64) -> Result<(), String> {
     if manifest.line.as_str() != line {
         return Err(format!(
             "published for line {}, this device is on line {line}",
             manifest.line
         ));
     }
-    let now = unix_now();
     if now >= manifest.expires_unix {
         return Err(format!(
-            "expired {} s ago (at {} s since 1970; publish it again)",
-            now - manifest.expires_unix,
+            "expired at {} s since 1970 (publish it again; this device's clock says {now})",
             manifest.expires_unix
-        ));
-    }
-    if manifest.version < highest {
-        return Err(format!(
-            "older than version {highest}, the highest installed on this device: a replayed or stale manifest, \
-             no rollback"
-        ));
-    }
-    if manifest.size > max_bytes as u64 {
-        return Err(format!(
-            "the bank has {} bytes, at most {max_bytes} accepted (update.max_mib)",
-            manifest.size
         ));
     }
     Ok(())
@@ -223,11 +265,12 @@ fn matches_manifest(bank: &[u8], manifest: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
-/// The URL of `name` in the folder of `url` (a manifest's URL has a path: see the config check).
-fn beside(url: &str, name: &str) -> String {
-    let path = &url[..url.find(['?', '#']).unwrap_or(url.len())];
-    let folder = path.rfind('/').map_or(path, |end| &path[..=end]);
-    format!("{folder}{name}")
+/// A URL as logs and `GET /status` show it: without a user name or password.
+fn without_credentials(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
 }
 
 enum Fetch {
@@ -236,13 +279,27 @@ enum Fetch {
 }
 
 /// GETs `url`, reading at most `limit` bytes of its body: a longer body (announced or sent) is
-/// cut at the bound and refused.
-fn fetch(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
-    let response = match agent.get(url).call() {
+/// cut at the bound and refused; any answer but 200 is a failure.
+fn fetch(agent: &ureq::Agent, url: &url::Url, limit: u64) -> Result<Vec<u8>, Fetch> {
+    let response = match agent.request_url("GET", url).call() {
         Ok(response) => response,
-        Err(ureq::Error::Status(code, _)) => return Err(Fetch::Failed(format!("{url} answered HTTP {code}"))),
-        Err(e) => return Err(Fetch::Failed(format!("cannot fetch {url}: {e}"))),
+        Err(ureq::Error::Status(code, _)) => return Err(Fetch::Failed(format!("answered HTTP {code}"))),
+        Err(ureq::Error::Transport(t)) => {
+            // Its kind and message, not its display, which holds the URL with any credentials.
+            let detail = t.message().map_or(String::new(), |m| format!(": {m}"));
+            let cause = std::error::Error::source(&t).map_or(String::new(), |c| format!(" ({c})"));
+            return Err(Fetch::Failed(format!("cannot fetch: {}{detail}{cause}", t.kind())));
+        }
     };
+    if response.status() != 200 {
+        let to = (response.header("Location")).map_or(String::new(), |l| {
+            format!(" to {}", l.chars().take(200).collect::<String>())
+        });
+        return Err(Fetch::Failed(format!(
+            "answered HTTP {}{to} (redirects are not followed: name the final URL)",
+            response.status()
+        )));
+    }
     let announced = response
         .header("Content-Length")
         .and_then(|l| l.trim().parse::<u64>().ok());
@@ -251,12 +308,12 @@ fn fetch(agent: &ureq::Agent, url: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
             "{length} bytes announced, at most {limit} read"
         )));
     }
-    let mut body = Vec::new();
+    let mut body = Vec::with_capacity(announced.unwrap_or(limit).min(limit) as usize + 1);
     response
         .into_reader()
         .take(limit + 1)
         .read_to_end(&mut body)
-        .map_err(|e| Fetch::Failed(format!("{url}: the body stopped after {} bytes: {e}", body.len())))?;
+        .map_err(|e| Fetch::Failed(format!("the body stopped coming: {}", e.kind())))?;
     if body.len() as u64 > limit {
         return Err(Fetch::TooLong(format!("longer than {limit} bytes, cut there")));
     }
@@ -285,15 +342,20 @@ mod tests {
     }
 
     #[test]
-    fn a_manifest_is_acted_on_only_for_this_line_unexpired_newer_and_within_bounds() {
-        let later = unix_now() + 3600;
-        assert_eq!(admissible(&manifest(7, later), "hall-2", 6, 10), Ok(()));
-        let refused =
-            |m: &Manifest, line: &str, highest: u64, max: usize| admissible(m, line, highest, max).unwrap_err();
-        assert!(refused(&manifest(7, later), "hall-3", 6, 10).contains("line hall-2"));
-        assert!(refused(&manifest(7, unix_now() - 5), "hall-2", 6, 10).contains("expired"));
-        assert!(refused(&manifest(5, later), "hall-2", 6, 10).contains("replayed or stale"));
-        assert!(refused(&manifest(7, later), "hall-2", 6, 2).contains("at most 2"));
+    fn a_manifest_is_acted_on_only_for_this_line_and_unexpired() {
+        assert_eq!(admissible(&manifest(7, 2_000), "hall-2", 1_999), Ok(()));
+        assert!(admissible(&manifest(7, 2_000), "hall-3", 1_999)
+            .unwrap_err()
+            .contains("line hall-2"));
+        let expired = admissible(&manifest(7, 2_000), "hall-2", 2_000).unwrap_err();
+        assert!(expired.contains("expired at 2000"), "{expired}");
+        // The same words every poll: a refusal is logged once.
+        assert_eq!(
+            admissible(&manifest(7, 2_000), "hall-2", 2_001)
+                .unwrap_err()
+                .replace("2001", "2000"),
+            expired
+        );
     }
 
     #[test]
@@ -305,11 +367,12 @@ mod tests {
     }
 
     #[test]
-    fn the_bank_lies_in_the_manifest_folder() {
+    fn the_bank_lies_in_the_manifest_folder_and_credentials_are_not_shown() {
+        let url = url::Url::parse("http://user:secret@h:8/a/b/manifest").unwrap();
         assert_eq!(
-            beside("http://h:8/a/b/manifest", "bank-v7.ucad"),
-            "http://h:8/a/b/bank-v7.ucad"
+            url.join("bank-v7.ucad").unwrap().as_str(),
+            "http://user:secret@h:8/a/b/bank-v7.ucad"
         );
-        assert_eq!(beside("http://h/m/manifest?line=x/y#z", "b"), "http://h/m/b");
+        assert_eq!(without_credentials(&url), "http://h:8/a/b/manifest");
     }
 }

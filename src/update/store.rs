@@ -11,6 +11,8 @@
 //! with a higher one. Start-up loads the current bank and falls back to the last-known-good one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use log::warn;
@@ -28,7 +30,13 @@ pub struct BankStore {
     /// What makes a bank usable on this device.
     backbone: BackboneSpec,
     capacity: Capacity,
+    /// The missing version mark was logged (once is enough: the poller asks every poll).
+    told_no_mark: AtomicBool,
 }
+
+/// Held by every write to the bank files: an install and a demotion (which the loop decides on
+/// its own) never interleave.
+static WRITING: Mutex<()> = Mutex::new(());
 
 /// Which file a device runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,6 +61,7 @@ impl BankStore {
             version_mark: beside(".version"),
             backbone,
             capacity,
+            told_no_mark: AtomicBool::new(false),
         }
     }
 
@@ -92,9 +101,18 @@ impl BankStore {
         Ok(bank)
     }
 
-    /// Puts the last-known-good bank back in place of the current one (which faulted in use),
-    /// so that a restart does not run the faulty bank again, and returns it.
-    pub(crate) fn demote(&self) -> Result<Bank> {
+    /// Puts the last-known-good bank back in place of the current one, bank version `faulty`
+    /// (which faulted in use), so that a restart does not run the faulty bank again, and returns
+    /// it. Refused when the current file is another version: an update replaced it meanwhile.
+    pub(crate) fn demote(&self, faulty: u64) -> Result<Bank> {
+        let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        let current = Bank::from_bytes(&read_bank_file(&self.current)?, &self.current.display().to_string())?;
+        anyhow::ensure!(
+            current.version == faulty,
+            "{} is bank version {}, not the faulty version {faulty}: an update replaced it, nothing is demoted",
+            self.current.display(),
+            current.version
+        );
         let bytes = read_bank_file(&self.last_good)?;
         let bank = self.usable(&bytes, &self.last_good)?;
         write_atomic(&self.current, &bytes)?;
@@ -121,7 +139,8 @@ impl BankStore {
                     .filter_map(|path| Bank::load(path).ok())
                     .map(|bank| bank.version)
                     .max();
-                if let Some(version) = highest {
+                let first_time = !self.told_no_mark.swap(true, Ordering::Relaxed);
+                if let Some(version) = highest.filter(|_| first_time) {
                     warn!(
                         "{}: no version mark beside the bank files (a store from before the mark, or the \
                          mark was deleted): refusing updates up to version {version}, the highest among them",
@@ -137,6 +156,7 @@ impl BankStore {
     /// Installs a bank file's bytes (already verified) of bank `version` as the current bank,
     /// raising the version mark to it.
     pub fn install(&self, bytes: &[u8], version: u64) -> Result<()> {
+        let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
         let highest = self.highest_installed()?;
         let incoming = self.current.with_extension("incoming");
         write_atomic(&incoming, bytes)?;
@@ -268,14 +288,19 @@ mod tests {
     }
 
     #[test]
-    fn a_demoted_bank_gives_way_to_the_last_good_one_on_disk_too() {
+    fn a_demoted_bank_gives_way_to_the_last_good_one_on_disk_too_unless_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = BankStore::new(&dir.path().join("bank.ucad"), spec("ab"), ROOM);
-        assert!(store.demote().is_err(), "nothing to go back to");
+        assert!(store.demote(1).is_err(), "nothing to go back to");
         store.install(&bank(1).to_bytes(), 1).unwrap();
         store.install(&bank(2).to_bytes(), 2).unwrap();
-        assert_eq!(store.demote().unwrap().version, 1);
+        store.install(&bank(3).to_bytes(), 3).unwrap();
+        // Version 2 faulted, but version 3 replaced it meanwhile: it stays.
+        let err = format!("{:#}", store.demote(2).unwrap_err());
+        assert!(err.contains("is bank version 3, not the faulty version 2"), "{err}");
+        assert_eq!(store.load().unwrap().0.version, 3);
+        assert_eq!(store.demote(3).unwrap().version, 2);
         let (loaded, origin) = store.load().unwrap();
-        assert_eq!((loaded.version, origin), (1, Origin::Current));
+        assert_eq!((loaded.version, origin), (2, Origin::Current));
     }
 }

@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use super::{count, mib, positive, seconds, MAX_DURATION};
 
+/// The shortest `update.poll_s`: a typo must not make a fleet flood its server.
+const MIN_POLL: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
@@ -71,27 +74,32 @@ impl UpdateConfig {
         if let Some(source) = &self.source {
             check_source_url(source)?;
         }
-        positive("update.poll_s", self.poll, MAX_DURATION * 24)?;
+        ensure!(
+            self.poll >= MIN_POLL && self.poll <= MAX_DURATION * 24,
+            "update.poll_s must be {MIN_POLL:?} to 1 day, not {:?}",
+            self.poll
+        );
         positive("update.fetch_timeout_s", self.fetch_timeout, MAX_DURATION)
     }
 }
 
-/// A manifest's URL: plain HTTP with a host and a path (the bank lies in the path's folder).
-fn check_source_url(url: &str) -> Result<()> {
-    let rest = url.strip_prefix("http://").with_context(|| {
-        format!(
-            "update.source {url:?} must be an http:// URL (HTTPS is not built into this ucad: serve the \
-             manifest on the line network, or through a local proxy; manifests and banks are signed either way)"
-        )
-    })?;
-    let host_and_path = rest.find('/').is_some_and(|at| at > 0 && at + 1 < rest.len());
+/// A manifest's URL: plain HTTP with a host and a file path, without query or fragment (the
+/// bank is fetched from the same folder).
+fn check_source_url(text: &str) -> Result<()> {
+    let url = url::Url::parse(text).with_context(|| format!("update.source {text:?} is not a URL"))?;
     ensure!(
-        host_and_path,
-        "update.source {url:?} must name a host and the manifest's path, e.g. http://updates.plant:8080/line-a/manifest"
+        url.scheme() == "http",
+        "update.source {text:?} must be an http:// URL (HTTPS is not built into this ucad: serve the manifest \
+         on the line network, or through a local proxy; manifests and banks are signed either way)"
     );
     ensure!(
-        !url.chars().any(|c| c.is_whitespace() || c.is_control()),
-        "update.source {url:?} holds spaces or control characters"
+        url.host_str().is_some_and(|h| !h.is_empty()) && url.path().len() > 1 && !url.path().ends_with('/'),
+        "update.source {text:?} must name a host and the manifest's file, e.g. \
+         http://updates.plant:8080/line-a/manifest"
+    );
+    ensure!(
+        url.query().is_none() && url.fragment().is_none(),
+        "update.source {text:?} must have no query or fragment: the bank is fetched from the manifest's folder"
     );
     Ok(())
 }

@@ -144,9 +144,9 @@ impl Inspector {
         let store = bank_store(&self.config, &self.backbone);
         let fallback = match bad.origin {
             Origin::LastGood => Err(anyhow::anyhow!("it is the last-known-good bank")),
-            Origin::Current | Origin::Pushed | Origin::Pulled => {
-                store.demote().and_then(|bank| Installed::new(&bank, Origin::LastGood))
-            }
+            Origin::Current | Origin::Pushed | Origin::Pulled => store
+                .demote(bad.version)
+                .and_then(|bank| Installed::new(&bank, Origin::LastGood)),
         };
         let replacement = match fallback {
             Ok(good) => {
