@@ -153,6 +153,45 @@ fn a_subscriber_receives_every_part_of_a_run_with_its_fields() {
     let summary_rejects = summary["rejects"].as_u64().unwrap() + summary["late_pulses"].as_u64().unwrap();
     assert_eq!(rejects, summary_rejects, "{summary}");
     assert!(rejects > 2, "judged rejects too");
+    let mqtt = &summary["mqtt"];
+    assert_eq!(mqtt["urgent"].as_u64(), Some(rejects), "rejects go at QoS 1: {mqtt}");
+    assert_eq!(
+        mqtt["acknowledged"], mqtt["urgent"],
+        "and all were acknowledged: {mqtt}"
+    );
+}
+
+#[test]
+fn the_mqtt_section_is_checked_and_names_the_key() {
+    let device = Device::new();
+    let refusal = |section: &str| {
+        let config = std::fs::read_to_string(&device.config).unwrap() + section;
+        let path = device.dir.path().join("mqtt.toml");
+        std::fs::write(&path, config).unwrap();
+        format!("{:#}", ucad::runtime::config::RunConfig::load(&path).unwrap_err())
+    };
+    for broker in [
+        "mqtt://h:1883",
+        " h:1883",
+        "[]:1883",
+        "h:+1883",
+        "h:0",
+        "h:65536",
+        "h",
+        "::1:1883",
+    ] {
+        let err = refusal(&format!("[mqtt]\nbroker = {broker:?}\ntopic = \"ucad/a\"\n"));
+        assert!(err.contains("mqtt.broker"), "{broker}: {err}");
+    }
+    for topic in ["$SYS/x", "ucad/#", "ucad/+/x", "ucad a", "ucad/", ""] {
+        let err = refusal(&format!("[mqtt]\nbroker = \"h:1883\"\ntopic = {topic:?}\n"));
+        assert!(err.contains("mqtt.topic"), "{topic}: {err}");
+    }
+    let long = "t".repeat(199);
+    let err = refusal(&format!("[mqtt]\nbroker = \"h:1883\"\ntopic = \"{long}\"\n"));
+    assert!(err.contains("derived from mqtt.topic"), "{err}");
+    let err = refusal("[mqtt]\nbroker = \"h:1883\"\ntopic = \"a\"\nqueue = 0\n");
+    assert!(err.contains("mqtt.queue"), "{err}");
 }
 
 fn status_when(device: &Device, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {

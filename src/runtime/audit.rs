@@ -23,6 +23,7 @@ use crate::backbone::{BackboneMeta, Preprocessor};
 use crate::data::folder::save_image;
 use crate::detect::heatmap::overlay;
 use crate::detect::map::anomaly_map;
+use crate::update::state::{AuditedPart, DeviceState};
 
 /// A rejected part on its way to the disk.
 pub(crate) struct AuditSlot {
@@ -50,7 +51,8 @@ pub(crate) struct Auditor {
 impl Auditor {
     /// Reserves `config.queue` slots and starts the writer (slots take a frame's size on
     /// their first use).
-    pub fn start(config: &AuditConfig, meta: &BackboneMeta) -> Result<Auditor> {
+    /// The writer lists what it saved in `state.audit` (the status page shows the last ones).
+    pub fn start(config: &AuditConfig, meta: &BackboneMeta, state: Arc<DeviceState>) -> Result<Auditor> {
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("cannot create the audit folder {}", config.dir.display()))?;
         let limit = config
@@ -58,6 +60,7 @@ impl Auditor {
             .checked_mul(1 << 20)
             .with_context(|| format!("audit.max_mib = {} is more bytes than a disk holds", config.max_mib))?;
         let mut budget = DiskBudget::scan(&config.dir, limit)?;
+        state.audit.lock().unwrap_or_else(|e| e.into_inner()).dir = Some(config.dir.clone());
         let (free_tx, free) = sync_channel(config.queue);
         let (work, work_rx) = sync_channel::<Box<AuditSlot>>(config.queue);
         let patches = meta.grid() * meta.grid();
@@ -83,9 +86,12 @@ impl Auditor {
                     let pre = Preprocessor::new(&meta);
                     let run = run_id();
                     for mut slot in work_rx {
-                        if let Err(e) = write_part(&mut slot, &run, &pre, &meta, &mut budget) {
-                            error!("audit of frame {}: {e:#}", slot.sequence);
-                            failures.fetch_add(1, Ordering::Relaxed);
+                        match write_part(&mut slot, &run, &pre, &meta, &mut budget) {
+                            Ok(saved) => state.audit.lock().unwrap_or_else(|e| e.into_inner()).add(saved),
+                            Err(e) => {
+                                error!("audit of frame {}: {e:#}", slot.sequence);
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         if free_tx.send(slot).is_err() {
                             break;
@@ -149,29 +155,41 @@ fn write_part(
     pre: &Preprocessor,
     meta: &BackboneMeta,
     budget: &mut DiskBudget,
-) -> Result<()> {
+) -> Result<AuditedPart> {
     let stem = format!("{run}-{:010}-{}", slot.sequence, file_label(&slot.label));
-    let frame_path = budget.dir.join(format!("{stem}.jpg"));
+    let frame = format!("{stem}.jpg");
+    let frame_path = budget.dir.join(&frame);
     if slot.jpeg.is_empty() {
         crate::fsutil::write_atomic(&frame_path, &encode_jpeg(&slot.frame)?)?;
     } else {
         crate::fsutil::write_atomic(&frame_path, &slot.jpeg)?;
     }
     budget.add(&frame_path)?;
+    let mut heatmap = None;
     if !slot.relative_patches.is_empty() {
         if !slot.jpeg.is_empty() {
             decode_jpeg(&slot.jpeg, &mut slot.frame)?;
         }
         let map = anomaly_map(&slot.relative_patches, meta.grid(), meta.input_size);
-        let heatmap_path = budget.dir.join(format!("{stem}-heatmap.png"));
+        let name = format!("{stem}-heatmap.png");
+        let heatmap_path = budget.dir.join(&name);
         save_image(
             &overlay(&pre.network_view(&slot.frame)?, &map, slot.threshold)?,
             &heatmap_path,
         )?;
         budget.add(&heatmap_path)?;
+        heatmap = Some(name);
     }
     budget.enforce();
-    Ok(())
+    let saved_unix_ms =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_millis() as u64);
+    Ok(AuditedPart {
+        part: slot.sequence,
+        label: slot.label.clone(),
+        saved_unix_ms,
+        frame,
+        heatmap,
+    })
 }
 
 /// The saved files, oldest first, and their total size.

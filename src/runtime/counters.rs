@@ -10,25 +10,8 @@ use super::capture::Part;
 use super::schedule::Late;
 use super::source::Truth;
 use crate::detect::Stage;
-use crate::update::state::{LatencyHistogram, MqttReport, Totals};
-
-/// Why a part got the fail-safe action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Failsafe {
-    /// No usable bank is loaded.
-    NoBank,
-    /// No learned product explains the part.
-    UnknownProduct,
-    /// Judging failed or panicked.
-    Fault,
-    /// Too old to be judged by its deadline, or judged after it.
-    Late,
-    /// It passed, but the reject gate had already committed to it.
-    GateCommitted,
-    /// Never judged: no frame buffer was free, or the loop was ending.
-    NotJudged,
-}
+pub use crate::update::state::Failsafe;
+use crate::update::state::{FailsafeCounts, LatencyHistogram, MqttReport, Totals};
 
 /// One judged (or fail-safed) part, for tests and audits.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +99,8 @@ pub(crate) struct Counters {
     /// Rejects per task, sized for the bank at start-up.
     pub rejects_per_task: Vec<u64>,
     pub failsafes: u64,
+    /// The same by reason.
+    pub failsafe_reasons: FailsafeCounts,
     /// Parts whose decision came too late or never (judging behind): their provisional reject
     /// fired (included in `failsafes`).
     pub rejected_by_default: u64,
@@ -153,6 +138,8 @@ pub struct Summary {
     pub escapes: Option<u64>,
     pub false_rejects: Option<u64>,
     pub failsafe_rejects: u64,
+    /// The same by reason.
+    pub failsafes_by_reason: FailsafeCounts,
     /// Parts whose decision came too late or never: their provisional reject fired.
     pub rejected_by_default: u64,
     /// Reject pulses (of parts, or held over unseen parts) whose line rose later than the
@@ -208,8 +195,8 @@ impl fmt::Display for Summary {
         if let Some(mqtt) = self.mqtt {
             writeln!(
                 f,
-                "MQTT: {} messages published, {} dropped",
-                mqtt.published, mqtt.dropped
+                "MQTT: {} messages published, {} dropped; {} rejects and fail-safes at QoS 1, {} acknowledged",
+                mqtt.published, mqtt.dropped, mqtt.urgent, mqtt.acknowledged
             )?;
         }
         write!(f, "{}", self.stages_ms)?;
@@ -277,6 +264,7 @@ impl Counters {
             rejects: 0,
             rejects_per_task: vec![0; tasks],
             failsafes: 0,
+            failsafe_reasons: FailsafeCounts::default(),
             rejected_by_default: 0,
             judging_panics: 0,
             bank_demotions: 0,
@@ -302,6 +290,10 @@ impl Counters {
             self.latencies_ms.write(latency.as_secs_f32() * 1e3);
             self.latency.record(latency.as_secs_f64() * 1e3);
         }
+        if let Some(reason) = part.failsafe {
+            self.failsafes += 1;
+            self.failsafe_reasons.add(reason, 1);
+        }
         if part.rejected {
             self.rejects += 1;
             if let Some(slot) = part.task.and_then(|t| self.rejects_per_task.get_mut(t)) {
@@ -320,6 +312,7 @@ impl Counters {
         self.frames += parts;
         self.rejects += parts;
         self.failsafes += parts;
+        self.failsafe_reasons.add(Failsafe::NotJudged, parts);
         self.rejected_by_default += parts;
     }
 
@@ -345,6 +338,7 @@ impl Counters {
             frames: self.frames,
             rejects: self.rejects,
             failsafe_rejects: self.failsafes,
+            failsafes_by_reason: self.failsafe_reasons,
             rejected_by_default: self.rejected_by_default,
             judging_panics: self.judging_panics,
             bank_demotions: self.bank_demotions,
@@ -388,6 +382,7 @@ impl Counters {
             escapes: (known || late.parts > 0).then_some(self.escapes + late.parts),
             false_rejects: known.then_some(self.false_rejects),
             failsafe_rejects: self.failsafes,
+            failsafes_by_reason: self.failsafe_reasons,
             rejected_by_default: self.rejected_by_default,
             late_pulses: late.pulses,
             judging_panics: self.judging_panics,

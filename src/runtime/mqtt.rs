@@ -6,7 +6,10 @@
 //! moves on; a full queue drops the message and counts it. A publisher thread turns messages into
 //! JSON and hands them to the client (rumqttc), whose own bounded request queue drops (and counts)
 //! what a lost broker leaves waiting; a connection thread drives the client and reconnects with
-//! back-off. Both threads allocate from the frame pool, like the audit writer.
+//! back-off. The session is kept (`clean_session = false`), so that rejects the broker has not
+//! acknowledged are sent again after a reconnect; a broker that lost the session (a restart
+//! without persistence) loses them, which `urgent` − `acknowledged` shows. Both threads allocate
+//! from the frame pool, like the audit writer (about 400 bytes per waiting message).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -28,6 +31,9 @@ use crate::update::state::{DeviceState, MqttCounters, MqttReport, Totals};
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
 /// How long the end of a run waits for queued messages to reach the broker.
 const FLUSH: Duration = Duration::from_secs(2);
+/// A connection that lasted this long resets the back-off; a shorter one (a broker that closes
+/// it at once, another client with the same id) keeps doubling it.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// One message from the loop: plain values, copied without the heap.
 #[derive(Clone, Copy)]
@@ -50,8 +56,11 @@ impl MqttPublisher {
     pub(crate) fn start(config: &MqttConfig, state: &Arc<DeviceState>) -> Result<MqttPublisher> {
         let (host, port) = config.host_and_port()?;
         let mut options = MqttOptions::new(config.client_id(), host, port);
-        options.set_keep_alive(Duration::from_secs(15));
-        let (client, connection) = Client::new(options, config.queue);
+        options.set_keep_alive(Duration::from_secs(15)).set_clean_session(false);
+        let queue_len = config.queue;
+        // rumqttc panics when it cannot build its runtime (no file descriptors left, say).
+        let (client, connection) = std::panic::catch_unwind(move || Client::new(options, queue_len))
+            .map_err(|_| anyhow::anyhow!("cannot start the MQTT client (out of file descriptors?)"))?;
         let (queue, messages) = sync_channel(config.queue);
         let counters = Arc::new(MqttCounters::default());
         *state.mqtt.lock().unwrap_or_else(|e| e.into_inner()) = Some(counters.clone());
@@ -108,9 +117,10 @@ impl MqttPublisher {
         }
     }
 
-    /// Hands over what is queued, waits up to `FLUSH` for the broker to take it, and returns
-    /// the counts.
-    pub(crate) fn finish(mut self) -> MqttReport {
+    /// Hands over what is queued, waits up to `FLUSH` for the broker to take it (until the
+    /// client has written everything before its DISCONNECT), and returns the counts.
+    pub(crate) fn finish(mut self, totals: &Totals) -> MqttReport {
+        self.counters(totals);
         self.queue = None;
         if let Some(publisher) = self.publisher.take() {
             let _ = publisher.join();
@@ -145,14 +155,15 @@ impl Publishing {
                 }
                 Message::Counters(totals) => (&counters, QoS::AtMostOnce, counters_payload(&totals, &self.counters)),
             };
-            if self
-                .client
-                .try_publish(topic.as_str(), qos, false, payload.to_string())
-                .is_err()
-            {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            let counter = match self.client.try_publish(topic.as_str(), qos, false, payload.to_string()) {
+                Ok(()) if qos == QoS::AtLeastOnce => &self.counters.urgent,
+                Ok(()) => continue,
+                Err(_) => &self.counters.dropped,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
+        // After everything handed over: the connection ends once it has written it all.
+        let _ = self.client.try_disconnect();
     }
 
     fn part_payload(&self, record: &PartRecord, latency: Duration) -> serde_json::Value {
@@ -185,28 +196,43 @@ fn counters_payload(totals: &Totals, mqtt: &MqttCounters) -> serde_json::Value {
     payload
 }
 
-/// Polls the client's connection until the client is dropped (or, while the broker is lost,
-/// until the run stops); reconnects with back-off, logging each new kind of failure once.
+/// Polls the client's connection until it has sent the DISCONNECT that ends a run (or, while
+/// the broker is lost, until the run stops); reconnects with back-off, logging each new kind of
+/// failure once.
 fn drive(mut connection: Connection, counters: &MqttCounters, stopping: &AtomicBool, broker: &str) {
     let mut backoff = BACKOFF.0;
     let mut last_failure = String::new();
+    let mut connected_at: Option<Instant> = None;
     for event in connection.iter() {
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                info!("MQTT: connected to {broker}");
+                if last_failure.is_empty() || connected_at.is_none() {
+                    info!("MQTT: connected to {broker}");
+                }
                 counters.connected.store(true, Ordering::Relaxed);
-                (backoff, last_failure) = (BACKOFF.0, String::new());
+                connected_at = Some(Instant::now());
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                counters.acknowledged.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
                 counters.published.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 if stopping.load(Ordering::Acquire) {
                     return;
                 }
-                let failure = e.to_string();
+                let lasted = connected_at.take().map(|at| at.elapsed());
+                if lasted.is_some_and(|l| l >= STABLE) {
+                    (backoff, last_failure) = (BACKOFF.0, String::new());
+                }
+                let mut failure = e.to_string();
+                if lasted.is_some_and(|l| l < STABLE) {
+                    failure.push_str(" (right after connecting: another client with the same client_id?)");
+                }
                 if failure != last_failure {
                     warn!(
                         "MQTT: {broker}: {failure}; reconnecting (every {:?} at most)",

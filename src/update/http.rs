@@ -246,7 +246,7 @@ pub(crate) fn write_response(
     output: &mut impl Write,
     status: u16,
     content_type: &str,
-    body: &str,
+    body: &[u8],
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
@@ -265,9 +265,10 @@ pub(crate) fn write_response(
     };
     write!(
         output,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
+    output.write_all(body)?;
     output.flush()
 }
 

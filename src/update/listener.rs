@@ -35,7 +35,7 @@ use super::http::{self, refuse, Refusal};
 use super::install::Installer;
 use super::metrics;
 use super::policy::validate;
-use super::state::DeviceState;
+use super::status;
 use super::store::Origin;
 
 /// Requests served at once.
@@ -346,7 +346,7 @@ fn read(stream: &TcpStream, served: &Served) -> Result<(http::HttpRequest, Optio
 struct Reply {
     status: u16,
     content_type: &'static str,
-    body: String,
+    body: Vec<u8>,
 }
 
 impl Reply {
@@ -354,7 +354,7 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: body.to_string(),
+            body: body.to_string().into_bytes(),
         }
     }
 }
@@ -385,36 +385,25 @@ fn answer(request: &http::HttpRequest, shared: &Shared) -> Reply {
                 Err(refusal) => refused(refusal),
             }
         }
-        ("GET", "/status") => Reply::json(200, status(&installer.state)),
+        ("GET", "/status") => Reply::json(200, status::status(&installer.state)),
         ("GET", "/metrics") => Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&installer.state),
+            body: metrics::render(&installer.state).into_bytes(),
+        },
+        ("GET", "/") => Reply {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: status::PAGE.as_bytes().to_vec(),
+        },
+        ("GET", path) if path.starts_with("/audit/") => match status::audit_file(&installer.state, &path[7..]) {
+            Ok((content_type, body)) => Reply {
+                status: 200,
+                content_type,
+                body,
+            },
+            Err(message) => Reply::json(404, json!({"ok": false, "error": message})),
         },
         (method, path) => Reply::json(404, json!({"ok": false, "error": format!("no {method} {path} here")})),
     }
-}
-
-fn status(state: &DeviceState) -> serde_json::Value {
-    let totals = *state.totals.lock().unwrap_or_else(|e| e.into_inner());
-    let bank = state.installed.load().as_ref().map(|i| {
-        json!({
-            "version": i.version,
-            "origin": i.origin,
-            "arithmetic": i.arithmetic,
-            "tasks": i.detector.tasks().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        })
-    });
-    let demoted = state.demoted.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let refused_requests = state.refused_requests.load(Ordering::Relaxed);
-    let pull = state.pull.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let mqtt = (state.mqtt.lock().unwrap_or_else(|e| e.into_inner()).as_ref()).map(|m| m.report());
-    json!({
-        "bank": bank,
-        "totals": totals,
-        "demoted": demoted,
-        "refused_requests": refused_requests,
-        "pull": pull,
-        "mqtt": mqtt,
-    })
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use super::state::{DeviceState, LatencyHistogram, LATENCY_BOUNDS_MS};
+use super::state::{DeviceState, Failsafe, LatencyHistogram, ProductCount, LATENCY_BOUNDS_MS};
 
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -93,8 +93,46 @@ pub(crate) fn render(state: &DeviceState) -> String {
             report.connected as u64,
         );
     }
+    labelled(
+        &mut page,
+        "ucad_failsafes_total",
+        "Parts given the fail-safe action, by reason.",
+        Failsafe::ALL
+            .iter()
+            .map(|r| (("reason", r.name().to_string()), t.failsafes_by_reason.get(*r))),
+    );
+    let products = state.products.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let per_product = |name, help, count: fn(&ProductCount) -> u64| {
+        let samples = products
+            .iter()
+            .map(move |p| (("product", escape(&p.product)), count(p)));
+        (name, help, samples)
+    };
+    for (name, help, samples) in [
+        per_product("ucad_product_parts_total", "Parts judged, by product.", |p| p.parts),
+        per_product(
+            "ucad_product_rejects_total",
+            "Parts judged and rejected, by product.",
+            |p| p.rejects,
+        ),
+    ] {
+        labelled(&mut page, name, help, samples);
+    }
     latency(&mut page, &t.latency);
     page
+}
+
+/// A counter with one label, one sample per value (none when there are none).
+fn labelled(page: &mut String, name: &str, help: &str, samples: impl Iterator<Item = ((&'static str, String), u64)>) {
+    let _ = writeln!(page, "# HELP {name} {help}\n# TYPE {name} counter");
+    for ((label, value), count) in samples {
+        let _ = writeln!(page, "{name}{{{label}=\"{value}\"}} {count}");
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and line feed escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// The latency histogram: cumulative buckets, their sum and count, in seconds.
@@ -135,6 +173,9 @@ mod tests {
             }
         }
         state.refused_requests.store(3, Ordering::Relaxed);
+        state.totals.lock().unwrap().failsafes_by_reason.add(Failsafe::Fault, 2);
+        let slots = state.product_slots(["cap", "tray \"B\"\\x"].into_iter());
+        state.count_product(slots[1], true);
         let page = render(&state);
         let mut lines = page.lines().peekable();
         while let Some(help) = lines.next() {
@@ -157,5 +198,15 @@ mod tests {
         assert!(page.contains("\nucad_latency_seconds_bucket{le=\"+Inf\"} 5\n"));
         assert!(page.contains("\nucad_latency_seconds_count 5\n"));
         assert!(page.contains("\nucad_latency_seconds_sum 9.415\n"), "{page}");
+        assert!(page.contains("\nucad_failsafes_total{reason=\"fault\"} 2\n"), "{page}");
+        assert!(page.contains("\nucad_failsafes_total{reason=\"late\"} 0\n"), "{page}");
+        assert!(
+            page.contains("\nucad_product_parts_total{product=\"cap\"} 0\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\nucad_product_rejects_total{product=\"tray \\\"B\\\"\\\\x\"} 1\n"),
+            "{page}"
+        );
     }
 }

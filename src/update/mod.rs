@@ -12,4 +12,5 @@ pub mod policy;
 pub mod pull;
 pub mod signing;
 pub mod state;
+mod status;
 pub mod store;

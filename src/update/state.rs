@@ -51,14 +51,96 @@ pub struct DeviceState {
     pub pull: Mutex<Option<PullStatus>>,
     /// The MQTT publisher's counts (`None` without `[mqtt]`).
     pub mqtt: Mutex<Option<Arc<MqttCounters>>>,
+    /// The audit folder and the last rejects saved there (for the status page).
+    pub audit: Mutex<AuditLog>,
+    /// Parts judged per product, by name across bank swaps (a product appears when a bank with
+    /// it is adopted).
+    pub products: Mutex<Vec<ProductCount>>,
+}
+
+/// The last rejects the audit writer saved, newest last.
+#[derive(Debug, Default)]
+pub struct AuditLog {
+    /// The audit folder (`None` without `[audit]`).
+    pub dir: Option<std::path::PathBuf>,
+    pub recent: std::collections::VecDeque<AuditedPart>,
+}
+
+/// The rejects `GET /status` lists (and `GET /audit/NAME` serves the files of).
+pub const RECENT_REJECTS: usize = 12;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditedPart {
+    pub part: u64,
+    /// The product that judged it, or `failsafe`.
+    pub label: String,
+    pub saved_unix_ms: u64,
+    /// File names in the audit folder: the frame, and its heatmap overlay for a judged part.
+    pub frame: String,
+    pub heatmap: Option<String>,
+}
+
+impl AuditLog {
+    pub fn add(&mut self, part: AuditedPart) {
+        if self.recent.len() == RECENT_REJECTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(part);
+    }
+
+    /// The path of `name` when it is one of the recent rejects' files: nothing else in the
+    /// folder (or outside it) is served.
+    pub fn file(&self, name: &str) -> Option<std::path::PathBuf> {
+        let listed = (self.recent.iter()).any(|p| p.frame == name || p.heatmap.as_deref() == Some(name));
+        self.dir.as_ref().filter(|_| listed).map(|dir| dir.join(name))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductCount {
+    pub product: String,
+    pub parts: u64,
+    pub rejects: u64,
+}
+
+impl DeviceState {
+    /// Where each task of `names` (a bank's, in order) is counted: found by name, or added.
+    pub fn product_slots<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<usize> {
+        let mut products = self.products.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .map(|name| match products.iter().position(|p| p.product == name) {
+                Some(slot) => slot,
+                None => {
+                    products.push(ProductCount {
+                        product: name.to_string(),
+                        parts: 0,
+                        rejects: 0,
+                    });
+                    products.len() - 1
+                }
+            })
+            .collect()
+    }
+
+    /// Counts a judged part of the product in `slot`; takes nothing from the heap.
+    pub fn count_product(&self, slot: usize, rejected: bool) {
+        let mut products = self.products.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(product) = products.get_mut(slot) {
+            product.parts += 1;
+            product.rejects += rejected as u64;
+        }
+    }
 }
 
 /// The MQTT publisher's side of `GET /status` and of the summary.
 #[derive(Debug, Default)]
 pub struct MqttCounters {
     pub connected: AtomicBool,
-    /// Messages handed to the broker's connection.
+    /// PUBLISH packets written to the broker's connection (a resent one counts again).
     pub published: AtomicU64,
+    /// Rejects and fail-safes handed to the client at QoS 1, and PUBACKs the broker sent.
+    pub urgent: AtomicU64,
+    pub acknowledged: AtomicU64,
     /// Messages dropped: the loop's queue or the client's was full (a slow or lost broker).
     pub dropped: AtomicU64,
 }
@@ -67,6 +149,8 @@ pub struct MqttCounters {
 pub struct MqttReport {
     pub connected: bool,
     pub published: u64,
+    pub urgent: u64,
+    pub acknowledged: u64,
     pub dropped: u64,
 }
 
@@ -75,6 +159,8 @@ impl MqttCounters {
         MqttReport {
             connected: self.connected.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
+            urgent: self.urgent.load(Ordering::Relaxed),
+            acknowledged: self.acknowledged.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
@@ -111,12 +197,80 @@ pub struct Demotion {
     pub reason: String,
 }
 
+/// Why a part got the fail-safe action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failsafe {
+    /// No usable bank is loaded.
+    NoBank,
+    /// No learned product explains the part.
+    UnknownProduct,
+    /// Judging failed or panicked.
+    Fault,
+    /// Too old to be judged by its deadline, or judged after it.
+    Late,
+    /// It passed, but the reject gate had already committed to it.
+    GateCommitted,
+    /// Never judged: no frame buffer was free, the loop was ending, or the camera did not see
+    /// it (a stall).
+    NotJudged,
+}
+
+impl Failsafe {
+    pub const ALL: [Failsafe; 6] = [
+        Failsafe::NoBank,
+        Failsafe::UnknownProduct,
+        Failsafe::Fault,
+        Failsafe::Late,
+        Failsafe::GateCommitted,
+        Failsafe::NotJudged,
+    ];
+
+    /// As in JSON and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failsafe::NoBank => "no_bank",
+            Failsafe::UnknownProduct => "unknown_product",
+            Failsafe::Fault => "fault",
+            Failsafe::Late => "late",
+            Failsafe::GateCommitted => "gate_committed",
+            Failsafe::NotJudged => "not_judged",
+        }
+    }
+}
+
+/// Fail-safe parts by reason, in fixed memory (counted without the heap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailsafeCounts([u64; Failsafe::ALL.len()]);
+
+impl FailsafeCounts {
+    pub fn add(&mut self, reason: Failsafe, parts: u64) {
+        self.0[reason as usize] += parts;
+    }
+
+    pub fn get(&self, reason: Failsafe) -> u64 {
+        self.0[reason as usize]
+    }
+}
+
+impl Serialize for FailsafeCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(Failsafe::ALL.len()))?;
+        for reason in Failsafe::ALL {
+            map.serialize_entry(reason.name(), &self.get(reason))?;
+        }
+        map.end()
+    }
+}
+
 /// The counters a device reports on `GET /status` (copied after every frame).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Totals {
     pub frames: u64,
     pub rejects: u64,
     pub failsafe_rejects: u64,
+    pub failsafes_by_reason: FailsafeCounts,
     pub rejected_by_default: u64,
     pub judging_panics: u64,
     pub bank_demotions: u64,

@@ -19,7 +19,7 @@ use log::warn;
 use sha2::{Digest, Sha256};
 
 use crate::backbone::BackboneSpec;
-use crate::bank::format::read_bank_file;
+use crate::bank::format::{read_bank_file, version_in};
 use crate::bank::{Bank, Capacity};
 use crate::fsutil::write_atomic;
 
@@ -106,12 +106,11 @@ impl BankStore {
     /// it. Refused when the current file is another version: an update replaced it meanwhile.
     pub(crate) fn demote(&self, faulty: u64) -> Result<Bank> {
         let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-        let current = Bank::from_bytes(&read_bank_file(&self.current)?, &self.current.display().to_string())?;
+        let current = version_in(&read_bank_file(&self.current)?, &self.current.display().to_string())?;
         anyhow::ensure!(
-            current.version == faulty,
-            "{} is bank version {}, not the faulty version {faulty}: an update replaced it, nothing is demoted",
-            self.current.display(),
-            current.version
+            current == faulty,
+            "{} is bank version {current}, not the faulty version {faulty}: an update replaced it, nothing is demoted",
+            self.current.display()
         );
         let bytes = read_bank_file(&self.last_good)?;
         let bank = self.usable(&bytes, &self.last_good)?;

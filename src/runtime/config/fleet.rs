@@ -127,19 +127,24 @@ fn default_mqtt_queue() -> usize {
 const MAX_MQTT_NAME: usize = 200;
 
 impl MqttConfig {
+    /// The broker's host (a name, an IPv4 address or a bracketed IPv6 one) and port.
     pub(crate) fn host_and_port(&self) -> Result<(String, u16)> {
-        let (host, port) = (self.broker.rsplit_once(':'))
-            .filter(|(host, _)| !host.is_empty())
-            .with_context(|| {
-                format!(
-                    "mqtt.broker {:?} must be HOST:PORT, e.g. broker.plant:1883",
-                    self.broker
-                )
-            })?;
-        let port = (port.parse::<u16>().ok().filter(|p| *p > 0))
-            .with_context(|| format!("mqtt.broker {:?}: the port must be 1 to 65535", self.broker))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        Ok((host.to_string(), port))
+        let broker = &self.broker;
+        let malformed =
+            || anyhow::anyhow!("mqtt.broker {broker:?} must be HOST:PORT, e.g. broker.plant:1883 or [fd00::5]:1883");
+        let (host, port) = broker.rsplit_once(':').ok_or_else(malformed)?;
+        let port = (port.parse::<u16>().ok())
+            .filter(|p| *p > 0 && port.bytes().all(|b| b.is_ascii_digit()))
+            .with_context(|| format!("mqtt.broker {broker:?}: the port must be 1 to 65535"))?;
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().map_err(|_| malformed())?.to_string(),
+            None => {
+                let name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+                ensure!(!host.is_empty() && host.chars().all(name), malformed());
+                host.to_string()
+            }
+        };
+        Ok((host, port))
     }
 
     pub(crate) fn client_id(&self) -> String {
@@ -156,14 +161,20 @@ impl MqttConfig {
                     .any(|c| matches!(c, '+' | '#') || c.is_control() || c.is_whitespace())
         };
         ensure!(
-            plain(&self.topic) && !self.topic.ends_with('/'),
+            plain(&self.topic) && !self.topic.ends_with('/') && !self.topic.starts_with('$'),
             "mqtt.topic {:?} must be 1 to {MAX_MQTT_NAME} bytes without wildcards (+, #), spaces, control \
-             characters or a trailing /",
+             characters, a leading $ (the broker's own topics) or a trailing /",
             self.topic
         );
+        let derived = if self.client_id.is_none() {
+            " (derived from mqtt.topic: set mqtt.client_id)"
+        } else {
+            ""
+        };
         ensure!(
             plain(&self.client_id()),
-            "mqtt.client_id {:?} must be 1 to {MAX_MQTT_NAME} bytes without wildcards, spaces or control characters",
+            "mqtt.client_id {:?}{derived} must be 1 to {MAX_MQTT_NAME} bytes without wildcards, spaces or control \
+             characters",
             self.client_id()
         );
         count("mqtt.queue", self.queue as u64, 1..=4096)

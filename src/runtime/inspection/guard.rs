@@ -72,6 +72,11 @@ impl Inspector {
         self.current = latest;
         self.sticky = Sticky::default();
         self.probation = Probation::default();
+        let names = self
+            .current
+            .iter()
+            .flat_map(|i| i.detector.tasks().iter().map(|t| t.name.as_str()));
+        self.product_slots = self.state.product_slots(names);
         if let Some(counters) = counters {
             counters.bank_swaps += 1;
             let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks().len());

@@ -34,6 +34,17 @@ pub(super) struct Books {
 }
 
 impl Books {
+    /// The counters to the log and the MQTT broker once `every` has passed since `last`.
+    fn report_every(&self, every: Duration, last: &mut Instant) {
+        if last.elapsed() >= every {
+            info!("{}", self.counters.log_line());
+            if let Some(mqtt) = &self.mqtt {
+                mqtt.counters(&self.counters.totals());
+            }
+            *last = Instant::now();
+        }
+    }
+
     /// Keeps a part's record (the first `records.capacity()`) and publishes it.
     fn record(&self, record: PartRecord, records: &mut Vec<PartRecord>) {
         if records.len() < records.capacity() {
@@ -110,7 +121,6 @@ fn unjudged(part: &Part, travel: Duration, counters: &mut Counters) -> PartRecor
         reject_at: part.ticket.map(|_| part.captured + travel),
         ..PartRecord::new(part)
     };
-    counters.failsafes += 1;
     counters.rejected_by_default += 1;
     counters.count(&record, None);
     counters.latency.record(part.captured.elapsed().as_secs_f64() * 1e3);
@@ -128,7 +138,11 @@ impl Inspector {
             }
             let event = match run.events.recv_timeout(STOP_POLL) {
                 Ok(event) => event,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    // No frame (a stalled camera): the counters still go out.
+                    run.books.report_every(self.config.log_every, &mut last_log);
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     run.ended = true;
                     return (Err(anyhow::anyhow!("the capture thread ended")), false);
@@ -159,6 +173,9 @@ impl Inspector {
                 }
             };
             run.sync_counts();
+            if let Some(&slot) = record.task.and_then(|task| self.product_slots.get(task)) {
+                self.state.count_product(slot, record.rejected);
+            }
             let totals = run.books.counters.totals();
             *self.state.totals.lock().unwrap_or_else(|e| e.into_inner()) = totals;
             run.books.record(record, run.parts);
@@ -166,13 +183,7 @@ impl Inspector {
                 let late = anyhow::anyhow!("frame {} could not be judged in time", record.sequence);
                 return (Err(late), false);
             }
-            if last_log.elapsed() >= self.config.log_every {
-                info!("{}", run.books.counters.log_line());
-                if let Some(mqtt) = &run.books.mqtt {
-                    mqtt.counters(&totals);
-                }
-                last_log = Instant::now();
-            }
+            run.books.report_every(self.config.log_every, &mut last_log);
         }
     }
 
@@ -232,7 +243,6 @@ impl Inspector {
         }
         if record.failsafe.is_some() {
             record.rejected = true;
-            counters.failsafes += 1;
         }
         let mut lap = Lap::start();
         if record.rejected {

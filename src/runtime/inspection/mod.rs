@@ -67,6 +67,8 @@ pub struct Inspector {
     roi_view: RgbImage,
     /// The judged task's patch scores for the last frame.
     patch_scores: Vec<f32>,
+    /// Where each task of the current bank is counted in the device state's products.
+    product_slots: Vec<usize>,
     config: RunConfig,
     sticky: Sticky,
     probation: Probation,
@@ -112,6 +114,7 @@ impl Inspector {
             backbone,
             state,
             current: None,
+            product_slots: Vec::new(),
             roi_view: RgbImage::new(0, 0),
             sticky: Sticky::default(),
             probation: Probation::default(),
@@ -176,7 +179,7 @@ impl Inspector {
             books.counters.audit_not_saved = auditor.finish();
         }
         if let Some(mqtt) = books.mqtt {
-            books.counters.mqtt = Some(mqtt.finish());
+            books.counters.mqtt = Some(mqtt.finish(&books.counters.totals()));
         }
         let timing_error = sim
             .as_ref()
@@ -253,7 +256,7 @@ impl Inspector {
         open_stop_line(self.config.failsafe.stop_line.as_ref())?;
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
         let auditor = match &self.config.audit {
-            Some(audit) => Some(Auditor::start(audit, &self.backbone.meta)?),
+            Some(audit) => Some(Auditor::start(audit, &self.backbone.meta, self.state.clone())?),
             None => None,
         };
         let mqtt = match &self.config.mqtt {
