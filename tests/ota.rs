@@ -652,7 +652,6 @@ fn the_update_section_is_checked_and_names_the_key() {
     let err = refusal(base.replace(listen, ""));
     assert!(err.contains("needs `listen`") && err.contains("`source`"), "{err}");
     for url in [
-        "https://h/manifest",
         "ftp://h/manifest",
         "http://h",
         "http://h/line-a/",
@@ -666,6 +665,8 @@ fn the_update_section_is_checked_and_names_the_key() {
         assert!(err.contains("update.source") && err.contains(url), "{url}: {err}");
     }
     let pulling = base.replace(listen, "source = \"http://h:1/line-a/manifest\"\n");
+    let err = refusal(pulling.clone() + "ca_file = \"ca.pem\"\n");
+    assert!(err.contains("update.ca_file is for an https://"), "{err}");
     for poll in ["0", "0.01", "90000"] {
         let err = refusal(pulling.clone() + &format!("poll_s = {poll}\n"));
         assert!(err.contains("update.poll_s"), "{poll}: {err}");

@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,35 +16,58 @@ use common::device::{free_port, line, Device, Running, LINE};
 use ucad::bank::Bank;
 use ucad::update::manifest::Manifest;
 
-/// `python3 -m http.server` serving a folder on 127.0.0.1, killed when dropped.
+/// Python's `http.server` serving a folder on 127.0.0.1 (over TLS with a certificate and key),
+/// killed when dropped.
 struct WebServer {
     child: Child,
     url: String,
 }
 
+/// `http.server` behind TLS: the same handler, its socket wrapped.
+const HTTPS_SERVER: &str = "import functools, http.server, ssl, sys
+port, folder, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
+server = http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+";
+
 impl WebServer {
     fn serve(folder: &Path) -> WebServer {
         let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(folder)
+        let mut command = Command::new("python3");
+        command.args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ]);
+        command.arg(folder);
+        WebServer::start(command, format!("http://127.0.0.1:{port}"), port)
+    }
+
+    fn serve_tls(folder: &Path, cert: &Path, key: &Path) -> WebServer {
+        let port = free_port();
+        let mut command = Command::new("python3");
+        command
+            .args(["-c", HTTPS_SERVER, &port.to_string()])
+            .args([folder, cert, key]);
+        WebServer::start(command, format!("https://127.0.0.1:{port}"), port)
+    }
+
+    fn start(mut command: Command, url: String, port: u16) -> WebServer {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 runs (the tests need it, as `ucad models fetch` does)");
-        let server = WebServer {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
+        let server = WebServer { child, url };
         let start = Instant::now();
-        while ureq::get(&server.url).call().is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "{} does not answer",
@@ -234,6 +257,84 @@ fn replayed_expired_foreign_and_oversized_manifests_are_refused_with_the_loop_ru
     // And the same manifest with the right bank is installed.
     std::fs::write(folder.path().join("bank-v4.ucad"), &bytes).unwrap();
     wait_for(&device, "installs version 4", |s| s["bank"]["version"] == 4);
+}
+
+/// A plant's own CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed, made by openssl.
+fn plant_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ca = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=plant CA",
+    ];
+    openssl(&[&["req", "-x509"][..], &ec, &ca].concat());
+    let server = ["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"];
+    openssl(&[&["req"][..], &ec, &server].concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[test]
+fn an_https_source_is_trusted_through_the_plants_ca_only() {
+    let certificates = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = plant_ca(certificates.path());
+    let folder = tempfile::tempdir().unwrap();
+    let server = WebServer::serve_tls(folder.path(), &cert, &key);
+    let source = format!("{}/manifest", server.url);
+    let (trusting, public) = (Device::new(), Device::new());
+    pull_from(&trusting, &source, 10.0);
+    let mut config = std::fs::read_to_string(&trusting.config).unwrap();
+    config.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
+    std::fs::write(&trusting.config, config).unwrap();
+    pull_from(&public, &source, 10.0);
+    let _running = (trusting.start(), public.start());
+    publish(&trusting, 2, LINE, folder.path());
+    let status = wait_for(&trusting, "installs version 2 over HTTPS", |s| {
+        s["bank"]["version"] == 2
+    });
+    assert_eq!(status["bank"]["origin"], "pulled");
+    let status = wait_for(&public, "refuses the plant's certificate", |s| {
+        pull_outcome(s).contains("failed")
+    });
+    assert!(
+        pull_outcome(&status).to_lowercase().contains("certificate"),
+        "{status:#}"
+    );
+    assert_eq!(status["bank"]["version"], 1);
 }
 
 /// A server that answers the manifest whole, then sends half the bank and stops sending.

@@ -6,6 +6,7 @@
 //! new bank is swapped in between two frames. What came of the last check is in `GET /status`.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +27,8 @@ use super::store::Origin;
 pub struct PullConfig {
     /// The manifest's URL (checked by the config); the bank is fetched from the same folder.
     pub source: String,
+    /// The CA certificates (PEM) an `https://` source must chain to; `None`: the public roots.
+    pub ca_file: Option<PathBuf>,
     pub every: Duration,
     /// Each fetch (manifest or bank) must be whole within this.
     pub timeout: Duration,
@@ -57,11 +60,7 @@ impl Poller {
     pub(crate) fn start(config: PullConfig, installer: Arc<Installer>) -> Result<Poller> {
         let manifest_url =
             url::Url::parse(&config.source).with_context(|| format!("update.source {:?}", config.source))?;
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(config.timeout.min(Duration::from_secs(10)))
-            .timeout(config.timeout)
-            .redirects(0)
-            .build();
+        let agent = agent(&config)?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopped = stop.clone();
         let shown = without_credentials(&manifest_url);
@@ -81,6 +80,45 @@ impl Poller {
             .context("cannot start the update poller")?;
         Ok(Poller { stop, _thread: thread })
     }
+}
+
+/// The HTTP(S) client: bounded in time, no redirects, trusting `ca_file`'s CAs when given.
+fn agent(config: &PullConfig) -> Result<ureq::Agent> {
+    let mut builder = ureq::AgentBuilder::new()
+        .timeout_connect(config.timeout.min(Duration::from_secs(10)))
+        .timeout(config.timeout)
+        .redirects(0);
+    if let Some(path) = &config.ca_file {
+        builder = builder.tls_config(Arc::new(trusting(path)?));
+    }
+    Ok(builder.build())
+}
+
+/// TLS that trusts the CA certificates of a PEM file, and only them.
+fn trusting(path: &Path) -> Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("update.ca_file {}: cannot read it", path.display()))?;
+    for certificate in certificates {
+        let certificate =
+            certificate.with_context(|| format!("update.ca_file {}: not PEM certificates", path.display()))?;
+        roots
+            .add(certificate)
+            .with_context(|| format!("update.ca_file {}: a certificate is not usable as a CA", path.display()))?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "update.ca_file {}: no certificate in it",
+        path.display()
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl Drop for Poller {

@@ -18,8 +18,13 @@ pub struct UpdateConfig {
     /// Address to listen on for pushed banks and `GET /status`, `/metrics`, e.g.
     /// `127.0.0.1:7878` or the line network's interface address (off when absent).
     pub listen: Option<String>,
-    /// A published manifest's URL (`ucad publish`), polled for newer banks (off when absent).
+    /// A published manifest's URL (`ucad publish`), polled for newer banks (off when absent):
+    /// `http://` or `https://`.
     pub source: Option<String>,
+    /// PEM certificates of the CA(s) an `https://` source's certificate must chain to (a plant's
+    /// own CA); without it, the public web's roots (Mozilla's, built in).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Between two checks of `source`.
     #[serde(rename = "poll_s", default = "default_poll", deserialize_with = "seconds")]
     pub poll: Duration,
@@ -75,6 +80,10 @@ impl UpdateConfig {
             check_source_url(source)?;
         }
         ensure!(
+            self.ca_file.is_none() || self.source.as_deref().is_some_and(|s| s.starts_with("https://")),
+            "update.ca_file is for an https:// update.source"
+        );
+        ensure!(
             self.poll >= MIN_POLL && self.poll <= MAX_DURATION * 24,
             "update.poll_s must be {MIN_POLL:?} to 1 day, not {:?}",
             self.poll
@@ -83,14 +92,13 @@ impl UpdateConfig {
     }
 }
 
-/// A manifest's URL: plain HTTP with a host and a file path, without query or fragment (the
+/// A manifest's URL: HTTP or HTTPS with a host and a file path, without query or fragment (the
 /// bank is fetched from the same folder).
 fn check_source_url(text: &str) -> Result<()> {
     let url = url::Url::parse(text).with_context(|| format!("update.source {text:?} is not a URL"))?;
     ensure!(
-        url.scheme() == "http",
-        "update.source {text:?} must be an http:// URL (HTTPS is not built into this ucad: serve the manifest \
-         on the line network, or through a local proxy; manifests and banks are signed either way)"
+        matches!(url.scheme(), "http" | "https"),
+        "update.source {text:?} must be an http:// or https:// URL"
     );
     ensure!(
         url.host_str().is_some_and(|h| !h.is_empty()) && url.path().len() > 1 && !url.path().ends_with('/'),

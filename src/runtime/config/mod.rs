@@ -274,6 +274,7 @@ impl RunConfig {
         }
         if let Some(update) = &mut self.update {
             update.trusted_keys.iter_mut().for_each(join);
+            update.ca_file.iter_mut().for_each(join);
         }
         if let SourceConfig::Folder { path, .. } = &mut self.source {
             join(path);

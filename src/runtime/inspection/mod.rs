@@ -325,6 +325,7 @@ impl Inspector {
             Some(source) => {
                 let pull = PullConfig {
                     source: source.clone(),
+                    ca_file: update.ca_file.clone(),
                     every: update.poll,
                     timeout: update.fetch_timeout,
                 };
