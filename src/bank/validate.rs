@@ -18,6 +18,8 @@ pub(crate) const VALUE_LIMIT: f32 = 4_294_967_296.0; // 2^32
 /// years, and far from u64::MAX, where a signed bank would leave no newer version to install
 /// (every device that took it would refuse all updates after it).
 pub(crate) const MAX_VERSION: u64 = 1 << 53;
+/// The longest task (product) name: it names the product in logs, `/status` and metrics.
+pub(crate) const MAX_TASK_NAME: usize = 200;
 
 /// Projection components are orthonormal rows: no value beyond 1 (with room for rounding in f16
 /// and int8 storage).
@@ -133,8 +135,9 @@ fn short(sha: &str) -> String {
 /// The intrinsic check of one task of a bank of `feature_dim`.
 pub(crate) fn check_task(task: &Task, feature_dim: usize) -> Result<(), Problem> {
     let field = |what: &str| format!("task {:?} {what}", task.name);
-    if task.name.is_empty() || task.name.chars().any(char::is_control) {
-        return Err(problem(field("name"), "is empty or holds control characters"));
+    if task.name.is_empty() || task.name.len() > MAX_TASK_NAME || task.name.chars().any(char::is_control) {
+        let what = format!("is empty, longer than {MAX_TASK_NAME} bytes or holds control characters");
+        return Err(problem(field("name"), what));
     }
     check_rows(&field("key"), &task.key, feature_dim)?;
     if let Some(p) = &task.projection {

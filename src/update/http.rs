@@ -241,11 +241,13 @@ fn discard<S: Source>(input: &mut Timed<S>, limit: u64) {
     }
 }
 
-/// Writes a whole answer: status line, `content_type`, length, `body`; the connection closes after.
+/// Writes a whole answer: status line, `content_type`, length, `body` (cached for good when
+/// `immutable`, else never); the connection closes after.
 pub(crate) fn write_response(
     output: &mut impl Write,
     status: u16,
     content_type: &str,
+    immutable: bool,
     body: &[u8],
 ) -> std::io::Result<()> {
     let reason = match status {
@@ -265,8 +267,14 @@ pub(crate) fn write_response(
     };
     write!(
         output,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len(),
+        if immutable {
+            "max-age=31536000, immutable"
+        } else {
+            "no-store"
+        }
     )?;
     output.write_all(body)?;
     output.flush()

@@ -347,6 +347,7 @@ struct Reply {
     status: u16,
     content_type: &'static str,
     body: Vec<u8>,
+    immutable: bool,
 }
 
 impl Reply {
@@ -355,14 +356,21 @@ impl Reply {
             status,
             content_type: "application/json",
             body: body.to_string().into_bytes(),
+            immutable: false,
         }
     }
 }
 
 fn respond(stream: &TcpStream, reply: Reply) {
-    let written = stream
-        .set_write_timeout(Some(WRITE_TIMEOUT))
-        .and_then(|()| http::write_response(&mut &*stream, reply.status, reply.content_type, &reply.body));
+    let written = stream.set_write_timeout(Some(WRITE_TIMEOUT)).and_then(|()| {
+        http::write_response(
+            &mut &*stream,
+            reply.status,
+            reply.content_type,
+            reply.immutable,
+            &reply.body,
+        )
+    });
     if let Err(e) = written {
         warn!("update listener: cannot answer: {e}");
     }
@@ -375,7 +383,8 @@ fn refused(refusal: Refusal) -> Reply {
 
 fn answer(request: &http::HttpRequest, shared: &Shared) -> Reply {
     let installer = &shared.installer;
-    match (request.method.as_str(), request.path.as_str()) {
+    let path = request.path.split('?').next().unwrap_or_default();
+    match (request.method.as_str(), path) {
         ("POST", "/bank") => {
             let installed = installer.install(Origin::Pushed, |highest| {
                 validate(&request.body, &installer.policy, highest)
@@ -390,17 +399,21 @@ fn answer(request: &http::HttpRequest, shared: &Shared) -> Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
             body: metrics::render(&installer.state).into_bytes(),
+            immutable: false,
         },
         ("GET", "/") => Reply {
             status: 200,
             content_type: "text/html; charset=utf-8",
             body: status::PAGE.as_bytes().to_vec(),
+            immutable: false,
         },
         ("GET", path) if path.starts_with("/audit/") => match status::audit_file(&installer.state, &path[7..]) {
             Ok((content_type, body)) => Reply {
                 status: 200,
                 content_type,
                 body,
+                // Audit names are unique: a browser need not fetch one twice.
+                immutable: true,
             },
             Err(message) => Reply::json(404, json!({"ok": false, "error": message})),
         },

@@ -21,7 +21,7 @@ pub(crate) fn render(state: &DeviceState) -> String {
         ),
         (
             "failsafe_rejects",
-            "Parts given the fail-safe action: not judged in time, or an unknown product.",
+            "Parts given the fail-safe action: no bank, an unknown product, a fault, late, after the gate committed, or never judged (by reason in ucad_failsafes_total).",
             t.failsafe_rejects,
         ),
         (

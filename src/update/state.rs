@@ -81,11 +81,15 @@ pub struct AuditedPart {
 }
 
 impl AuditLog {
+    /// Lists a saved reject, and forgets those whose frame the disk budget has deleted.
     pub fn add(&mut self, part: AuditedPart) {
         if self.recent.len() == RECENT_REJECTS {
             self.recent.pop_front();
         }
         self.recent.push_back(part);
+        if let Some(dir) = &self.dir {
+            self.recent.retain(|p| dir.join(&p.frame).exists());
+        }
     }
 
     /// The path of `name` when it is one of the recent rejects' files: nothing else in the
@@ -96,6 +100,9 @@ impl AuditLog {
     }
 }
 
+/// Products counted since start-up, at most (each bank swap may bring new names).
+pub const MAX_PRODUCTS: usize = 1024;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProductCount {
     pub product: String,
@@ -104,12 +111,14 @@ pub struct ProductCount {
 }
 
 impl DeviceState {
-    /// Where each task of `names` (a bank's, in order) is counted: found by name, or added.
+    /// Where each task of `names` (a bank's, in order) is counted: found by name, or added
+    /// (beyond `MAX_PRODUCTS` names, a new one is not counted: `usize::MAX`).
     pub fn product_slots<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<usize> {
         let mut products = self.products.lock().unwrap_or_else(|e| e.into_inner());
         names
             .map(|name| match products.iter().position(|p| p.product == name) {
                 Some(slot) => slot,
+                None if products.len() >= MAX_PRODUCTS => usize::MAX,
                 None => {
                     products.push(ProductCount {
                         product: name.to_string(),
@@ -211,8 +220,8 @@ pub enum Failsafe {
     Late,
     /// It passed, but the reject gate had already committed to it.
     GateCommitted,
-    /// Never judged: no frame buffer was free, the loop was ending, or the camera did not see
-    /// it (a stall).
+    /// Never judged: no frame buffer was free, the capture queue was full, or the loop was
+    /// ending.
     NotJudged,
 }
 

@@ -11,8 +11,9 @@ use super::state::DeviceState;
 /// The status page: no CDN, no build step; its script reads `/status` every second.
 pub(crate) const PAGE: &str = include_str!("status_page.html");
 
-/// The largest audit file served (a frame as the camera sent it).
-const MAX_AUDIT_FILE: u64 = 32 << 20;
+/// The largest audit file served (a frame as the camera sent it): an answer is held in memory
+/// whole, up to `MAX_CONNECTIONS` of them.
+const MAX_AUDIT_FILE: u64 = 8 << 20;
 
 pub(crate) fn status(state: &DeviceState) -> serde_json::Value {
     let totals = *state.totals.lock().unwrap_or_else(|e| e.into_inner());
@@ -50,6 +51,10 @@ pub(crate) fn status(state: &DeviceState) -> serde_json::Value {
 pub(crate) fn audit_file(state: &DeviceState, name: &str) -> Result<(&'static str, Vec<u8>), String> {
     let path = (state.audit.lock().unwrap_or_else(|e| e.into_inner()).file(name))
         .ok_or_else(|| format!("no recent reject's file is called {name:?}"))?;
+    // A link put in the folder under a listed name would serve whatever it points at.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!("{name} is a symbolic link: not served"));
+    }
     let content_type = match path.extension().and_then(|e| e.to_str()) {
         Some("png") => "image/png",
         _ => "image/jpeg",
