@@ -194,18 +194,6 @@ fn the_mqtt_section_is_checked_and_names_the_key() {
     assert!(err.contains("mqtt.queue"), "{err}");
 }
 
-fn status_when(device: &Device, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let status = device.status();
-        if done(&status) {
-            return status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{what}: {status:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_broker_lost_costs_the_loop_nothing_and_is_reconnected() {
     let without = Device::new();
@@ -225,24 +213,20 @@ fn a_broker_lost_costs_the_loop_nothing_and_is_reconnected() {
     assert!(absent["mqtt"]["dropped"].as_u64().unwrap() > 0, "{absent}");
 
     let _running = device.start();
-    let status = status_when(&device, "drops while no broker", |s| {
-        s["mqtt"]["dropped"].as_u64() > Some(0)
-    });
+    let status = device.status_when("drops while no broker", |s| s["mqtt"]["dropped"].as_u64() > Some(0));
     assert_eq!(status["mqtt"]["connected"], false);
     let broker = Broker::start(device.dir.path(), port);
     let received = subscribe(port);
-    status_when(&device, "reconnects", |s| s["mqtt"]["connected"] == true);
+    device.status_when("reconnects", |s| s["mqtt"]["connected"] == true);
     let (topic, _) = received
         .recv_timeout(Duration::from_secs(10))
         .expect("messages after reconnecting");
     assert!(topic.starts_with(TOPIC), "{topic}");
 
     drop(broker);
-    let lost = status_when(&device, "sees the broker gone", |s| s["mqtt"]["connected"] == false);
+    let lost = device.status_when("sees the broker gone", |s| s["mqtt"]["connected"] == false);
     let frames = lost["totals"]["frames"].as_u64().unwrap();
-    status_when(&device, "frames go on", |s| {
-        s["totals"]["frames"].as_u64() > Some(frames + 20)
-    });
+    device.status_when("frames go on", |s| s["totals"]["frames"].as_u64() > Some(frames + 20));
     let _broker = Broker::start(device.dir.path(), port);
-    status_when(&device, "reconnects again", |s| s["mqtt"]["connected"] == true);
+    device.status_when("reconnects again", |s| s["mqtt"]["connected"] == true);
 }

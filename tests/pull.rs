@@ -124,19 +124,6 @@ fn publish_command(device: &Device, version: u64, line: &str, folder: &Path) -> 
         .unwrap()
 }
 
-/// Waits (at most a minute) until `done` holds for a device's status.
-fn wait_for(device: &Device, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let status = device.status();
-        if done(&status) {
-            return status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{what}: {status:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn pull_outcome(status: &serde_json::Value) -> String {
     status["pull"]["outcome"].as_str().unwrap_or_default().to_string()
 }
@@ -156,16 +143,16 @@ fn three_devices_converge_to_a_newly_published_bank() {
     }
     let running: Vec<Running> = devices.iter().map(Device::start).collect();
     for device in &devices {
-        let status = wait_for(device, "the first check fails: nothing published", |s| {
+        let status = device.status_when("the first check fails: nothing published", |s| {
             pull_outcome(s).contains("answered HTTP 404")
         });
         assert_eq!(status["bank"]["version"], 1);
     }
     publish(&devices[0], 2, LINE, &folder.path().join(LINE));
     for device in &devices {
-        let status = wait_for(device, "installs version 2", |s| s["bank"]["version"] == 2);
+        let status = device.status_when("installs version 2", |s| s["bank"]["version"] == 2);
         assert_eq!(status["bank"]["origin"], "pulled");
-        wait_for(device, "then finds itself up to date", |s| {
+        device.status_when("then finds itself up to date", |s| {
             pull_outcome(s) == "up to date (bank version 2)"
         });
         assert_eq!(Bank::load(&device.bank_path()).unwrap().version, 2, "installed on disk");
@@ -176,7 +163,7 @@ fn three_devices_converge_to_a_newly_published_bank() {
 /// A device on version 3 from `folder`, and the frames it has judged so far.
 fn on_version_3(device: &Device, folder: &Path) -> u64 {
     publish(device, 3, LINE, folder);
-    wait_for(device, "installs version 3", |s| s["bank"]["version"] == 3)["totals"]["frames"]
+    device.status_when("installs version 3", |s| s["bank"]["version"] == 3)["totals"]["frames"]
         .as_u64()
         .unwrap()
 }
@@ -184,7 +171,7 @@ fn on_version_3(device: &Device, folder: &Path) -> u64 {
 /// Waits for the next check to refuse with `says`, then checks that version 3 still runs (and
 /// is the one on disk) and that frames went on meanwhile.
 fn refused_while_running(device: &Device, frames_before: u64, says: &str) -> u64 {
-    let status = wait_for(device, says, |s| pull_outcome(s).contains(says));
+    let status = device.status_when(says, |s| pull_outcome(s).contains(says));
     assert_eq!(status["bank"]["version"], 3, "{says}: nothing installed");
     assert_eq!(
         Bank::load(&device.bank_path()).unwrap().version,
@@ -205,7 +192,7 @@ fn replayed_expired_foreign_and_oversized_manifests_are_refused_with_the_loop_ru
     pull_from(&device, &format!("{}/manifest", server.url), 10.0);
     let _running = device.start();
     publish(&device, 2, LINE, folder.path());
-    wait_for(&device, "installs version 2", |s| s["bank"]["version"] == 2);
+    device.status_when("installs version 2", |s| s["bank"]["version"] == 2);
     let version_2 = std::fs::read(folder.path().join("manifest")).unwrap();
     let mut frames = on_version_3(&device, folder.path());
     let err = publish_refused(&device, 2, folder.path());
@@ -256,7 +243,7 @@ fn replayed_expired_foreign_and_oversized_manifests_are_refused_with_the_loop_ru
 
     // And the same manifest with the right bank is installed.
     std::fs::write(folder.path().join("bank-v4.ucad"), &bytes).unwrap();
-    wait_for(&device, "installs version 4", |s| s["bank"]["version"] == 4);
+    device.status_when("installs version 4", |s| s["bank"]["version"] == 4);
 }
 
 /// A plant's own CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed, made by openssl.
@@ -323,11 +310,9 @@ fn an_https_source_is_trusted_through_the_plants_ca_only() {
     pull_from(&public, &source, 10.0);
     let _running = (trusting.start(), public.start());
     publish(&trusting, 2, LINE, folder.path());
-    let status = wait_for(&trusting, "installs version 2 over HTTPS", |s| {
-        s["bank"]["version"] == 2
-    });
+    let status = trusting.status_when("installs version 2 over HTTPS", |s| s["bank"]["version"] == 2);
     assert_eq!(status["bank"]["origin"], "pulled");
-    let status = wait_for(&public, "refuses the plant's certificate", |s| {
+    let status = public.status_when("refuses the plant's certificate", |s| {
         pull_outcome(s).contains("failed")
     });
     assert!(
@@ -385,7 +370,7 @@ fn a_server_that_stalls_mid_body_is_given_up_at_the_fetch_timeout() {
     pull_from(&device, &url, 1.0);
     let _running = device.start();
     let started = Instant::now();
-    let status = wait_for(&device, "the stalled fetch fails", |s| {
+    let status = device.status_when("the stalled fetch fails", |s| {
         pull_outcome(s).contains("the body stopped coming")
     });
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());

@@ -111,6 +111,19 @@ impl Device {
         serde_json::from_str(&answer.body).unwrap()
     }
 
+    /// Waits (at most a minute) until `done` holds for this device's status, and returns it.
+    pub fn status_when(&self, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}: {status:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn installed_version(&self) -> u64 {
         self.status()["bank"]["version"].as_u64().unwrap()
     }
