@@ -16,6 +16,7 @@ use ucad::detect::map::anomaly_map;
 use ucad::detect::{Detector, Judgement};
 use ucad::fit::expected::expected_at_threshold;
 use ucad::fit::learner::PromptSummary;
+use ucad::fit::report::fit_report;
 
 use super::args::{BackboneArg, FitParamsArgs};
 use super::learner::LearnerArgs;
@@ -38,6 +39,10 @@ pub struct FitArgs {
     params: FitParamsArgs,
     #[command(flatten)]
     learner: LearnerArgs,
+    /// Also write an HTML page with the held-out normal scores, the drawn defects' scores and the
+    /// threshold between them.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 impl FitArgs {
@@ -81,6 +86,11 @@ impl FitArgs {
         let expected = expected_at_threshold(&backbone, task, &data.train, &params)
             .context("the fit is saved, but its escapes could not be estimated")?;
         println!("threshold {:.4}: {expected}", task.threshold);
+        println!("{}", expected.placement());
+        if let Some(report) = &self.report {
+            ucad::fsutil::write_atomic(report, fit_report(&self.task, &expected).as_bytes())?;
+            println!("report written to {}", report.display());
+        }
         Ok(())
     }
 }

@@ -28,6 +28,29 @@ pub struct Expected {
     pub escape: f64,
     /// (passed, drawn) per kind: scratch, stain, moved patch.
     per_kind: [(usize, usize); 3],
+    /// The threshold, the image scores of the held-out normal images it was calibrated on, and
+    /// those of the drawn defects.
+    pub threshold: f32,
+    pub normal_scores: Vec<f32>,
+    pub defect_scores: Vec<f32>,
+}
+
+impl Expected {
+    /// Where the threshold sits among the held-out normal scores.
+    pub fn placement(&self) -> String {
+        let scores = &self.normal_scores;
+        let below = scores.iter().filter(|s| **s <= self.threshold).count();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mean = scores.iter().sum::<f32>() / scores.len().max(1) as f32;
+        format!(
+            "threshold {:.4} is above {below} of the {} held-out normal scores (mean {mean:.4}, highest {max:.4}: \
+             the threshold is {:.4} {})",
+            self.threshold,
+            scores.len(),
+            (self.threshold - max).abs(),
+            if self.threshold >= max { "above it" } else { "below it" }
+        )
+    }
 }
 
 impl fmt::Display for Expected {
@@ -70,15 +93,31 @@ pub fn expected_at_threshold(
         },
     )?;
     let mut per_kind = [(0, 0); 3];
+    let mut defect_scores = Vec::with_capacity(drawn.len());
     for (&(_, kind, _), f) in drawn.iter().zip(&features) {
-        per_kind[kind].0 += usize::from(image_score(&index.patch_scores(f)?) <= task.threshold);
+        let score = image_score(&index.patch_scores(f)?);
+        per_kind[kind].0 += usize::from(score <= task.threshold);
         per_kind[kind].1 += 1;
+        defect_scores.push(score);
     }
+    let normal = extract_features_with(
+        backbone,
+        &held,
+        &format!("{}: held-out normal images", task.name),
+        index.prompt(),
+        |&image| pre.network_view(&load_rgb(&train[image])?),
+    )?;
+    let normal_scores = (normal.iter())
+        .map(|f| Ok(image_score(&index.patch_scores(f)?)))
+        .collect::<Result<Vec<f32>>>()?;
     let passed: usize = per_kind.iter().map(|k| k.0).sum();
     Ok(Expected {
         false_reject: f64::from(task.normal.target_false_reject),
         escape: passed as f64 / drawn.len() as f64,
         per_kind,
+        threshold: task.threshold,
+        normal_scores,
+        defect_scores,
     })
 }
 

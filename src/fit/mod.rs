@@ -7,6 +7,7 @@ mod calibrate;
 pub mod expected;
 pub mod learner;
 mod params;
+pub mod report;
 
 pub use params::FitParams;
 
