@@ -11,7 +11,7 @@ use super::schedule::Late;
 use super::source::Truth;
 use crate::detect::Stage;
 pub use crate::update::state::Failsafe;
-use crate::update::state::{FailsafeCounts, LatencyHistogram, MqttReport, Totals};
+use crate::update::state::{FailsafeCounts, LatencyHistogram, MqttReport, ProductCount, Totals};
 
 /// One judged (or fail-safed) part, for tests and audits.
 #[derive(Debug, Clone, Copy)]
@@ -96,8 +96,6 @@ pub(crate) struct Counters {
     pub judged: u64,
     stage_time: [Duration; STAGES],
     pub rejects: u64,
-    /// Rejects per task, sized for the bank at start-up.
-    pub rejects_per_task: Vec<u64>,
     pub failsafes: u64,
     /// The same by reason.
     pub failsafe_reasons: FailsafeCounts,
@@ -132,7 +130,9 @@ pub struct Summary {
     pub parts: u64,
     /// Parts rejected on time (late pulses are escapes, not rejects).
     pub rejects: u64,
-    pub rejects_per_task: Vec<u64>,
+    /// Parts judged and rejected per product, by name across bank swaps (from the device's
+    /// state: the loop counts them there).
+    pub products: Vec<ProductCount>,
     /// Defective parts that passed, and parts whose reject pulse could not be on time (counted
     /// when ground truth is known or a pulse was late).
     pub escapes: Option<u64>,
@@ -169,11 +169,14 @@ impl fmt::Display for Summary {
         let show = |v: Option<u64>| v.map_or("—".to_string(), |v| v.to_string());
         writeln!(
             f,
-            "parts {} rejected {} (per task {:?}) escapes {} false rejects {} fail-safe {} (rejected by default {}, \
+            "parts {} rejected {} (per product {}) escapes {} false rejects {} fail-safe {} (rejected by default {}, \
              judging panics {}, bank demotions {}); late reject pulses {}",
             self.parts,
             self.rejects,
-            self.rejects_per_task,
+            (self.products.iter())
+                .map(|p| format!("{} {}", p.product, p.rejects))
+                .collect::<Vec<_>>()
+                .join(", "),
             show(self.escapes),
             show(self.false_rejects),
             self.failsafe_rejects,
@@ -256,13 +259,12 @@ pub struct MemoryReport {
 }
 
 impl Counters {
-    pub fn new(tasks: usize) -> Counters {
+    pub fn new() -> Counters {
         Counters {
             frames: 0,
             judged: 0,
             stage_time: [Duration::ZERO; STAGES],
             rejects: 0,
-            rejects_per_task: vec![0; tasks],
             failsafes: 0,
             failsafe_reasons: FailsafeCounts::default(),
             rejected_by_default: 0,
@@ -296,9 +298,6 @@ impl Counters {
         }
         if part.rejected {
             self.rejects += 1;
-            if let Some(slot) = part.task.and_then(|t| self.rejects_per_task.get_mut(t)) {
-                *slot += 1;
-            }
         }
         if let Some(truth) = part.truth {
             self.known_parts += 1;
@@ -378,7 +377,7 @@ impl Counters {
             frames: self.frames,
             parts: self.frames,
             rejects: self.rejects.saturating_sub(late.parts),
-            rejects_per_task: self.rejects_per_task.clone(),
+            products: Vec::new(),
             escapes: (known || late.parts > 0).then_some(self.escapes + late.parts),
             false_rejects: known.then_some(self.false_rejects),
             failsafe_rejects: self.failsafes,
@@ -410,11 +409,10 @@ impl std::fmt::Display for CountersLine<'_> {
         let c = self.0;
         write!(
             f,
-            "frames {} rejects {} {:?} failsafe {} (by default {}, panics {}) unknown {} stalls {} dropped {} switches {} \
+            "frames {} rejects {} failsafe {} (by default {}, panics {}) unknown {} stalls {} dropped {} switches {} \
              p50 {:.1} ms p99 {:.1} ms",
             c.frames,
             c.rejects,
-            c.rejects_per_task,
             c.failsafes,
             c.rejected_by_default,
             c.judging_panics,

@@ -79,8 +79,6 @@ impl Inspector {
         self.product_slots = self.state.product_slots(names);
         if let Some(counters) = counters {
             counters.bank_swaps += 1;
-            let tasks = self.current.as_ref().map_or(0, |i| i.detector.tasks().len());
-            counters.rejects_per_task.resize(tasks, 0);
             info!(
                 "frame {} on: bank version {:?}",
                 counters.frames,

@@ -184,7 +184,8 @@ impl Inspector {
         let timing_error = sim
             .as_ref()
             .and_then(|s| max_timing_error_ms(&s.lock().unwrap_or_else(|e| e.into_inner())));
-        let summary = books.counters.summary(timing_error, memory, late);
+        let mut summary = books.counters.summary(timing_error, memory, late);
+        summary.products = self.state.products.lock().unwrap_or_else(|e| e.into_inner()).clone();
         info!("{}", books.counters.log_line());
         Ok(Outcome {
             summary,
@@ -290,7 +291,7 @@ impl Inspector {
             books: Books {
                 auditor,
                 mqtt,
-                counters: Counters::new(tasks),
+                counters: Counters::new(),
             },
             sim,
             updates,
