@@ -284,7 +284,7 @@ fn admissible(manifest: &Manifest, line: &str, now: u64) -> Result<(), String> {
     }
     if now >= manifest.expires_unix {
         return Err(format!(
-            "expired at {} s since 1970 (publish it again; this device's clock says {now})",
+            "expired at {} s since 1970 (publish it again, and check this device's clock)",
             manifest.expires_unix
         ));
     }
@@ -388,12 +388,7 @@ mod tests {
         let expired = admissible(&manifest(7, 2_000), "hall-2", 2_000).unwrap_err();
         assert!(expired.contains("expired at 2000"), "{expired}");
         // The same words every poll: a refusal is logged once.
-        assert_eq!(
-            admissible(&manifest(7, 2_000), "hall-2", 2_001)
-                .unwrap_err()
-                .replace("2001", "2000"),
-            expired
-        );
+        assert_eq!(admissible(&manifest(7, 2_000), "hall-2", 2_001).unwrap_err(), expired);
     }
 
     #[test]
