@@ -14,6 +14,7 @@ pub mod fsutil;
 #[allow(unsafe_code)] // SAFETY comments at each block
 pub mod linalg;
 pub mod parallel;
+pub mod render;
 pub mod runtime;
 #[cfg(feature = "train")]
 pub mod train;

@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["backbone"],
     &["bank"],
     &["detect"],
+    &["render"],
     &["fit"],
     &["train", "update"],
     &["runtime", "eval"],

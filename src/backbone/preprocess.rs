@@ -9,6 +9,46 @@ use super::meta::{BackboneMeta, Resize};
 
 type Image<P> = ImageBuffer<P, Vec<<P as Pixel>::Subpixel>>;
 
+/// Where a frame's pixels land in the network's S×S view (and so in an anomaly map).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewGeometry {
+    /// The whole frame.
+    pub frame: (u32, u32),
+    /// The part of it that was judged (x, y, width, height): all of it, or a region of interest.
+    pub window: (u32, u32, u32, u32),
+    /// The window resized (squash: S×S; centre crop: shorter side S, aspect kept).
+    pub resized: (u32, u32),
+    /// Top-left of the S×S view in the resized window.
+    pub offset: (u32, u32),
+    pub size: u32,
+}
+
+impl ViewGeometry {
+    /// The same view, its window placed at `origin` in a larger `frame` (a region of interest).
+    pub fn within(self, origin: (u32, u32), frame: (u32, u32)) -> ViewGeometry {
+        ViewGeometry {
+            frame,
+            window: (origin.0, origin.1, self.window.2, self.window.3),
+            ..self
+        }
+    }
+
+    /// The view coordinates of frame pixel (`x`, `y`)'s centre, in pixels of the view whose
+    /// centres are at whole numbers; `None` when the network does not see that pixel.
+    pub fn to_view(&self, x: u32, y: u32) -> Option<(f32, f32)> {
+        let (wx, wy, ww, wh) = self.window;
+        let axis = |p: u32, start: u32, length: u32, resized: u32, offset: u32| {
+            let p = p.checked_sub(start)?;
+            let at = (p as f32 + 0.5) * resized as f32 / length as f32 - offset as f32;
+            (0.0..self.size as f32).contains(&at).then_some(at - 0.5)
+        };
+        Some((
+            axis(x, wx, ww, self.resized.0, self.offset.0)?,
+            axis(y, wy, wh, self.resized.1, self.offset.1)?,
+        ))
+    }
+}
+
 /// Holds the output buffer so that steady-state frames reuse it.
 pub struct Preprocessor {
     size: usize,
@@ -61,19 +101,36 @@ impl Preprocessor {
 
     fn view_with<P: Pixel + 'static>(&self, image: &Image<P>, filter: FilterType) -> Result<Image<P>> {
         let (w, h) = image.dimensions();
+        let g = self.geometry(w, h)?;
+        let s = self.size as u32;
+        let resized = imageops::resize(image, g.resized.0, g.resized.1, filter);
+        Ok(match self.resize {
+            Resize::Squash => resized,
+            Resize::CenterCrop => imageops::crop_imm(&resized, g.offset.0, g.offset.1, s, s).to_image(),
+        })
+    }
+
+    /// How a `w`×`h` frame becomes the network's view: the size it is resized to, and the
+    /// offset of the S×S window taken from that.
+    pub fn geometry(&self, w: u32, h: u32) -> Result<ViewGeometry> {
         ensure!(w > 0 && h > 0, "image is empty ({w}×{h})");
         let s = self.size as u32;
-        Ok(match self.resize {
-            Resize::Squash => imageops::resize(image, s, s, filter),
+        let resized = match self.resize {
+            Resize::Squash => (s, s),
             Resize::CenterCrop => {
                 let scale = s as f64 / w.min(h) as f64;
-                let (rw, rh) = (
+                (
                     ((w as f64 * scale).round() as u32).max(s),
                     ((h as f64 * scale).round() as u32).max(s),
-                );
-                let resized = imageops::resize(image, rw, rh, filter);
-                imageops::crop_imm(&resized, (rw - s) / 2, (rh - s) / 2, s, s).to_image()
+                )
             }
+        };
+        Ok(ViewGeometry {
+            frame: (w, h),
+            window: (0, 0, w, h),
+            resized,
+            offset: ((resized.0 - s) / 2, (resized.1 - s) / 2),
+            size: s,
         })
     }
 
@@ -145,5 +202,17 @@ mod tests {
         let squashed = Preprocessor::new(&meta(Resize::Squash)).network_view(&img).unwrap();
         assert_eq!(squashed.get_pixel(0, 16)[0], 255);
         assert_eq!(squashed.get_pixel(31, 16)[2], 255);
+    }
+
+    #[test]
+    fn a_region_of_interest_places_the_view_in_the_frame() {
+        let pre = Preprocessor::new(&meta(Resize::Squash));
+        let alone = pre.geometry(64, 48).unwrap();
+        let placed = alone.within((100, 20), (640, 480));
+        assert_eq!(placed.to_view(105, 27), alone.to_view(5, 7));
+        assert!(alone.to_view(5, 7).is_some());
+        for outside in [(99, 30), (164, 30), (120, 19), (120, 68)] {
+            assert_eq!(placed.to_view(outside.0, outside.1), None, "{outside:?}");
+        }
     }
 }

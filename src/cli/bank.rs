@@ -11,12 +11,12 @@ use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Capacity};
 use ucad::data::dataset::TaskData;
 use ucad::data::folder::{list_images, load_rgb};
-use ucad::detect::heatmap::save_overlay;
 use ucad::detect::map::anomaly_map;
 use ucad::detect::{Detector, Judgement};
 use ucad::fit::expected::expected_at_threshold;
 use ucad::fit::learner::PromptSummary;
 use ucad::fit::report::fit_report;
+use ucad::render::overlay::{self, FrameMap, Verdict};
 
 use super::args::{BackboneArg, FitParamsArgs};
 use super::learner::LearnerArgs;
@@ -108,7 +108,7 @@ pub struct ScoreArgs {
     backbone: BackboneArg,
     #[arg(long)]
     bank: PathBuf,
-    /// Write a heatmap PNG per image here.
+    /// Write a picture per image here: the image beside its anomaly map, outline and verdict.
     #[arg(long)]
     heatmaps: Option<PathBuf>,
     #[arg(required = true)]
@@ -133,13 +133,10 @@ impl ScoreArgs {
                     .relative(&judgement.patch_scores)
                     .collect();
                 let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
+                let map = FrameMap::new(&map, pre.geometry(image.width(), image.height())?, judgement.threshold)?;
                 let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
-                save_overlay(
-                    &dir.join(format!("{stem}.png")),
-                    &pre.network_view(&image)?,
-                    &map,
-                    judgement.threshold,
-                )?;
+                let verdict = Verdict::of(&detector, &judgement);
+                overlay::save(&dir.join(format!("{stem}.png")), &image, &map, &verdict)?;
             }
         }
         Ok(())

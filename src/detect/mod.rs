@@ -1,7 +1,6 @@
 //! Task-agnostic inference over a bank: route an image to the product it looks like, score its
 //! patches against that product's knowledge, decide against that product's threshold.
 
-pub mod heatmap;
 mod index;
 pub mod judge;
 #[allow(unsafe_code)] // SAFETY comments at each block

@@ -24,13 +24,13 @@ use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::{Bank, Precision, Rows};
 use crate::data::dataset::{load_task, read_mask, TaskData};
 use crate::data::folder::load_rgb;
-use crate::detect::heatmap::save_overlay;
 use crate::detect::knn::KnnIndex;
 use crate::detect::map::anomaly_map;
 use crate::detect::{image_score, Detector, Judgement, Views};
 use crate::fit::expected::{expected_at_threshold, Expected};
 use crate::fit::learner::TaskLearner;
 use crate::fit::FitParams;
+use crate::render::overlay::{self, FrameMap, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -274,6 +274,17 @@ impl Scored {
             patches: task.relative(&judgement.patch_scores).collect(),
         }
     }
+
+    fn verdict(&self, detector: &Detector) -> Verdict {
+        let task = &detector.tasks()[self.task];
+        Verdict {
+            product: task.name.clone(),
+            unknown: self.unknown,
+            score: image_score(&self.patches) + task.threshold,
+            threshold: task.threshold,
+            rejected: self.rejected,
+        }
+    }
 }
 
 /// Test image `i` of `set` (task `own`), routed over the bank.
@@ -386,14 +397,16 @@ fn write_heatmaps(
     let pre = Preprocessor::new(&backbone.meta);
     for (set, scores) in sets.iter().zip(scores) {
         for ((item, scored), map) in set.data.test.iter().zip(&scores.scored).zip(&scores.maps) {
-            let view = pre.network_view(&load_rgb(&item.image)?)?;
+            let frame = load_rgb(&item.image)?;
+            let threshold = detector.tasks()[scored.task].threshold;
+            let map = FrameMap::new(map, pre.geometry(frame.width(), frame.height())?, threshold)?;
             let stem = item
                 .image
                 .file_stem()
                 .expect("listed files have names")
                 .to_string_lossy();
             let path = dir.join(&set.data.name).join(format!("{}_{stem}.png", item.defect));
-            save_overlay(&path, &view, map, detector.tasks()[scored.task].threshold)?;
+            overlay::save(&path, &frame, &map, &scored.verdict(detector))?;
         }
     }
     info!("heatmaps written to {}", dir.display());

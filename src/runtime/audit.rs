@@ -16,13 +16,14 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use log::{error, warn};
 
-use super::config::AuditConfig;
+use super::config::{AuditConfig, Roi};
 use super::pixels::{decode_jpeg, encode_jpeg};
 use crate::alloc::in_frame_pool;
 use crate::backbone::{BackboneMeta, Preprocessor};
 use crate::data::folder::save_image;
-use crate::detect::heatmap::overlay;
+use crate::detect::image_score;
 use crate::detect::map::anomaly_map;
+use crate::render::overlay::{render, FrameMap, Verdict};
 use crate::update::state::{AuditedPart, DeviceState};
 
 /// A rejected part on its way to the disk.
@@ -52,7 +53,13 @@ impl Auditor {
     /// Reserves `config.queue` slots and starts the writer (slots take a frame's size on
     /// their first use).
     /// The writer lists what it saved in `state.audit` (the status page shows the last ones).
-    pub fn start(config: &AuditConfig, meta: &BackboneMeta, state: Arc<DeviceState>) -> Result<Auditor> {
+    /// With a region of interest, the maps are of that region and are drawn there.
+    pub fn start(
+        config: &AuditConfig,
+        meta: &BackboneMeta,
+        roi: Option<Roi>,
+        state: Arc<DeviceState>,
+    ) -> Result<Auditor> {
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("cannot create the audit folder {}", config.dir.display()))?;
         let limit = config
@@ -86,7 +93,7 @@ impl Auditor {
                     let pre = Preprocessor::new(&meta);
                     let run = run_id();
                     for mut slot in work_rx {
-                        match write_part(&mut slot, &run, &pre, &meta, &mut budget) {
+                        match write_part(&mut slot, &run, &pre, &meta, roi, &mut budget) {
                             Ok(saved) => state.audit.lock().unwrap_or_else(|e| e.into_inner()).add(saved),
                             Err(e) => {
                                 error!("audit of frame {}: {e:#}", slot.sequence);
@@ -154,6 +161,7 @@ fn write_part(
     run: &str,
     pre: &Preprocessor,
     meta: &BackboneMeta,
+    roi: Option<Roi>,
     budget: &mut DiskBudget,
 ) -> Result<AuditedPart> {
     let stem = format!("{run}-{:010}-{}", slot.sequence, file_label(&slot.label));
@@ -173,10 +181,20 @@ fn write_part(
         let map = anomaly_map(&slot.relative_patches, meta.grid(), meta.input_size);
         let name = format!("{stem}-heatmap.png");
         let heatmap_path = budget.dir.join(&name);
-        save_image(
-            &overlay(&pre.network_view(&slot.frame)?, &map, slot.threshold)?,
-            &heatmap_path,
-        )?;
+        let frame = slot.frame.dimensions();
+        let geometry = match roi {
+            Some(r) => pre.geometry(r.width, r.height)?.within((r.x, r.y), frame),
+            None => pre.geometry(frame.0, frame.1)?,
+        };
+        let verdict = Verdict {
+            product: slot.label.clone(),
+            unknown: false,
+            score: image_score(&slot.relative_patches) + slot.threshold,
+            threshold: slot.threshold,
+            rejected: true,
+        };
+        let map = FrameMap::new(&map, geometry, slot.threshold)?;
+        save_image(&render(&slot.frame, &map, &verdict)?, &heatmap_path)?;
         budget.add(&heatmap_path)?;
         heatmap = Some(name);
     }

@@ -257,7 +257,12 @@ impl Inspector {
         open_stop_line(self.config.failsafe.stop_line.as_ref())?;
         let (reject_line, sim) = open_line(&self.config.reject.line)?;
         let auditor = match &self.config.audit {
-            Some(audit) => Some(Auditor::start(audit, &self.backbone.meta, self.state.clone())?),
+            Some(audit) => Some(Auditor::start(
+                audit,
+                &self.backbone.meta,
+                self.config.roi,
+                self.state.clone(),
+            )?),
             None => None,
         };
         let mqtt = match &self.config.mqtt {

@@ -1,0 +1,320 @@
+//! One picture of a judgement, drawn the same way by `ucad score`, `ucad eval`, the audit store
+//! and the device's status page: the frame as captured, beside the same frame with the anomaly
+//! map laid over it — mapped back through the preprocessing (squash or centre crop), so that it
+//! lies on the part at the frame's own resolution and aspect — the region above the threshold
+//! outlined, a caption (product, score against threshold, decision) and a colour legend.
+//!
+//! Colours are in threshold units, `(score − threshold) / threshold`: 0 is the decision
+//! boundary, −1 a score of zero, +1 twice the threshold. The colour map is inferno
+//! (perceptually uniform), transparent up to −0.3 so that clearly normal regions show the
+//! part itself.
+
+use std::path::Path;
+
+use anyhow::{ensure, Result};
+use image::{Rgb, RgbImage};
+
+use super::text;
+use crate::backbone::preprocess::ViewGeometry;
+use crate::data::folder::save_image;
+use crate::detect::{Detector, Judgement};
+
+/// Legend ends, in threshold units.
+const LEGEND: (f32, f32) = (-1.0, 1.0);
+/// Below this level the map is transparent (normal parts mostly score within 0.3 below the
+/// threshold; fainter than that is the part itself).
+const CLEAR_BELOW: f32 = -0.3;
+const MAX_ALPHA: f32 = 0.7;
+const OUTLINE: Rgb<u8> = Rgb([0, 229, 255]);
+const PAPER: Rgb<u8> = Rgb([255, 255, 255]);
+const INK: Rgb<u8> = Rgb([29, 35, 42]);
+const REJECT_INK: Rgb<u8> = Rgb([196, 30, 30]);
+
+/// What a picture's caption says.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The judging product (for an unknown product: the nearest one).
+    pub product: String,
+    pub unknown: bool,
+    pub score: f32,
+    pub threshold: f32,
+    pub rejected: bool,
+}
+
+impl Verdict {
+    pub fn of(detector: &Detector, judgement: &Judgement) -> Verdict {
+        Verdict {
+            product: detector.tasks()[judgement.task].name.clone(),
+            unknown: judgement.unknown,
+            score: judgement.score,
+            threshold: judgement.threshold,
+            rejected: judgement.rejected(),
+        }
+    }
+
+    /// `hazelnut: +0.23 (score 4.906, threshold 3.990) REJECT`.
+    pub fn caption(&self) -> String {
+        let product = match self.unknown {
+            true => format!("unknown product (nearest {})", self.product),
+            false => self.product.clone(),
+        };
+        format!(
+            "{product}: {:+.2} (score {:.3}, threshold {:.3}) {}",
+            in_thresholds(self.score - self.threshold, self.threshold),
+            self.score,
+            self.threshold,
+            if self.rejected { "REJECT" } else { "pass" }
+        )
+    }
+}
+
+/// `relative` (a score minus the threshold) in threshold units.
+fn in_thresholds(relative: f32, threshold: f32) -> f32 {
+    relative / threshold.abs().max(f32::EPSILON)
+}
+
+/// An S×S anomaly map (scores minus the threshold) as seen from a frame's pixels.
+pub struct FrameMap<'a> {
+    map: &'a [f32],
+    geometry: ViewGeometry,
+    threshold: f32,
+}
+
+impl<'a> FrameMap<'a> {
+    pub fn new(map: &'a [f32], geometry: ViewGeometry, threshold: f32) -> Result<FrameMap<'a>> {
+        let side = geometry.size as usize;
+        ensure!(
+            map.len() == side * side,
+            "an anomaly map of {} values for a {side}×{side} view",
+            map.len()
+        );
+        Ok(FrameMap {
+            map,
+            geometry,
+            threshold,
+        })
+    }
+
+    /// The map at frame pixel (`x`, `y`) in threshold units (bilinear); `None` where the
+    /// network does not see the frame.
+    pub fn level(&self, x: u32, y: u32) -> Option<f32> {
+        let (u, v) = self.geometry.to_view(x, y)?;
+        let last = self.geometry.size as usize - 1;
+        let corner = |c: f32| {
+            let c = c.clamp(0.0, last as f32);
+            let low = c.floor() as usize;
+            (low, (low + 1).min(last), c - low as f32)
+        };
+        let ((x0, x1, fx), (y0, y1, fy)) = (corner(u), corner(v));
+        let side = last + 1;
+        let at = |x: usize, y: usize| self.map[y * side + x];
+        let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+        let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+        Some(in_thresholds(top * (1.0 - fy) + bottom * fy, self.threshold))
+    }
+
+    /// Frame pixels above the threshold, row by row.
+    pub fn flagged(&self) -> Vec<bool> {
+        let (w, h) = self.geometry.frame;
+        (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| self.level(x, y).is_some_and(|l| l > 0.0))
+            .collect()
+    }
+}
+
+/// The picture: frame | frame with map and outline, caption and legend below.
+pub fn render(frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<RgbImage> {
+    let (w, h) = frame.dimensions();
+    ensure!(
+        (w, h) == map.geometry.frame,
+        "a map laid out for a {}×{} frame over a {w}×{h} one",
+        map.geometry.frame.0,
+        map.geometry.frame.1
+    );
+    let scale = (2 * w / 560).max(1);
+    let pad = 4 * scale;
+    let line = (text::GLYPH + 4) * scale;
+    let width = 3 * pad + 2 * w;
+    let height = 2 * pad + h + line + legend_height(scale) + pad;
+    let mut out = RgbImage::from_pixel(width, height, PAPER);
+    image::imageops::replace(&mut out, frame, pad as i64, pad as i64);
+    draw_map(&mut out, frame, map, (2 * pad + w, pad), scale);
+    let mut y = 2 * pad + h;
+    let ink = if verdict.rejected { REJECT_INK } else { INK };
+    text::draw(&mut out, (pad, y), scale, &verdict.caption(), ink, width - pad);
+    y += line;
+    draw_legend(&mut out, (pad, y), width - 2 * pad, scale);
+    Ok(out)
+}
+
+pub fn save(path: &Path, frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<()> {
+    save_image(&render(frame, map, verdict)?, path)
+}
+
+/// The frame with the map blended over it at `at`; pixels the network does not see are dimmed.
+fn draw_map(out: &mut RgbImage, frame: &RgbImage, map: &FrameMap, at: (u32, u32), scale: u32) {
+    let flagged = map.flagged();
+    let (w, h) = frame.dimensions();
+    let is_flagged = |x: i64, y: i64| {
+        (0..w as i64).contains(&x) && (0..h as i64).contains(&y) && flagged[(y * w as i64 + x) as usize]
+    };
+    let reach = scale as i64 + 1;
+    for y in 0..h {
+        for x in 0..w {
+            let base = frame.get_pixel(x, y);
+            let (xi, yi) = (x as i64, y as i64);
+            let outline = is_flagged(xi, yi)
+                && (1..=reach).any(|d| {
+                    !is_flagged(xi - d, yi)
+                        || !is_flagged(xi + d, yi)
+                        || !is_flagged(xi, yi - d)
+                        || !is_flagged(xi, yi + d)
+                });
+            let pixel = match map.level(x, y) {
+                _ if outline => OUTLINE,
+                Some(level) => blend(base, colour(level), alpha(level)),
+                None => blend(base, INK, 0.65),
+            };
+            out.put_pixel(at.0 + x, at.1 + y, pixel);
+        }
+    }
+}
+
+/// The colour bar from −1 to +1 threshold units with its ticks, and what the colours mean.
+fn draw_legend(out: &mut RgbImage, (left, top): (u32, u32), width: u32, scale: u32) {
+    let bar = 6 * scale;
+    let backdrop = Rgb([128, 128, 128]);
+    let level_at = |x: u32| LEGEND.0 + (LEGEND.1 - LEGEND.0) * x as f32 / (width - 1).max(1) as f32;
+    for x in 0..width {
+        let level = level_at(x);
+        let pixel = blend(&backdrop, colour(level), alpha(level));
+        for y in 0..bar {
+            out.put_pixel(left + x, top + y, pixel);
+        }
+    }
+    let labels_y = top + bar + 2 * scale;
+    for (level, label) in [
+        (-1.0, "-1"),
+        (-0.5, "-0.5"),
+        (0.0, "0 threshold"),
+        (0.5, "+0.5"),
+        (1.0, "+1"),
+    ] {
+        let x = left + ((level - LEGEND.0) / (LEGEND.1 - LEGEND.0) * (width - 1) as f32) as u32;
+        let tick = if level == 0.0 { 2 * scale } else { scale };
+        for ty in top..top + bar + scale {
+            for tx in x.saturating_sub(tick / 2)..(x + tick.div_ceil(2)).min(left + width) {
+                out.put_pixel(tx, ty, INK);
+            }
+        }
+        let label_w = text::width(label, scale);
+        let start = x
+            .saturating_sub(label_w / 2)
+            .clamp(left, (left + width).saturating_sub(label_w));
+        text::draw(out, (start, labels_y), scale, label, INK, left + width);
+    }
+    let keys = [
+        "colour: (score - threshold) / threshold",
+        "cyan outline: above the threshold",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let y = labels_y + (i as u32 + 1) * (text::GLYPH + 4) * scale;
+        text::draw(out, (left, y), scale, key, INK, left + width);
+    }
+}
+
+/// Bar, tick labels and two key lines.
+fn legend_height(scale: u32) -> u32 {
+    (6 + 2 + 3 * (text::GLYPH + 4)) * scale
+}
+
+fn colour(level: f32) -> Rgb<u8> {
+    let t = ((level - LEGEND.0) / (LEGEND.1 - LEGEND.0)).clamp(0.0, 1.0);
+    let c = colorous::INFERNO.eval_continuous(t as f64);
+    Rgb([c.r, c.g, c.b])
+}
+
+fn alpha(level: f32) -> f32 {
+    ((level - CLEAR_BELOW) / -CLEAR_BELOW).clamp(0.0, 1.0) * MAX_ALPHA
+}
+
+fn blend(base: &Rgb<u8>, over: Rgb<u8>, alpha: f32) -> Rgb<u8> {
+    Rgb(std::array::from_fn(|c| {
+        (base[c] as f32 * (1.0 - alpha) + over[c] as f32 * alpha).round() as u8
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::{BackboneMeta, Preprocessor, Resize};
+    use image::{GrayImage, Luma};
+
+    fn preprocessor(resize: Resize) -> Preprocessor {
+        let (_, backbone) = crate::backbone::testing::tiny_backbone(1);
+        Preprocessor::new(&BackboneMeta {
+            resize,
+            input_size: 224,
+            ..backbone.meta
+        })
+    }
+
+    /// A map that is +1 threshold on the view's pixels of a frame rectangle and −1 elsewhere
+    /// comes back onto that rectangle of the frame, whichever way the frame was resized.
+    #[test]
+    fn the_flagged_region_lies_where_the_view_saw_it_under_both_resizes() {
+        let (w, h) = (300u32, 180u32);
+        let inside = |x: u32, y: u32| (130..190).contains(&x) && (60..125).contains(&y);
+        let mask = GrayImage::from_fn(w, h, |x, y| Luma([if inside(x, y) { 255 } else { 0 }]));
+        for resize in [Resize::Squash, Resize::CenterCrop] {
+            let pre = preprocessor(resize);
+            let threshold = 2.0;
+            let view: Vec<f32> = (pre.truth(Some(&mask)).unwrap().iter())
+                .map(|t| if *t { threshold } else { -threshold })
+                .collect();
+            let map = FrameMap::new(&view, pre.geometry(w, h).unwrap(), threshold).unwrap();
+            let flagged = map.flagged();
+            let truth: Vec<bool> = (0..h).flat_map(|y| (0..w).map(move |x| inside(x, y))).collect();
+            let both = flagged.iter().zip(&truth).filter(|(f, t)| **f && **t).count();
+            let either = flagged.iter().zip(&truth).filter(|(f, t)| **f || **t).count();
+            let iou = both as f64 / either as f64;
+            assert!(iou > 0.9, "{resize:?}: IoU {iou:.3}");
+            // The crop drops the frame's sides: the network never saw x = 0.
+            assert_eq!(
+                map.level(0, h / 2).is_none(),
+                resize == Resize::CenterCrop,
+                "{resize:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_picture_shows_the_untouched_frame_beside_the_overlay() {
+        let frame = RgbImage::from_fn(120, 90, |x, y| Rgb([x as u8, y as u8, 77]));
+        let pre = preprocessor(Resize::Squash);
+        let map = vec![1.0; 224 * 224];
+        let map = FrameMap::new(&map, pre.geometry(120, 90).unwrap(), 2.0).unwrap();
+        let verdict = Verdict {
+            product: "part".into(),
+            unknown: false,
+            score: 3.0,
+            threshold: 2.0,
+            rejected: true,
+        };
+        assert_eq!(verdict.caption(), "part: +0.50 (score 3.000, threshold 2.000) REJECT");
+        let picture = render(&frame, &map, &verdict).unwrap();
+        let pad = 4;
+        assert!(picture.width() == 3 * pad + 240 && picture.height() > 90 + 2 * pad);
+        let left = image::imageops::crop_imm(&picture, pad, pad, 120, 90).to_image();
+        assert_eq!(left, frame);
+        // Every pixel is above the threshold: the outline runs along the overlay's border.
+        assert_eq!(*picture.get_pixel(2 * pad + 120, pad + 45), OUTLINE);
+        assert_ne!(*picture.get_pixel(2 * pad + 180, pad + 45), OUTLINE);
+        let other = FrameMap::new(&[0.0; 224 * 224], pre.geometry(60, 90).unwrap(), 2.0).unwrap();
+        assert!(
+            render(&frame, &other, &verdict).is_err(),
+            "a map laid out for another frame size"
+        );
+    }
+}
