@@ -83,6 +83,7 @@ fn the_protocol_reports_every_benchmark_key() {
     let backbone = Backbone::load(&common::tiny_backbone(dir.path())).unwrap();
     let names = common::synthetic_products(dir.path(), 2, COUNTS);
     let options = EvalOptions {
+        pictures: false,
         fit: params(),
         reference_fraction: 0.1,
         heatmaps: Some(dir.path().join("heat")),

@@ -5,42 +5,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::browser::{headless, text_after};
 use common::device::Device;
-
-fn chromium() -> &'static str {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("chromium runs (.ci/run installs Debian's chromium)")
-}
-
-/// Chromium, headless, on `url` with `args` (`--dump-dom`, `--screenshot=…`); its stdout.
-fn headless(url: &str, args: &[&str]) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium())
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
-        .args(["--virtual-time-budget=5000", "--window-size=1280,900"])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The text of the element carrying `attribute` in a dumped DOM.
-fn text_after(dom: &str, attribute: &str) -> String {
-    let at = dom
-        .find(attribute)
-        .unwrap_or_else(|| panic!("no {attribute} in the page"));
-    let start = at + dom[at..].find('>').unwrap() + 1;
-    let end = start + dom[start..].find('<').unwrap();
-    dom[start..end].to_string()
-}
 
 fn with_audit(device: &Device) {
     let mut config = std::fs::read_to_string(&device.config).unwrap();

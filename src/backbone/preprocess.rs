@@ -33,6 +33,26 @@ impl ViewGeometry {
         }
     }
 
+    /// The same view over the frame shown at another size (a thumbnail).
+    pub fn shown_at(self, frame: (u32, u32)) -> ViewGeometry {
+        let (sx, sy) = (
+            frame.0 as f64 / self.frame.0 as f64,
+            frame.1 as f64 / self.frame.1 as f64,
+        );
+        let (x, y, w, h) = self.window;
+        let scale = |v: u32, s: f64| ((v as f64 * s).round() as u32).max(1);
+        ViewGeometry {
+            frame,
+            window: (
+                (x as f64 * sx).round() as u32,
+                (y as f64 * sy).round() as u32,
+                scale(w, sx),
+                scale(h, sy),
+            ),
+            ..self
+        }
+    }
+
     /// The view coordinates of frame pixel (`x`, `y`)'s centre, in pixels of the view whose
     /// centres are at whole numbers; `None` when the network does not see that pixel.
     pub fn to_view(&self, x: u32, y: u32) -> Option<(f32, f32)> {
@@ -213,6 +233,20 @@ mod tests {
         assert!(alone.to_view(5, 7).is_some());
         for outside in [(99, 30), (164, 30), (120, 19), (120, 68)] {
             assert_eq!(placed.to_view(outside.0, outside.1), None, "{outside:?}");
+        }
+    }
+
+    #[test]
+    fn a_thumbnail_sees_the_view_where_the_frame_does() {
+        let pre = Preprocessor::new(&meta(Resize::CenterCrop));
+        let full = pre.geometry(400, 200).unwrap();
+        let half = full.shown_at((200, 100));
+        for (x, y) in [(0, 50), (60, 20), (100, 50), (170, 90)] {
+            let (a, b) = (half.to_view(x, y), full.to_view(2 * x + 1, 2 * y + 1));
+            match (a, b) {
+                (Some(a), Some(b)) => assert!((a.0 - b.0).abs() < 0.2 && (a.1 - b.1).abs() < 0.2, "{a:?} {b:?}"),
+                _ => assert_eq!(a.is_some(), b.is_some(), "({x}, {y})"),
+            }
         }
     }
 }

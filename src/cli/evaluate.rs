@@ -8,7 +8,9 @@ use anyhow::Result;
 use ucad::backbone::Backbone;
 use ucad::data::synthetic::{products, SplitCounts};
 use ucad::eval::feature_cache::FeatureCache;
+use ucad::eval::html::eval_page;
 use ucad::eval::protocol::{self, EvalOptions};
+use ucad::eval::report::BackboneInfo;
 use ucad::eval::{bench_bank, bench_routing};
 use ucad::fit::FitParams;
 
@@ -29,7 +31,12 @@ pub struct EvalArgs {
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write final-stage heatmaps here.
+    /// Write the report as one self-contained HTML page: settings, final row, accuracy matrices,
+    /// per task ROC and PRO curves, score distributions and galleries of the worst cases.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Write a picture of every final-stage test image here: the image beside its anomaly map,
+    /// outline and verdict.
     #[arg(long)]
     heatmaps: Option<PathBuf>,
     /// Memory of the upper reference, as a fraction of all training patches.
@@ -54,6 +61,7 @@ impl EvalArgs {
             fit: self.params.params()?,
             reference_fraction: self.reference_fraction,
             heatmaps: self.heatmaps,
+            pictures: self.html.is_some(),
             feature_cache: self.feature_cache,
             save_bank: self.save_bank,
         };
@@ -65,6 +73,10 @@ impl EvalArgs {
         if let Some(path) = self.json {
             ucad::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
             println!("report written to {}", path.display());
+        }
+        if let Some(path) = self.html {
+            ucad::fsutil::write_atomic(&path, eval_page(&report).as_bytes())?;
+            println!("HTML report written to {}", path.display());
         }
         Ok(())
     }
@@ -80,6 +92,9 @@ pub struct BenchCommonArgs {
     feature_cache: PathBuf,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the results as one self-contained HTML page.
+    #[arg(long)]
+    html: Option<PathBuf>,
     #[command(flatten)]
     params: FitParamsArgs,
 }
@@ -90,11 +105,20 @@ impl BenchCommonArgs {
         Ok((self.backbone.load(ctx)?, params))
     }
 
-    /// Prints the run time and writes the JSON report when asked for.
-    fn finish(&self, name: &str, start: Instant, report: &impl serde::Serialize) -> Result<()> {
+    /// Prints the run time and writes the JSON report and its page when asked for.
+    fn finish(
+        &self,
+        name: &str,
+        start: Instant,
+        report: &impl serde::Serialize,
+        page: impl FnOnce() -> String,
+    ) -> Result<()> {
         println!("{name} finished in {:.1} s", start.elapsed().as_secs_f64());
         if let Some(path) = &self.json {
             ucad::fsutil::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())?;
+        }
+        if let Some(path) = &self.html {
+            ucad::fsutil::write_atomic(path, page().as_bytes())?;
         }
         Ok(())
     }
@@ -117,7 +141,15 @@ impl BenchBankArgs {
         let features = FeatureCache::new(&self.common.feature_cache);
         let points = bench_bank::run(&backbone, &self.data, &self.tasks, &features, &params)?;
         print!("{}", bench_bank::table(&self.tasks, &points, params.task_budget_bytes));
-        self.common.finish("bench-bank", start, &points)
+        let page = || {
+            bench_bank::html(
+                &self.tasks,
+                &points,
+                params.task_budget_bytes,
+                &BackboneInfo::of(&backbone),
+            )
+        };
+        self.common.finish("bench-bank", start, &points, page)
     }
 }
 
@@ -163,7 +195,9 @@ impl BenchRoutingArgs {
         let real = self.data.as_deref().map(|root| (root, &self.tasks[..]));
         let report = bench_routing::run(&backbone, real, &self.common.feature_cache, &options)?;
         print!("{report}");
-        self.common.finish("bench-routing", start, &report)
+        self.common.finish("bench-routing", start, &report, || {
+            report.html(&BackboneInfo::of(&backbone))
+        })
     }
 }
 

@@ -38,6 +38,20 @@ pub(crate) fn label_regions(mask: &[bool], size: usize) -> (Vec<u32>, u32) {
 /// AUPRO over images given as (anomaly map, ground truth), each `size`×`size`. `None` when there
 /// is no defect region or no normal pixel.
 pub fn aupro(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64) -> Option<f64> {
+    pro_curve(images, size, max_fpr).map(|curve| area(&curve) / max_fpr)
+}
+
+/// Trapezoids under a curve.
+pub(crate) fn area(curve: &[[f64; 2]]) -> f64 {
+    curve
+        .windows(2)
+        .map(|w| (w[1][0] - w[0][0]) * (w[0][1] + w[1][1]) / 2.0)
+        .sum()
+}
+
+/// The PRO curve as (pixel false-positive rate, mean region overlap) from (0, 0), a point per
+/// distinct score, up to `max_fpr` (interpolated there).
+pub(crate) fn pro_curve(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64) -> Option<Vec<[f64; 2]>> {
     // Per pixel: its score and 0 (normal) or 1 + its global region index.
     let mut pixels: Vec<(f32, u32)> = Vec::with_capacity(images.len() * size * size);
     let mut region_sizes: Vec<u64> = Vec::new();
@@ -59,9 +73,8 @@ pub fn aupro(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64) -> Option<
     }
     pixels.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let regions = region_sizes.len() as f64;
-    let (mut fpr, mut pro, mut area) = (0f64, 0f64, 0f64);
-    let mut fp = 0u64;
-    let mut overlap = 0f64;
+    let mut curve = vec![[0.0, 0.0]];
+    let (mut fp, mut overlap) = (0u64, 0f64);
     for group in pixels.chunk_by(|a, b| a.0.to_bits() == b.0.to_bits()) {
         for &(_, region) in group {
             if region == 0 {
@@ -70,6 +83,7 @@ pub fn aupro(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64) -> Option<
                 overlap += 1.0 / region_sizes[region as usize - 1] as f64;
             }
         }
+        let [fpr, pro] = *curve.last().expect("starts with a point");
         let (next_fpr, next_pro) = (fp as f64 / negatives, overlap / regions);
         if next_fpr >= max_fpr {
             let t = if next_fpr > fpr {
@@ -77,13 +91,12 @@ pub fn aupro(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64) -> Option<
             } else {
                 0.0
             };
-            area += (max_fpr - fpr) * (pro + (pro + t * (next_pro - pro))) / 2.0;
-            return Some(area / max_fpr);
+            curve.push([max_fpr, pro + t * (next_pro - pro)]);
+            return Some(curve);
         }
-        area += (next_fpr - fpr) * (pro + next_pro) / 2.0;
-        (fpr, pro) = (next_fpr, next_pro);
+        curve.push([next_fpr, next_pro]);
     }
-    Some(area / max_fpr)
+    Some(curve)
 }
 
 #[cfg(test)]

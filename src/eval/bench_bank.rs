@@ -11,7 +11,9 @@ use log::info;
 use serde::Serialize;
 
 use super::feature_cache::FeatureCache;
+use super::html::backbone_rows;
 use super::metrics::TieGroups;
+use super::report::BackboneInfo;
 use crate::backbone::colour::image_colours;
 use crate::backbone::Backbone;
 use crate::bank::Precision;
@@ -19,6 +21,7 @@ use crate::data::dataset::load_task;
 use crate::data::folder::load_rgb;
 use crate::detect::{image_score, TaskIndex};
 use crate::fit::{FitParams, Fitting, TaskFeatures};
+use crate::render::html::{escape, page, score_cell};
 
 /// One storage setting.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -166,4 +169,47 @@ pub fn table(tasks: &[String], points: &[Point], budget: usize) -> String {
 
 fn truncate(s: &str, n: usize) -> &str {
     s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
+/// Image AUROCs at or below this are drawn fully red.
+const LOW: f64 = 0.7;
+
+/// The benchmark as one self-contained page: a row per setting, each AUROC on a colour scale;
+/// each AUROC carries its JSON key (`N.image_auroc.J`).
+pub fn html(tasks: &[String], points: &[Point], budget: usize, backbone: &BackboneInfo) -> String {
+    let mut body = String::from("<h1>ucad bench-bank</h1>\n<table>");
+    backbone_rows(&mut body, backbone);
+    let _ = write!(
+        body,
+        "<tr><th>budget</th><td style=\"text-align:left\">{budget} bytes per task</td></tr></table>\n\
+         <p class=\"note\">Image AUROC with the task id given, per storage setting; the first row is the \
+         reference (f32, all dims, 10% coreset). Largest task in bytes.</p>\n\
+         <table><tr><th>coreset</th><th>dims</th><th>precision</th>"
+    );
+    for t in tasks {
+        let _ = write!(body, "<th>{}</th>", escape(t));
+    }
+    body.push_str("<th>mean</th><th>largest task (bytes)</th><th>fits</th></tr>\n");
+    for (i, p) in points.iter().enumerate() {
+        let s = p.setting;
+        let dims = if s.dims == 0 {
+            "all".to_string()
+        } else {
+            s.dims.to_string()
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{:.1}%</td><td>{dims}</td><td>{}</td>",
+            s.fraction * 100.0,
+            format!("{:?}", s.precision).to_lowercase()
+        );
+        for (j, auroc) in p.image_auroc.iter().enumerate() {
+            body.push_str(&score_cell(&format!("{i}.image_auroc.{j}"), *auroc, LOW));
+        }
+        let fits = if p.max_bytes() <= budget { "yes" } else { "no" };
+        let mean = p.mean_auroc().map_or("—".into(), |m| format!("{m:.3}"));
+        let _ = writeln!(body, "<td>{mean}</td><td>{}</td><td>{fits}</td></tr>", p.max_bytes());
+    }
+    body.push_str("</table>\n");
+    page("ucad bench-bank", &body)
 }

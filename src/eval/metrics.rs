@@ -2,6 +2,17 @@
 //! precision (sklearn's step-wise sum) and the best F1 over thresholds. Each is `None` when it is
 //! undefined (no positives, or for AUROC no negatives).
 
+/// At most `most` of a curve's points, evenly spread, the first and the last kept: enough to draw it.
+pub(crate) fn thinned(points: &[[f64; 2]], most: usize) -> Vec<[f64; 2]> {
+    if points.len() <= most {
+        return points.to_vec();
+    }
+    let step = (points.len() - 1) as f64 / (most - 1) as f64;
+    (0..most)
+        .map(|i| points[((i as f64 * step).round() as usize).min(points.len() - 1)])
+        .collect()
+}
+
 /// Positives and negatives at each distinct score, highest score first.
 pub(crate) struct TieGroups {
     groups: Vec<(u64, u64)>,
@@ -48,6 +59,21 @@ impl TieGroups {
             tp += p;
         }
         Some(area / (self.positives as f64 * self.negatives as f64))
+    }
+
+    /// The ROC curve as (false-positive rate, true-positive rate) from (0, 0), a point per tie
+    /// group; `None` where AUROC is.
+    pub(crate) fn roc(&self) -> Option<Vec<[f64; 2]>> {
+        if self.positives == 0 || self.negatives == 0 {
+            return None;
+        }
+        let (mut tp, mut fp) = (0u64, 0u64);
+        let mut points = vec![[0.0, 0.0]];
+        for &(p, n) in &self.groups {
+            (tp, fp) = (tp + p, fp + n);
+            points.push([fp as f64 / self.negatives as f64, tp as f64 / self.positives as f64]);
+        }
+        Some(points)
     }
 
     /// Σ (recall_k − recall_{k−1}) · precision_k over thresholds at each tie group.

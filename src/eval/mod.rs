@@ -5,6 +5,8 @@ pub mod bench_bank;
 pub mod bench_routing;
 pub mod continual;
 pub mod feature_cache;
+pub mod gallery;
+pub mod html;
 pub(crate) mod metrics;
 pub mod protocol;
 pub mod report;

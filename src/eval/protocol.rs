@@ -4,33 +4,37 @@
 //! Plain features (routing) go through the backbone once per image; a task learned with a
 //! prompt also has its own images' features under that prompt.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use std::borrow::Cow;
 
 use anyhow::{ensure, Context, Result};
+use image::RgbImage;
 use log::info;
 
-use super::aupro::{aupro, AUPRO_MAX_FPR};
+use super::aupro::{area, pro_curve, AUPRO_MAX_FPR};
 use super::continual::Matrix;
 use super::feature_cache::FeatureCache;
-use super::metrics::TieGroups;
-use super::report::{ImageDecision, Report, Settings, TaskMetrics, Timing};
+use super::gallery::Gallery;
+use super::metrics::{thinned, TieGroups};
+use super::report::{Curves, ImageDecision, Report, Settings, TaskMetrics, Timing};
 use crate::backbone::colour::{image_colours, Colour};
 use crate::backbone::extract::extract_features;
 use crate::backbone::{Backbone, Preprocessor};
 use crate::bank::coreset::{gather_rows, greedy_coreset};
 use crate::bank::{Bank, Precision, Rows};
 use crate::data::dataset::{load_task, read_mask, TaskData};
-use crate::data::folder::load_rgb;
+use crate::data::folder::{load_rgb, save_image};
 use crate::detect::knn::KnnIndex;
 use crate::detect::map::anomaly_map;
 use crate::detect::{image_score, Detector, Judgement, Views};
 use crate::fit::expected::{expected_at_threshold, Expected};
 use crate::fit::learner::TaskLearner;
 use crate::fit::FitParams;
-use crate::render::overlay::{self, FrameMap, Verdict};
+use crate::render::html::jpeg_uri;
+use crate::render::overlay::{render, FrameMap, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -39,6 +43,8 @@ pub struct EvalOptions {
     pub reference_fraction: f32,
     /// Where to write final-stage heatmaps, one folder per task.
     pub heatmaps: Option<PathBuf>,
+    /// Draw the pictures of the report's galleries (for its HTML page).
+    pub pictures: bool,
     /// Keep plain features here between runs.
     pub feature_cache: Option<PathBuf>,
     /// Where to save the bank of all tasks (the one the final decisions were made with).
@@ -101,7 +107,7 @@ pub fn run(
         .collect::<Result<_>>()?;
     let dim = backbone.meta.feature_dim();
     let mut bank = Bank::for_backbone(&backbone.spec());
-    let mut matrices: Vec<Matrix> = vec![Vec::new(); 3];
+    let mut matrices: Vec<Matrix> = vec![Vec::new(); 4];
     let mut fit_s = Vec::new();
     let mut final_scores = Vec::new();
     let mut final_metrics = Vec::new();
@@ -142,7 +148,7 @@ pub fn run(
         for (m, matrix) in matrices.iter_mut().enumerate() {
             matrix.push(
                 row.iter()
-                    .map(|(_, r)| [r.image_auroc, r.pixel_auroc, r.aupro][m])
+                    .map(|(_, r)| [r.image_auroc, r.pixel_auroc, r.aupro, r.routing_accuracy][m])
                     .collect(),
             );
         }
@@ -178,6 +184,9 @@ pub fn run(
     );
     report.prompts = prompts;
     report.decisions = decisions(&sets, &final_scores, &detector);
+    if options.pictures {
+        report.pictures = gallery_pictures(backbone, &sets, &final_scores, &detector, &report.decisions)?;
+    }
     if let Some(path) = &options.save_bank {
         bank.save(path)?;
     }
@@ -307,6 +316,9 @@ fn score_set(backbone: &Backbone, set: &Prepared, scorer: impl Fn(usize) -> Resu
     Ok(SetScores { scored, maps })
 }
 
+/// Points kept of each curve a report draws.
+const CURVE_POINTS: usize = 128;
+
 /// Metrics of one task's scored test set; `threshold` is the task's own (`None` for the reference).
 fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32>) -> TaskMetrics {
     let labels: Vec<bool> = set.data.test.iter().map(|t| t.is_anomalous()).collect();
@@ -336,6 +348,7 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         scores.scored.iter().filter(|s| pick(s)).count() as f64 / scores.scored.len() as f64
     };
     let decided = threshold.is_some();
+    let pro = pro_curve(&pairs, set.size, AUPRO_MAX_FPR);
     TaskMetrics {
         task: set.data.name.clone(),
         test_images: labels.len(),
@@ -344,7 +357,7 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         f1_max: images.f1_max(),
         pixel_auroc: pixels.auroc(),
         pixel_ap: pixels.average_precision(),
-        aupro: aupro(&pairs, set.size, AUPRO_MAX_FPR),
+        aupro: pro.as_ref().map(|curve| area(curve) / AUPRO_MAX_FPR),
         routing_accuracy: routed.then(|| share(&|s| s.task == own)),
         unknown_rate: routed.then(|| share(&|s| s.unknown)),
         routing_margin_min: margins.first().map(|m| *m as f64),
@@ -353,6 +366,10 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         false_reject_rate: rate(false, true).filter(|_| decided),
         escape_rate: rate(true, false).filter(|_| decided),
         expected_escape_rate: set.expected.as_ref().map(|e| e.escape).filter(|_| decided),
+        curves: Curves {
+            roc: images.roc().map_or_else(Vec::new, |c| thinned(&c, CURVE_POINTS)),
+            pro: pro.map_or_else(Vec::new, |c| thinned(&c, CURVE_POINTS)),
+        },
     }
 }
 
@@ -397,20 +414,69 @@ fn write_heatmaps(
     let pre = Preprocessor::new(&backbone.meta);
     for (set, scores) in sets.iter().zip(scores) {
         for ((item, scored), map) in set.data.test.iter().zip(&scores.scored).zip(&scores.maps) {
-            let frame = load_rgb(&item.image)?;
-            let threshold = detector.tasks()[scored.task].threshold;
-            let map = FrameMap::new(map, pre.geometry(frame.width(), frame.height())?, threshold)?;
             let stem = item
                 .image
                 .file_stem()
                 .expect("listed files have names")
                 .to_string_lossy();
             let path = dir.join(&set.data.name).join(format!("{}_{stem}.png", item.defect));
-            overlay::save(&path, &frame, &map, &scored.verdict(detector))?;
+            save_image(&picture(&pre, detector, &item.image, scored, map, None)?, &path)?;
         }
     }
     info!("heatmaps written to {}", dir.display());
     Ok(())
+}
+
+/// Frames are shown this wide (at most) in a report's galleries.
+const GALLERY_FRAME_WIDTH: u32 = 320;
+
+/// The overlays the report's galleries show, by index into `decisions`, as data URIs.
+fn gallery_pictures(
+    backbone: &Backbone,
+    sets: &[Prepared],
+    scores: &[SetScores],
+    detector: &Detector,
+    decisions: &[ImageDecision],
+) -> Result<BTreeMap<usize, String>> {
+    let wanted: BTreeSet<usize> = (sets.iter())
+        .flat_map(|s| Gallery::ALL.map(|g| g.cases(decisions, &s.data.name)))
+        .flatten()
+        .collect();
+    let pre = Preprocessor::new(&backbone.meta);
+    let mut pictures = BTreeMap::new();
+    let images = sets
+        .iter()
+        .zip(scores)
+        .flat_map(|(set, scores)| set.data.test.iter().zip(&scores.scored).zip(&scores.maps));
+    for (index, ((item, scored), map)) in images.enumerate().filter(|(i, _)| wanted.contains(i)) {
+        let drawn = picture(&pre, detector, &item.image, scored, map, Some(GALLERY_FRAME_WIDTH))?;
+        pictures.insert(index, jpeg_uri(&drawn)?);
+    }
+    Ok(pictures)
+}
+
+/// A test image's overlay, its frame at most `width` wide (at its own size without).
+fn picture(
+    pre: &Preprocessor,
+    detector: &Detector,
+    path: &Path,
+    scored: &Scored,
+    map: &[f32],
+    width: Option<u32>,
+) -> Result<RgbImage> {
+    let mut frame = load_rgb(path)?;
+    let mut geometry = pre.geometry(frame.width(), frame.height())?;
+    if let Some(width) = width.filter(|w| *w < frame.width()) {
+        let height = ((frame.height() as f64 * width as f64 / frame.width() as f64).round() as u32).max(1);
+        frame = image::imageops::resize(&frame, width, height, image::imageops::FilterType::Triangle);
+        geometry = geometry.shown_at((width, height));
+    }
+    let threshold = detector.tasks()[scored.task].threshold;
+    render(
+        &frame,
+        &FrameMap::new(map, geometry, threshold)?,
+        &scored.verdict(detector),
+    )
 }
 
 /// The settings a report states, from the options the run was made with.
@@ -437,6 +503,7 @@ fn decisions(sets: &[Prepared], scores: &[SetScores], detector: &Detector) -> Ve
             decisions.push(ImageDecision {
                 image: item.image.display().to_string(),
                 task: set.data.name.clone(),
+                defect: item.defect.clone(),
                 judged_as: detector.tasks()[scored.task].name.clone(),
                 unknown: scored.unknown,
                 beyond_limit: scored.beyond,

@@ -1,5 +1,6 @@
 //! The evaluation report: the JSON keys of BENCHMARK.md and a readable table.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -34,6 +35,16 @@ pub struct TaskMetrics {
     /// What the fit expected: drawn defects on held-out normal images passed
     /// (fit/expected.rs).
     pub expected_escape_rate: Option<f64>,
+    pub curves: Curves,
+}
+
+/// A task's curves, thinned to what a chart needs (empty where undefined).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Curves {
+    /// Image-level ROC: (false-positive rate, true-positive rate).
+    pub roc: Vec<[f64; 2]>,
+    /// Pixel-level PRO curve up to the AUPRO cut-off: (false-positive rate, region overlap).
+    pub pro: Vec<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +74,29 @@ pub struct BackboneInfo {
     pub quant: String,
     /// What the backbone computed in.
     pub arithmetic: String,
+}
+
+impl BackboneInfo {
+    pub fn of(backbone: &Backbone) -> BackboneInfo {
+        let meta = &backbone.meta;
+        BackboneInfo {
+            file: backbone.path.display().to_string(),
+            sha256: backbone.file_sha256.clone(),
+            arch: meta.arch.name().to_string(),
+            blocks: meta.feature_blocks.clone(),
+            input_size: meta.input_size,
+            quant: meta.quant.name().to_string(),
+            arithmetic: backbone.arithmetic.name().to_string(),
+        }
+    }
+
+    /// `vit-b16-clip blocks [5], 224 px, int8 weights computing in f32`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} blocks {:?}, {} px, {} weights computing in {}",
+            self.arch, self.blocks, self.input_size, self.quant, self.arithmetic
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +135,8 @@ pub struct Matrices {
     pub image_auroc: Matrix,
     pub pixel_auroc: Matrix,
     pub aupro: Matrix,
+    /// Share of each learned task's test images routed to it, after each stage.
+    pub routing: Matrix,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +197,10 @@ pub struct Report {
     pub prompts: Vec<PromptSummary>,
     /// Every test image's judgement once all tasks are learned, in task and test-set order.
     pub decisions: Vec<ImageDecision>,
+    /// Overlays of the decisions the HTML page's galleries show (data URIs), by index into
+    /// `decisions`; drawn only for that page.
+    #[serde(skip)]
+    pub pictures: BTreeMap<usize, String>,
 }
 
 /// One test image as the final bank judged it (routed, as a device would).
@@ -169,6 +209,8 @@ pub struct ImageDecision {
     pub image: String,
     /// The task whose test set holds the image.
     pub task: String,
+    /// `good`, or the defect's kind (its folder in the test set).
+    pub defect: String,
     /// The task it was judged against (for an unknown product: the one it is shown against).
     pub judged_as: String,
     pub unknown: bool,
@@ -192,7 +234,7 @@ impl Report {
         timing: Timing,
         settings: Settings,
     ) -> Report {
-        let [image_auroc, pixel_auroc, aupro]: [Matrix; 3] = matrices.try_into().expect("three matrices");
+        let [image_auroc, pixel_auroc, aupro, routing]: [Matrix; 4] = matrices.try_into().expect("four matrices");
         let over = |f: fn(&Matrix) -> Option<f64>| PerMetric {
             image_auroc: f(&image_auroc),
             pixel_auroc: f(&pixel_auroc),
@@ -207,19 +249,10 @@ impl Report {
             .sum();
         let routing_accuracy = routed / images.max(1) as f64;
         let bytes = bank.to_bytes().len();
-        let meta = &backbone.meta;
         let reference_fraction = settings.reference_fraction;
         Report {
             tasks: tasks.to_vec(),
-            backbone: BackboneInfo {
-                file: backbone.path.display().to_string(),
-                sha256: backbone.file_sha256.clone(),
-                arch: meta.arch.name().to_string(),
-                blocks: meta.feature_blocks.clone(),
-                input_size: meta.input_size,
-                quant: meta.quant.name().to_string(),
-                arithmetic: backbone.arithmetic.name().to_string(),
-            },
+            backbone: BackboneInfo::of(backbone),
             settings,
             final_: MetricMeans::of(&per_task),
             forgetting,
@@ -238,9 +271,11 @@ impl Report {
                 image_auroc,
                 pixel_auroc,
                 aupro,
+                routing,
             },
             per_task,
             decisions: Vec::new(),
+            pictures: BTreeMap::new(),
             bank: BankSize {
                 bytes,
                 bytes_per_task: bytes / tasks.len().max(1),

@@ -29,6 +29,9 @@ const OUTLINE: Rgb<u8> = Rgb([0, 229, 255]);
 const PAPER: Rgb<u8> = Rgb([255, 255, 255]);
 const INK: Rgb<u8> = Rgb([29, 35, 42]);
 const REJECT_INK: Rgb<u8> = Rgb([196, 30, 30]);
+/// Narrower frames are magnified (whole pixels) to at least this width, so that the caption and
+/// the legend fit beside them.
+const MIN_PANEL: u32 = 240;
 
 /// What a picture's caption says.
 #[derive(Debug, Clone)]
@@ -132,6 +135,16 @@ pub fn render(frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<Rgb
         map.geometry.frame.0,
         map.geometry.frame.1
     );
+    if w < MIN_PANEL {
+        let zoom = MIN_PANEL.div_ceil(w);
+        let size = (w * zoom, h * zoom);
+        let larger = image::imageops::resize(frame, size.0, size.1, image::imageops::FilterType::Nearest);
+        let map = FrameMap {
+            geometry: map.geometry.shown_at(size),
+            ..*map
+        };
+        return render(&larger, &map, verdict);
+    }
     let scale = (2 * w / 560).max(1);
     let pad = 4 * scale;
     let line = (text::GLYPH + 4) * scale;
@@ -291,10 +304,10 @@ mod tests {
 
     #[test]
     fn the_picture_shows_the_untouched_frame_beside_the_overlay() {
-        let frame = RgbImage::from_fn(120, 90, |x, y| Rgb([x as u8, y as u8, 77]));
+        let frame = RgbImage::from_fn(320, 200, |x, y| Rgb([x as u8, y as u8, 77]));
         let pre = preprocessor(Resize::Squash);
         let map = vec![1.0; 224 * 224];
-        let map = FrameMap::new(&map, pre.geometry(120, 90).unwrap(), 2.0).unwrap();
+        let map = FrameMap::new(&map, pre.geometry(320, 200).unwrap(), 2.0).unwrap();
         let verdict = Verdict {
             product: "part".into(),
             unknown: false,
@@ -305,16 +318,25 @@ mod tests {
         assert_eq!(verdict.caption(), "part: +0.50 (score 3.000, threshold 2.000) REJECT");
         let picture = render(&frame, &map, &verdict).unwrap();
         let pad = 4;
-        assert!(picture.width() == 3 * pad + 240 && picture.height() > 90 + 2 * pad);
-        let left = image::imageops::crop_imm(&picture, pad, pad, 120, 90).to_image();
+        assert!(picture.width() == 3 * pad + 640 && picture.height() > 200 + 2 * pad);
+        let left = image::imageops::crop_imm(&picture, pad, pad, 320, 200).to_image();
         assert_eq!(left, frame);
         // Every pixel is above the threshold: the outline runs along the overlay's border.
-        assert_eq!(*picture.get_pixel(2 * pad + 120, pad + 45), OUTLINE);
-        assert_ne!(*picture.get_pixel(2 * pad + 180, pad + 45), OUTLINE);
+        assert_eq!(*picture.get_pixel(2 * pad + 320, pad + 100), OUTLINE);
+        assert_ne!(*picture.get_pixel(2 * pad + 480, pad + 100), OUTLINE);
         let other = FrameMap::new(&[0.0; 224 * 224], pre.geometry(60, 90).unwrap(), 2.0).unwrap();
         assert!(
             render(&frame, &other, &verdict).is_err(),
             "a map laid out for another frame size"
+        );
+        // A small frame is magnified by whole pixels.
+        let small = image::imageops::crop_imm(&frame, 0, 0, 64, 48).to_image();
+        let map = FrameMap::new(&[1.0; 224 * 224], pre.geometry(64, 48).unwrap(), 2.0).unwrap();
+        let picture = render(&small, &map, &verdict).unwrap();
+        assert_eq!(picture.width(), 3 * pad + 2 * 256);
+        assert_eq!(
+            picture.get_pixel(pad + 4 * 10 + 3, pad + 4 * 7 + 1),
+            small.get_pixel(10, 7)
         );
     }
 }

@@ -1,5 +1,6 @@
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
+pub mod browser;
 pub mod device;
 pub mod reference;
 

@@ -1,8 +1,12 @@
 //! What `ucad bench-routing` reports, and its table.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde::Serialize;
+
+use crate::eval::html::backbone_rows;
+use crate::eval::report::BackboneInfo;
+use crate::render::html::{cell, escape, page, score_cell};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SequenceStage {
@@ -134,5 +138,121 @@ impl fmt::Display for RoutingBenchReport {
             report.unknown_detected, report.false_unknown
         )?;
         Ok(())
+    }
+}
+
+/// Routing accuracies at or below this are drawn fully red.
+const LOW: f64 = 0.9;
+
+impl RoutingBenchReport {
+    /// The benchmark as one self-contained page; every number carries its JSON key.
+    pub fn html(&self, backbone: &BackboneInfo) -> String {
+        let mut body = String::from("<h1>ucad bench-routing</h1>\n<div class=\"final\">");
+        let headline = [
+            (
+                "worst_final_accuracy",
+                "worst final accuracy",
+                self.worst_final_accuracy,
+            ),
+            (
+                "worst_task_accuracy",
+                "worst task at any stage",
+                self.worst_task_accuracy,
+            ),
+            (
+                "unknown_detected",
+                "left-out products called unknown",
+                self.unknown_detected,
+            ),
+            ("false_unknown", "known products called unknown", self.false_unknown),
+        ];
+        for (key, label, value) in headline {
+            let _ = write!(
+                body,
+                "<div><div class=\"note\">{label}</div><div class=\"big\" data-key=\"{key}\">{value:.4}</div></div>"
+            );
+        }
+        body.push_str("</div>\n<h2>Settings</h2><table>");
+        backbone_rows(&mut body, backbone);
+        let test_on = if self.validation {
+            "held-out training images (validation)"
+        } else {
+            "test splits"
+        };
+        let _ = writeln!(
+            body,
+            "<tr><th>tested on</th><td style=\"text-align:left\">{test_on}</td></tr></table>"
+        );
+        for (o, order) in self.orders.iter().enumerate() {
+            order_table(&mut body, o, order);
+        }
+        body.push_str(
+            "<h2>Each product left out</h2><table><tr><th>task</th><th>its images called unknown</th>\
+             <th>the others' called unknown</th><th>its images called unknown when known</th></tr>",
+        );
+        for (i, l) in self.left_out.iter().enumerate() {
+            let key = |name: &str| format!("left_out.{i}.{name}");
+            let _ = write!(
+                body,
+                "<tr><td>{}</td>{}{}{}</tr>",
+                escape(&l.task),
+                score_cell(&key("detected"), Some(l.detected), LOW),
+                cell(&key("false_unknown"), &format!("{:.4}", l.false_unknown)),
+                cell(&key("unknown_when_known"), &format!("{:.4}", l.unknown_when_known)),
+            );
+        }
+        body.push_str("</table>\n");
+        page("ucad bench-routing", &body)
+    }
+}
+
+fn order_table(body: &mut String, o: usize, order: &Order) {
+    let seed = order
+        .seed
+        .map_or("real sets spread".to_string(), |s| format!("seed {s}"));
+    let _ = write!(
+        body,
+        "<h2>Order {} ({seed})</h2><table><tr><th>tasks</th><th>learned</th><th>test images</th><th>accuracy</th>\
+             <th>worst task</th><th>its accuracy</th><th>unknown</th><th>margin p5</th></tr>",
+        o + 1
+    );
+    for (i, s) in order.stages.iter().enumerate() {
+        let key = |name: &str| format!("orders.{o}.stages.{i}.{name}");
+        let _ = write!(
+            body,
+            "<tr>{}<td>{}</td>{}{}<td>{}</td>{}{}{}</tr>",
+            cell(&key("tasks"), &s.tasks.to_string()),
+            escape(&s.learned),
+            cell(&key("test_images"), &s.test_images.to_string()),
+            score_cell(&key("accuracy"), Some(s.accuracy), LOW),
+            escape(&s.worst_task),
+            score_cell(&key("worst_accuracy"), Some(s.worst_accuracy), LOW),
+            cell(&key("unknown_rate"), &format!("{:.4}", s.unknown_rate)),
+            cell(&key("margin_p5"), &finite(s.margin_p5)),
+        );
+    }
+    body.push_str("</table>\n");
+    if let Some(last) = order.stages.last().filter(|l| !l.misjudged.is_empty()) {
+        body.push_str("<p>After the last task, images judged as another task:</p><table><tr><th>task</th><th>judged as</th><th>images</th><th>of them unknown</th></tr>");
+        for m in &last.misjudged {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&m.task),
+                escape(&m.judged_as),
+                m.images,
+                m.unknown
+            );
+        }
+        body.push_str("</table>\n");
+    }
+}
+
+/// A margin as the JSON report has it: not finite (one task, nothing to tell apart) is `null`.
+fn finite(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.3}")
+    } else {
+        "—".into()
     }
 }
