@@ -11,6 +11,7 @@ use ucad::eval::feature_cache::FeatureCache;
 use ucad::eval::html::eval_page;
 use ucad::eval::protocol::{self, EvalOptions};
 use ucad::eval::report::BackboneInfo;
+use ucad::eval::validation_pool::write_pool;
 use ucad::eval::{bench_bank, bench_routing};
 use ucad::fit::FitParams;
 
@@ -243,6 +244,34 @@ impl GenerateArgs {
             product.write_mvtec(&self.out, self.size, self.counts.counts())?;
             println!("{}", product.name);
         }
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ValidationPoolArgs {
+    /// Dataset root of the real sets.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// An empty folder (or one without these sets) to write the pool into.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl ValidationPoolArgs {
+    pub fn execute(self) -> Result<()> {
+        let names = write_pool(&self.data, &self.tasks, &self.out, self.seed)?;
+        println!(
+            "validation sets {} written to {} (test splits not read); e.g. ucad eval --data {} --tasks {}",
+            names.join(", "),
+            self.out.display(),
+            self.out.display(),
+            names.join(",")
+        );
         Ok(())
     }
 }

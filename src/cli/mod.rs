@@ -77,6 +77,9 @@ enum Command {
     /// Routing as products accumulate: the real sets and generated products learned in one
     /// sequence, accuracy after every task, and each task left out (unknown-product detection).
     BenchRouting(evaluate::BenchRoutingArgs),
+    /// Real sets as validation sets: training images split into fit and held-out, defects drawn
+    /// onto the held-out ones (MVTec AD layout); their test splits are never read.
+    ValidationPool(evaluate::ValidationPoolArgs),
     /// Write generated products with defects and masks (MVTec AD layout).
     Generate(evaluate::GenerateArgs),
     /// Score images: routed task, score, decision.
@@ -169,6 +172,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchBank(a) => a.execute(&ctx),
         Command::BenchRouting(a) => a.execute(&ctx),
         Command::Generate(a) => a.execute(),
+        Command::ValidationPool(a) => a.execute(),
         Command::Score(a) => a.execute(&ctx),
         Command::Inspect(a) => a.execute(),
         Command::Bank { action } => action.execute(),

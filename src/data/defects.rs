@@ -19,6 +19,16 @@ pub(crate) enum DrawnDefect {
     MovedPatch,
 }
 
+impl DrawnDefect {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DrawnDefect::Scratch => "scratch",
+            DrawnDefect::Stain => "stain",
+            DrawnDefect::MovedPatch => "moved_patch",
+        }
+    }
+}
+
 pub(crate) const DRAWN_DEFECTS: [DrawnDefect; 3] = [DrawnDefect::Scratch, DrawnDefect::Stain, DrawnDefect::MovedPatch];
 
 /// How far a defect moves its pixels towards its own colour: from faint to full.

@@ -10,3 +10,4 @@ pub mod html;
 pub(crate) mod metrics;
 pub mod protocol;
 pub mod report;
+pub mod validation_pool;

@@ -17,6 +17,7 @@ mod report;
 pub use report::{LeftOut, Misjudged, Order, RoutingBenchReport, SequenceStage};
 
 use super::feature_cache::FeatureCache;
+use super::validation_pool::{VALIDATION_SALT, VALIDATION_SHARE};
 use crate::backbone::colour::{image_colours, Colour};
 use crate::backbone::Backbone;
 use crate::data::dataset::{load_task, TaskData};
@@ -39,9 +40,6 @@ pub struct RoutingBenchOptions {
     /// images, which their fit does not see; their test splits are not read.
     pub validate: bool,
 }
-
-/// Share of a real set's training images kept for testing in a validation run.
-pub(crate) const VALIDATION_SHARE: f32 = 0.25;
 
 /// Test images with their task and, per task, routing signals.
 struct Distances {
@@ -148,9 +146,6 @@ pub fn run(
     let names: Vec<String> = sets.iter().map(|(s, _)| s.name.clone()).collect();
     Ok(report(&names, &distances, &orders, options.validate))
 }
-
-/// Salt of the validation split's seed, so that it differs from the fit's own held-out split.
-const VALIDATION_SALT: u64 = 0x7e57;
 
 /// Learning orders as task numbers with their seeds: a seeded shuffle each, or the given order.
 fn orders(count: usize, seeds: &[u64]) -> Vec<(Option<u64>, Vec<usize>)> {
