@@ -47,10 +47,10 @@ fn the_html_report_shows_the_json_reports_numbers() {
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
 
     let dom = headless(&format!("file://{}", html.display()), &["--dump-dom"]);
-    // 7 headline numbers, 10 per task, and four triangular matrices.
+    // 7 headline numbers, oracle and reference (2 each), 10 per task, four triangular matrices.
     let tasks = names.len();
     let shown = shows_the_json(&dom, &report);
-    assert_eq!(shown, 7 + 10 * tasks + 4 * tasks * (tasks + 1) / 2);
+    assert_eq!(shown, 7 + 4 + 10 * tasks + 4 * tasks * (tasks + 1) / 2);
 
     // Self-contained: no script, nothing fetched, every picture inline.
     let page = std::fs::read_to_string(&html).unwrap();

@@ -10,7 +10,6 @@ use ucad::backbone::models::ModelCache;
 use ucad::backbone::{Arch, Backbone, Preprocessor, Resize};
 use ucad::bank::Bank;
 use ucad::data::synthetic::products;
-use ucad::detect::map::anomaly_map;
 use ucad::detect::Detector;
 use ucad::fit::{fit_task, FitParams};
 use ucad::render::overlay::{render, FrameMap, Verdict};
@@ -56,9 +55,8 @@ fn the_outline_lies_on_a_drawn_defect_under_both_resizes() {
                 .judge_image(&backbone, &pre.tensor(&frame).unwrap(), None, &mut |_| {})
                 .unwrap();
             let relative: Vec<f32> = detector.tasks()[0].relative(&judgement.patch_scores).collect();
-            let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
             let geometry = pre.geometry(FRAME.0, FRAME.1).unwrap();
-            let map = FrameMap::new(&map, geometry, judgement.threshold).unwrap();
+            let map = FrameMap::new(&relative, geometry, judgement.threshold).unwrap();
             let (iou, covered, area, inside) = agreement(&map, &mask);
             println!(
                 "{resize:?} {}: score {:+.2} thresholds, IoU {iou:.2}, defect outlined {covered:.2}, \

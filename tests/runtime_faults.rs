@@ -358,7 +358,7 @@ fn the_audit_folder_stays_within_its_budget() {
     assert!(!audit.join("0000000000-old.jpg").exists(), "the oldest file went first");
     let heatmaps = files
         .iter()
-        .filter(|f| f.file_name().to_string_lossy().ends_with("-heatmap.png"))
+        .filter(|f| f.file_name().to_string_lossy().ends_with("-heatmap.jpg"))
         .count();
     assert!(heatmaps > 0);
 }

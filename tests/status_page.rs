@@ -54,8 +54,11 @@ fn the_page_shows_what_status_says_and_the_last_rejects() {
         "self-contained: no outside URL"
     );
     let heatmap = before["recent_rejects"][0]["heatmap"].as_str().unwrap();
-    let (code, kind, png) = get(&device.address, &format!("/audit/{heatmap}"));
-    assert_eq!((code, kind.as_str(), &png[1..4]), (200, "image/png", &b"PNG"[..]));
+    let (code, kind, jpeg) = get(&device.address, &format!("/audit/{heatmap}"));
+    assert_eq!(
+        (code, kind.as_str(), &jpeg[..2]),
+        (200, "image/jpeg", &[0xFF, 0xD8][..])
+    );
     for outside in [
         "../device.toml",
         "..%2Fdevice.toml",
@@ -99,7 +102,7 @@ fn the_page_shows_what_status_says_and_the_last_rejects() {
         text_after(&dom, "id=\"bank-version\""),
         format!("v{}", after["bank"]["version"])
     );
-    assert!(dom.contains("-heatmap.png\""), "a reject's heatmap on the page");
+    assert!(dom.contains("-heatmap.jpg\""), "a reject's heatmap on the page");
     assert!(
         text_after(&dom, "id=\"link\"").starts_with("live"),
         "the page reads /status"

@@ -95,7 +95,7 @@ impl Preprocessor {
         self.size
     }
 
-    /// The S×S view of `image` the network sees (also what anomaly maps are drawn over).
+    /// The S×S view of `image` the network sees.
     pub fn network_view(&self, image: &RgbImage) -> Result<RgbImage> {
         self.view_with(image, FilterType::Triangle)
     }

@@ -11,7 +11,6 @@ use ucad::bank::format::load_for_backbone;
 use ucad::bank::{Bank, Capacity};
 use ucad::data::dataset::TaskData;
 use ucad::data::folder::{list_images, load_rgb};
-use ucad::detect::map::anomaly_map;
 use ucad::detect::{Detector, Judgement};
 use ucad::fit::expected::expected_at_threshold;
 use ucad::fit::learner::PromptSummary;
@@ -132,14 +131,27 @@ impl ScoreArgs {
                 let relative: Vec<f32> = detector.tasks()[judgement.task]
                     .relative(&judgement.patch_scores)
                     .collect();
-                let map = anomaly_map(&relative, backbone.meta.grid(), backbone.meta.input_size);
-                let map = FrameMap::new(&map, pre.geometry(image.width(), image.height())?, judgement.threshold)?;
-                let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy());
+                let map = FrameMap::new(
+                    &relative,
+                    pre.geometry(image.width(), image.height())?,
+                    judgement.threshold,
+                )?;
                 let verdict = Verdict::of(&detector, &judgement);
-                overlay::save(&dir.join(format!("{stem}.png")), &image, &map, &verdict)?;
+                overlay::save(&dir.join(picture_name(path)), &image, &map, &verdict)?;
             }
         }
         Ok(())
+    }
+}
+
+/// `scratch_000.png` for `…/scratch/000.png`: images of one name in different folders (test
+/// sets keep one folder per defect) get pictures of different names.
+fn picture_name(path: &std::path::Path) -> String {
+    let name = |p: Option<&std::path::Path>| p.and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned());
+    match (name(path.parent()), name(Some(path))) {
+        (Some(folder), Some(stem)) => format!("{folder}_{stem}.png"),
+        (None, Some(stem)) => format!("{stem}.png"),
+        _ => "image.png".into(),
     }
 }
 

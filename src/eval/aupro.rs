@@ -38,20 +38,20 @@ pub(crate) fn label_regions(mask: &[bool], size: usize) -> (Vec<u32>, u32) {
 /// AUPRO over images given as (anomaly map, ground truth), each `size`×`size`. `None` when there
 /// is no defect region or no normal pixel.
 pub fn aupro(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64) -> Option<f64> {
-    pro_curve(images, size, max_fpr).map(|curve| area(&curve) / max_fpr)
+    pro(images, size, max_fpr, 2).map(|p| p.aupro)
 }
 
-/// Trapezoids under a curve.
-pub(crate) fn area(curve: &[[f64; 2]]) -> f64 {
-    curve
-        .windows(2)
-        .map(|w| (w[1][0] - w[0][0]) * (w[0][1] + w[1][1]) / 2.0)
-        .sum()
+/// AUPRO and the PRO curve it integrates.
+pub(crate) struct Pro {
+    pub aupro: f64,
+    /// (pixel false-positive rate, mean region overlap) from (0, 0) to `max_fpr`: a point each
+    /// time the false-positive rate has moved on by `max_fpr / (points − 1)`, enough to draw.
+    pub curve: Vec<[f64; 2]>,
 }
 
-/// The PRO curve as (pixel false-positive rate, mean region overlap) from (0, 0), a point per
-/// distinct score, up to `max_fpr` (interpolated there).
-pub(crate) fn pro_curve(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64) -> Option<Vec<[f64; 2]>> {
+/// The exact AUPRO (trapezoids between every distinct score, interpolated at `max_fpr`) and
+/// about `points` points of its curve.
+pub(crate) fn pro(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64, points: usize) -> Option<Pro> {
     // Per pixel: its score and 0 (normal) or 1 + its global region index.
     let mut pixels: Vec<(f32, u32)> = Vec::with_capacity(images.len() * size * size);
     let mut region_sizes: Vec<u64> = Vec::new();
@@ -73,7 +73,9 @@ pub(crate) fn pro_curve(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64)
     }
     pixels.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let regions = region_sizes.len() as f64;
+    let step = max_fpr / (points.max(2) - 1) as f64;
     let mut curve = vec![[0.0, 0.0]];
+    let (mut fpr, mut pro, mut area) = (0f64, 0f64, 0f64);
     let (mut fp, mut overlap) = (0u64, 0f64);
     for group in pixels.chunk_by(|a, b| a.0.to_bits() == b.0.to_bits()) {
         for &(_, region) in group {
@@ -83,7 +85,6 @@ pub(crate) fn pro_curve(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64)
                 overlap += 1.0 / region_sizes[region as usize - 1] as f64;
             }
         }
-        let [fpr, pro] = *curve.last().expect("starts with a point");
         let (next_fpr, next_pro) = (fp as f64 / negatives, overlap / regions);
         if next_fpr >= max_fpr {
             let t = if next_fpr > fpr {
@@ -91,12 +92,21 @@ pub(crate) fn pro_curve(images: &[(&[f32], &[bool])], size: usize, max_fpr: f64)
             } else {
                 0.0
             };
-            curve.push([max_fpr, pro + t * (next_pro - pro)]);
-            return Some(curve);
+            let at_cut = pro + t * (next_pro - pro);
+            area += (max_fpr - fpr) * (pro + at_cut) / 2.0;
+            curve.push([max_fpr, at_cut]);
+            break;
         }
-        curve.push([next_fpr, next_pro]);
+        area += (next_fpr - fpr) * (pro + next_pro) / 2.0;
+        (fpr, pro) = (next_fpr, next_pro);
+        if fpr - curve.last().expect("starts with a point")[0] >= step {
+            curve.push([fpr, pro]);
+        }
     }
-    Some(curve)
+    Some(Pro {
+        aupro: area / max_fpr,
+        curve,
+    })
 }
 
 #[cfg(test)]
@@ -142,5 +152,20 @@ mod tests {
     fn undefined_without_regions() {
         let map = [0.1; 4];
         assert_eq!(aupro(&[(&map, &[false; 4])], 2, 0.3), None);
+    }
+
+    #[test]
+    fn the_curve_keeps_a_bounded_number_of_points_and_ends_at_the_cut_off() {
+        let size = 64;
+        let mask: Vec<bool> = (0..size * size).map(|i| (i % size) < 8).collect();
+        let map: Vec<f32> = (0..size * size)
+            .map(|i| ((i * 7919) % 4093) as f32 + if mask[i] { 900.0 } else { 0.0 })
+            .collect();
+        let full = pro(&[(&map, &mask)], size, 0.3, 2).unwrap();
+        let drawn = pro(&[(&map, &mask)], size, 0.3, 11).unwrap();
+        assert_eq!(full.aupro, drawn.aupro, "the area does not depend on the points kept");
+        assert!(drawn.curve.len() <= 12, "{} points", drawn.curve.len());
+        assert_eq!(drawn.curve.last().unwrap()[0], 0.3);
+        assert!(drawn.curve.windows(2).all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]));
     }
 }

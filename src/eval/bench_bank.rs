@@ -11,7 +11,7 @@ use log::info;
 use serde::Serialize;
 
 use super::feature_cache::FeatureCache;
-use super::html::backbone_rows;
+use super::html::{backbone_rows, LOW};
 use super::metrics::TieGroups;
 use super::report::BackboneInfo;
 use crate::backbone::colour::image_colours;
@@ -170,9 +170,6 @@ pub fn table(tasks: &[String], points: &[Point], budget: usize) -> String {
 fn truncate(s: &str, n: usize) -> &str {
     s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
-
-/// Image AUROCs at or below this are drawn fully red.
-const LOW: f64 = 0.7;
 
 /// The benchmark as one self-contained page: a row per setting, each AUROC on a colour scale;
 /// each AUROC carries its JSON key (`N.image_auroc.J`).

@@ -11,7 +11,7 @@ use crate::render::chart::{curves, histogram, Marker, Series};
 use crate::render::html::{cell, escape, page, score_cell};
 
 /// AUROC-like values at or below this are drawn fully red (0.5 is chance; 0.7 is already poor).
-const LOW: f64 = 0.7;
+pub(crate) const LOW: f64 = 0.7;
 const UCAD: &str = "#3b82c4";
 const REFERENCE: &str = "#8a96a3";
 
@@ -82,15 +82,16 @@ fn final_row(body: &mut String, r: &Report) {
             "<div><div class=\"note\">{label}</div><div class=\"big\" data-key=\"{key}\">{value}</div></div>"
         );
     }
+    let span = |key: &str, v: Option<f64>| format!("<span data-key=\"{key}\">{}</span>", f(v));
     let _ = writeln!(
         body,
         "</div><p class=\"note\">Oracle (task id given): image AUROC {}, AUPRO {}. Upper reference \
          (PatchCore, {}% of all training patches per task, task id given): image AUROC {}, AUPRO {}.</p>",
-        f(r.oracle.summary.image_auroc),
-        f(r.oracle.summary.aupro),
+        span("oracle.image_auroc", r.oracle.summary.image_auroc),
+        span("oracle.aupro", r.oracle.summary.aupro),
         r.reference.coreset_fraction * 100.0,
-        f(r.reference.summary.image_auroc),
-        f(r.reference.summary.aupro)
+        span("reference.image_auroc", r.reference.summary.image_auroc),
+        span("reference.aupro", r.reference.summary.aupro)
     );
 }
 
@@ -225,7 +226,7 @@ fn task_section(body: &mut String, r: &Report, i: usize, t: &TaskMetrics) {
     ));
     body.push_str(&curves(
         &lines(|m| &m.curves.pro),
-        (0.3, 3),
+        (r.settings.aupro_max_fpr, 3),
         "false-positive rate (pixels)",
         "per-region overlap",
     ));

@@ -12,9 +12,9 @@ use std::borrow::Cow;
 
 use anyhow::{ensure, Context, Result};
 use image::RgbImage;
-use log::info;
+use log::{info, warn};
 
-use super::aupro::{area, pro_curve, AUPRO_MAX_FPR};
+use super::aupro::{pro, AUPRO_MAX_FPR};
 use super::continual::Matrix;
 use super::feature_cache::FeatureCache;
 use super::gallery::Gallery;
@@ -185,7 +185,7 @@ pub fn run(
     report.prompts = prompts;
     report.decisions = decisions(&sets, &final_scores, &detector);
     if options.pictures {
-        report.pictures = gallery_pictures(backbone, &sets, &final_scores, &detector, &report.decisions)?;
+        report.pictures = gallery_pictures(backbone, &sets, &final_scores, &detector, &report.decisions);
     }
     if let Some(path) = &options.save_bank {
         bank.save(path)?;
@@ -348,7 +348,7 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         scores.scored.iter().filter(|s| pick(s)).count() as f64 / scores.scored.len() as f64
     };
     let decided = threshold.is_some();
-    let pro = pro_curve(&pairs, set.size, AUPRO_MAX_FPR);
+    let pro = pro(&pairs, set.size, AUPRO_MAX_FPR, CURVE_POINTS);
     TaskMetrics {
         task: set.data.name.clone(),
         test_images: labels.len(),
@@ -357,7 +357,7 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         f1_max: images.f1_max(),
         pixel_auroc: pixels.auroc(),
         pixel_ap: pixels.average_precision(),
-        aupro: pro.as_ref().map(|curve| area(curve) / AUPRO_MAX_FPR),
+        aupro: pro.as_ref().map(|p| p.aupro),
         routing_accuracy: routed.then(|| share(&|s| s.task == own)),
         unknown_rate: routed.then(|| share(&|s| s.unknown)),
         routing_margin_min: margins.first().map(|m| *m as f64),
@@ -368,7 +368,7 @@ fn measure(set: &Prepared, scores: &SetScores, own: usize, threshold: Option<f32
         expected_escape_rate: set.expected.as_ref().map(|e| e.escape).filter(|_| decided),
         curves: Curves {
             roc: images.roc().map_or_else(Vec::new, |c| thinned(&c, CURVE_POINTS)),
-            pro: pro.map_or_else(Vec::new, |c| thinned(&c, CURVE_POINTS)),
+            pro: pro.map_or_else(Vec::new, |p| p.curve),
         },
     }
 }
@@ -413,31 +413,32 @@ fn write_heatmaps(
 ) -> Result<()> {
     let pre = Preprocessor::new(&backbone.meta);
     for (set, scores) in sets.iter().zip(scores) {
-        for ((item, scored), map) in set.data.test.iter().zip(&scores.scored).zip(&scores.maps) {
+        for (item, scored) in set.data.test.iter().zip(&scores.scored) {
             let stem = item
                 .image
                 .file_stem()
                 .expect("listed files have names")
                 .to_string_lossy();
             let path = dir.join(&set.data.name).join(format!("{}_{stem}.png", item.defect));
-            save_image(&picture(&pre, detector, &item.image, scored, map, None)?, &path)?;
+            save_image(&picture(&pre, detector, &item.image, scored, None)?, &path)?;
         }
     }
     info!("heatmaps written to {}", dir.display());
     Ok(())
 }
 
-/// Frames are shown this wide (at most) in a report's galleries.
-const GALLERY_FRAME_WIDTH: u32 = 320;
+/// Frames are shown within a square of this side in a report's galleries.
+const GALLERY_FRAME: u32 = 320;
 
-/// The overlays the report's galleries show, by index into `decisions`, as data URIs.
+/// The overlays the report's galleries show, by index into `decisions`, as data URIs. An image
+/// that cannot be drawn is left without its picture (and logged): the report still comes out.
 fn gallery_pictures(
     backbone: &Backbone,
     sets: &[Prepared],
     scores: &[SetScores],
     detector: &Detector,
     decisions: &[ImageDecision],
-) -> Result<BTreeMap<usize, String>> {
+) -> BTreeMap<usize, String> {
     let wanted: BTreeSet<usize> = (sets.iter())
         .flat_map(|s| Gallery::ALL.map(|g| g.cases(decisions, &s.data.name)))
         .flatten()
@@ -447,36 +448,36 @@ fn gallery_pictures(
     let images = sets
         .iter()
         .zip(scores)
-        .flat_map(|(set, scores)| set.data.test.iter().zip(&scores.scored).zip(&scores.maps));
-    for (index, ((item, scored), map)) in images.enumerate().filter(|(i, _)| wanted.contains(i)) {
-        let drawn = picture(&pre, detector, &item.image, scored, map, Some(GALLERY_FRAME_WIDTH))?;
-        pictures.insert(index, jpeg_uri(&drawn)?);
+        .flat_map(|(set, scores)| set.data.test.iter().zip(&scores.scored));
+    for (index, (item, scored)) in images.enumerate().filter(|(i, _)| wanted.contains(i)) {
+        let drawn = picture(&pre, detector, &item.image, scored, Some(GALLERY_FRAME));
+        match drawn.and_then(|d| jpeg_uri(&d)) {
+            Ok(uri) => _ = pictures.insert(index, uri),
+            Err(e) => warn!("no picture of {} in the report: {e:#}", item.image.display()),
+        }
     }
-    Ok(pictures)
+    pictures
 }
 
-/// A test image's overlay, its frame at most `width` wide (at its own size without).
+/// A test image's overlay, its frame within a `bound`×`bound` square (at its own size without).
 fn picture(
     pre: &Preprocessor,
     detector: &Detector,
     path: &Path,
     scored: &Scored,
-    map: &[f32],
-    width: Option<u32>,
+    bound: Option<u32>,
 ) -> Result<RgbImage> {
     let mut frame = load_rgb(path)?;
-    let mut geometry = pre.geometry(frame.width(), frame.height())?;
-    if let Some(width) = width.filter(|w| *w < frame.width()) {
-        let height = ((frame.height() as f64 * width as f64 / frame.width() as f64).round() as u32).max(1);
-        frame = image::imageops::resize(&frame, width, height, image::imageops::FilterType::Triangle);
-        geometry = geometry.shown_at((width, height));
-    }
     let threshold = detector.tasks()[scored.task].threshold;
-    render(
-        &frame,
-        &FrameMap::new(map, geometry, threshold)?,
-        &scored.verdict(detector),
-    )
+    let mut map = FrameMap::new(&scored.patches, pre.geometry(frame.width(), frame.height())?, threshold)?;
+    if let Some(bound) = bound.filter(|b| frame.width().max(frame.height()) > *b) {
+        let longest = frame.width().max(frame.height()) as f64;
+        let fit = |side: u32| ((side as f64 * bound as f64 / longest).round() as u32).max(1);
+        let size = (fit(frame.width()), fit(frame.height()));
+        frame = image::imageops::resize(&frame, size.0, size.1, image::imageops::FilterType::Triangle);
+        map = map.shown_at(size);
+    }
+    render(&frame, &map, &scored.verdict(detector))
 }
 
 /// The settings a report states, from the options the run was made with.

@@ -10,6 +10,8 @@ const WIDTH: f32 = 600.0;
 const HEIGHT: f32 = 300.0;
 const MARGIN: (f32, f32, f32, f32) = (48.0, 20.0, 24.0, 44.0); // left, right, top, bottom
 const BINS: usize = 32;
+/// About the width of a character of the 12-pixel labels.
+const CHAR_WIDTH: f32 = 6.5;
 
 /// Values drawn as one histogram (bars of `class`, with their count as a tooltip).
 pub struct Series<'a> {
@@ -81,15 +83,21 @@ pub fn histogram(series: &[Series], markers: &[Marker], axis: &str) -> String {
     );
     for (i, m) in markers.iter().enumerate() {
         let at = x(m.at);
+        // A label that would run past the right edge is set to the left of its line.
+        let fits_right = at + 4.0 + m.label.chars().count() as f32 * CHAR_WIDTH < WIDTH;
+        let (label_x, anchor) = if fits_right {
+            (at + 4.0, "start")
+        } else {
+            (at - 4.0, "end")
+        };
         let _ = writeln!(
             svg,
             "<line id=\"{}\" x1=\"{at:.1}\" y1=\"{}\" x2=\"{at:.1}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{}\">{}</text>",
+             <text x=\"{label_x:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"{}\">{}</text>",
             m.id,
             frame.top,
             frame.base(),
             m.colour,
-            at + 4.0,
             frame.top + 12.0 + 14.0 * i as f32,
             m.colour,
             escape(&m.label)

@@ -12,11 +12,13 @@
 use std::path::Path;
 
 use anyhow::{ensure, Result};
+use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage};
 
 use super::text;
 use crate::backbone::preprocess::ViewGeometry;
 use crate::data::folder::save_image;
+use crate::detect::map::anomaly_map;
 use crate::detect::{Detector, Judgement};
 
 /// Legend ends, in threshold units.
@@ -32,6 +34,8 @@ const REJECT_INK: Rgb<u8> = Rgb([196, 30, 30]);
 /// Narrower frames are magnified (whole pixels) to at least this width, so that the caption and
 /// the legend fit beside them.
 const MIN_PANEL: u32 = 240;
+/// Larger frames are shown at most this large (a side), which bounds a picture's memory.
+const MAX_PANEL: u32 = 2048;
 
 /// What a picture's caption says.
 #[derive(Debug, Clone)]
@@ -55,18 +59,19 @@ impl Verdict {
         }
     }
 
-    /// `hazelnut: +0.23 (score 4.906, threshold 3.990) REJECT`.
+    /// `REJECT +0.23 (score 4.906, threshold 3.990) hazelnut`: the decision first, so that a
+    /// long product name cut at the picture's edge never hides it.
     pub fn caption(&self) -> String {
         let product = match self.unknown {
             true => format!("unknown product (nearest {})", self.product),
             false => self.product.clone(),
         };
         format!(
-            "{product}: {:+.2} (score {:.3}, threshold {:.3}) {}",
+            "{} {:+.2} (score {:.3}, threshold {:.3}) {product}",
+            if self.rejected { "REJECT" } else { "pass" },
             in_thresholds(self.score - self.threshold, self.threshold),
             self.score,
             self.threshold,
-            if self.rejected { "REJECT" } else { "pass" }
         )
     }
 }
@@ -76,52 +81,75 @@ fn in_thresholds(relative: f32, threshold: f32) -> f32 {
     relative / threshold.abs().max(f32::EPSILON)
 }
 
-/// An S×S anomaly map (scores minus the threshold) as seen from a frame's pixels.
-pub struct FrameMap<'a> {
-    map: &'a [f32],
+/// A judgement's patch scores (minus the threshold) as seen from a frame's pixels: the anomaly
+/// map (up-sampled and blurred, as the metrics see it) gives the colours, and the outline takes
+/// in the patches above the threshold themselves too, so that a part rejected on one patch whose
+/// peak the blur flattens still shows where.
+pub struct FrameMap {
+    map: Vec<f32>,
+    patches: Vec<f32>,
+    grid: usize,
     geometry: ViewGeometry,
     threshold: f32,
 }
 
-impl<'a> FrameMap<'a> {
-    pub fn new(map: &'a [f32], geometry: ViewGeometry, threshold: f32) -> Result<FrameMap<'a>> {
-        let side = geometry.size as usize;
+impl FrameMap {
+    pub fn new(patches: &[f32], geometry: ViewGeometry, threshold: f32) -> Result<FrameMap> {
+        let grid = (patches.len() as f64).sqrt().round() as usize;
         ensure!(
-            map.len() == side * side,
-            "an anomaly map of {} values for a {side}×{side} view",
-            map.len()
+            grid > 0 && grid * grid == patches.len(),
+            "{} patch scores do not make a square grid",
+            patches.len()
         );
         Ok(FrameMap {
-            map,
+            map: anomaly_map(patches, grid, geometry.size as usize),
+            patches: patches.to_vec(),
+            grid,
             geometry,
             threshold,
         })
     }
 
-    /// The map at frame pixel (`x`, `y`) in threshold units (bilinear); `None` where the
-    /// network does not see the frame.
-    pub fn level(&self, x: u32, y: u32) -> Option<f32> {
+    /// The same map over the frame shown at another size.
+    pub fn shown_at(&self, size: (u32, u32)) -> FrameMap {
+        FrameMap {
+            map: self.map.clone(),
+            patches: self.patches.clone(),
+            geometry: self.geometry.shown_at(size),
+            ..*self
+        }
+    }
+
+    /// The map at frame pixel (`x`, `y`) in threshold units (bilinear) and whether its patch
+    /// is above the threshold; `None` where the network does not see the frame.
+    pub fn level(&self, x: u32, y: u32) -> Option<(f32, bool)> {
         let (u, v) = self.geometry.to_view(x, y)?;
-        let last = self.geometry.size as usize - 1;
+        let side = self.geometry.size as usize;
+        let last = side - 1;
         let corner = |c: f32| {
             let c = c.clamp(0.0, last as f32);
             let low = c.floor() as usize;
             (low, (low + 1).min(last), c - low as f32)
         };
         let ((x0, x1, fx), (y0, y1, fy)) = (corner(u), corner(v));
-        let side = last + 1;
         let at = |x: usize, y: usize| self.map[y * side + x];
         let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
         let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
-        Some(in_thresholds(top * (1.0 - fy) + bottom * fy, self.threshold))
+        let cell = |c: f32| (((c + 0.5) * self.grid as f32 / side as f32) as usize).min(self.grid - 1);
+        let patch = self.patches[cell(v) * self.grid + cell(u)];
+        Some((
+            in_thresholds(top * (1.0 - fy) + bottom * fy, self.threshold),
+            patch > 0.0,
+        ))
     }
 
-    /// Frame pixels above the threshold, row by row.
+    /// Frame pixels the outline takes in, row by row: where the map or the patch is above the
+    /// threshold.
     pub fn flagged(&self) -> Vec<bool> {
         let (w, h) = self.geometry.frame;
         (0..h)
             .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| self.level(x, y).is_some_and(|l| l > 0.0))
+            .map(|(x, y)| self.level(x, y).is_some_and(|(l, patch)| l > 0.0 || patch))
             .collect()
     }
 }
@@ -135,23 +163,24 @@ pub fn render(frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<Rgb
         map.geometry.frame.0,
         map.geometry.frame.1
     );
-    if w < MIN_PANEL {
-        let zoom = MIN_PANEL.div_ceil(w);
-        let size = (w * zoom, h * zoom);
-        let larger = image::imageops::resize(frame, size.0, size.1, image::imageops::FilterType::Nearest);
-        let map = FrameMap {
-            geometry: map.geometry.shown_at(size),
-            ..*map
+    let shown = shown_size(w, h);
+    if shown != (w, h) {
+        let filter = if shown.0 > w {
+            FilterType::Nearest
+        } else {
+            FilterType::Triangle
         };
-        return render(&larger, &map, verdict);
+        let frame = imageops::resize(frame, shown.0, shown.1, filter);
+        return render(&frame, &map.shown_at(shown), verdict);
     }
     let scale = (2 * w / 560).max(1);
     let pad = 4 * scale;
     let line = (text::GLYPH + 4) * scale;
-    let width = 3 * pad + 2 * w;
+    // A sliver of a frame still gets room for its caption and legend.
+    let width = (3 * pad + 2 * w).max(2 * pad + 2 * MIN_PANEL);
     let height = 2 * pad + h + line + legend_height(scale) + pad;
     let mut out = RgbImage::from_pixel(width, height, PAPER);
-    image::imageops::replace(&mut out, frame, pad as i64, pad as i64);
+    imageops::replace(&mut out, frame, pad as i64, pad as i64);
     draw_map(&mut out, frame, map, (2 * pad + w, pad), scale);
     let mut y = 2 * pad + h;
     let ink = if verdict.rejected { REJECT_INK } else { INK };
@@ -163,6 +192,18 @@ pub fn render(frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<Rgb
 
 pub fn save(path: &Path, frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<()> {
     save_image(&render(frame, map, verdict)?, path)
+}
+
+/// The size a `w`×`h` frame is shown at: its own, magnified by whole pixels when narrow (never
+/// beyond [`MAX_PANEL`]), or shrunk to fit [`MAX_PANEL`].
+fn shown_size(w: u32, h: u32) -> (u32, u32) {
+    let longest = w.max(h);
+    if longest > MAX_PANEL {
+        let fit = |side: u32| ((side as u64 * MAX_PANEL as u64 / longest as u64) as u32).max(1);
+        return (fit(w), fit(h));
+    }
+    let zoom = MIN_PANEL.div_ceil(w).min(MAX_PANEL / longest).max(1);
+    (w * zoom, h * zoom)
 }
 
 /// The frame with the map blended over it at `at`; pixels the network does not see are dimmed.
@@ -184,10 +225,10 @@ fn draw_map(out: &mut RgbImage, frame: &RgbImage, map: &FrameMap, at: (u32, u32)
                         || !is_flagged(xi, yi - d)
                         || !is_flagged(xi, yi + d)
                 });
-            let pixel = match map.level(x, y) {
-                _ if outline => OUTLINE,
-                Some(level) => blend(base, colour(level), alpha(level)),
-                None => blend(base, INK, 0.65),
+            let pixel = match (outline, map.level(x, y)) {
+                (true, _) => OUTLINE,
+                (false, Some((level, _))) => blend(base, colour(level), alpha(level)),
+                (false, None) => blend(base, INK, 0.65),
             };
             out.put_pixel(at.0 + x, at.1 + y, pixel);
         }
@@ -283,10 +324,18 @@ mod tests {
         for resize in [Resize::Squash, Resize::CenterCrop] {
             let pre = preprocessor(resize);
             let threshold = 2.0;
-            let view: Vec<f32> = (pre.truth(Some(&mask)).unwrap().iter())
-                .map(|t| if *t { threshold } else { -threshold })
+            // Patches of 2×2 view pixels: +1 threshold on the rectangle, −1 elsewhere.
+            let truth = pre.truth(Some(&mask)).unwrap();
+            let patches: Vec<f32> = (0..112 * 112)
+                .map(|i| {
+                    if truth[(i / 112) * 2 * 224 + (i % 112) * 2] {
+                        threshold
+                    } else {
+                        -threshold
+                    }
+                })
                 .collect();
-            let map = FrameMap::new(&view, pre.geometry(w, h).unwrap(), threshold).unwrap();
+            let map = FrameMap::new(&patches, pre.geometry(w, h).unwrap(), threshold).unwrap();
             let flagged = map.flagged();
             let truth: Vec<bool> = (0..h).flat_map(|y| (0..w).map(move |x| inside(x, y))).collect();
             let both = flagged.iter().zip(&truth).filter(|(f, t)| **f && **t).count();
@@ -306,8 +355,7 @@ mod tests {
     fn the_picture_shows_the_untouched_frame_beside_the_overlay() {
         let frame = RgbImage::from_fn(320, 200, |x, y| Rgb([x as u8, y as u8, 77]));
         let pre = preprocessor(Resize::Squash);
-        let map = vec![1.0; 224 * 224];
-        let map = FrameMap::new(&map, pre.geometry(320, 200).unwrap(), 2.0).unwrap();
+        let map = FrameMap::new(&[1.0; 196], pre.geometry(320, 200).unwrap(), 2.0).unwrap();
         let verdict = Verdict {
             product: "part".into(),
             unknown: false,
@@ -315,7 +363,7 @@ mod tests {
             threshold: 2.0,
             rejected: true,
         };
-        assert_eq!(verdict.caption(), "part: +0.50 (score 3.000, threshold 2.000) REJECT");
+        assert_eq!(verdict.caption(), "REJECT +0.50 (score 3.000, threshold 2.000) part");
         let picture = render(&frame, &map, &verdict).unwrap();
         let pad = 4;
         assert!(picture.width() == 3 * pad + 640 && picture.height() > 200 + 2 * pad);
@@ -324,19 +372,47 @@ mod tests {
         // Every pixel is above the threshold: the outline runs along the overlay's border.
         assert_eq!(*picture.get_pixel(2 * pad + 320, pad + 100), OUTLINE);
         assert_ne!(*picture.get_pixel(2 * pad + 480, pad + 100), OUTLINE);
-        let other = FrameMap::new(&[0.0; 224 * 224], pre.geometry(60, 90).unwrap(), 2.0).unwrap();
+        let other = FrameMap::new(&[0.0; 196], pre.geometry(60, 90).unwrap(), 2.0).unwrap();
         assert!(
             render(&frame, &other, &verdict).is_err(),
             "a map laid out for another frame size"
         );
         // A small frame is magnified by whole pixels.
         let small = image::imageops::crop_imm(&frame, 0, 0, 64, 48).to_image();
-        let map = FrameMap::new(&[1.0; 224 * 224], pre.geometry(64, 48).unwrap(), 2.0).unwrap();
+        let map = FrameMap::new(&[1.0; 196], pre.geometry(64, 48).unwrap(), 2.0).unwrap();
         let picture = render(&small, &map, &verdict).unwrap();
         assert_eq!(picture.width(), 3 * pad + 2 * 256);
         assert_eq!(
             picture.get_pixel(pad + 4 * 10 + 3, pad + 4 * 7 + 1),
             small.get_pixel(10, 7)
         );
+    }
+
+    /// The blur flattens a lone patch's peak below the threshold; the outline still takes the
+    /// patch in, so a part rejected on it shows where.
+    #[test]
+    fn a_lone_patch_above_the_threshold_is_outlined() {
+        let pre = preprocessor(Resize::Squash);
+        let mut patches = vec![-1.0; 196];
+        patches[5 * 14 + 9] = 0.2;
+        let map = FrameMap::new(&patches, pre.geometry(224, 224).unwrap(), 2.0).unwrap();
+        assert!(map.map.iter().all(|v| *v < 0.0), "the blurred map stays below");
+        let flagged = map.flagged();
+        let cell = |x: usize, y: usize| flagged[y * 224 + x];
+        assert!(cell(9 * 16 + 8, 5 * 16 + 8) && !cell(9 * 16 + 8, 4 * 16 + 8));
+        assert_eq!(flagged.iter().filter(|f| **f).count(), 16 * 16);
+    }
+
+    #[test]
+    fn pictures_stay_bounded_whatever_the_frame() {
+        assert_eq!(
+            shown_size(1, 300),
+            (6, 1800),
+            "magnified no further than the longest side allows"
+        );
+        assert_eq!(shown_size(64, 48), (256, 192));
+        assert_eq!(shown_size(8000, 6000), (2048, 1536));
+        assert_eq!(shown_size(5000, 1), (2048, 1));
+        assert_eq!(shown_size(640, 480), (640, 480));
     }
 }

@@ -20,9 +20,7 @@ use super::config::{AuditConfig, Roi};
 use super::pixels::{decode_jpeg, encode_jpeg};
 use crate::alloc::in_frame_pool;
 use crate::backbone::{BackboneMeta, Preprocessor};
-use crate::data::folder::save_image;
 use crate::detect::image_score;
-use crate::detect::map::anomaly_map;
 use crate::render::overlay::{render, FrameMap, Verdict};
 use crate::update::state::{AuditedPart, DeviceState};
 
@@ -93,7 +91,7 @@ impl Auditor {
                     let pre = Preprocessor::new(&meta);
                     let run = run_id();
                     for mut slot in work_rx {
-                        match write_part(&mut slot, &run, &pre, &meta, roi, &mut budget) {
+                        match write_part(&mut slot, &run, &pre, roi, &mut budget) {
                             Ok(saved) => state.audit.lock().unwrap_or_else(|e| e.into_inner()).add(saved),
                             Err(e) => {
                                 error!("audit of frame {}: {e:#}", slot.sequence);
@@ -160,7 +158,6 @@ fn write_part(
     slot: &mut AuditSlot,
     run: &str,
     pre: &Preprocessor,
-    meta: &BackboneMeta,
     roi: Option<Roi>,
     budget: &mut DiskBudget,
 ) -> Result<AuditedPart> {
@@ -178,8 +175,7 @@ fn write_part(
         if !slot.jpeg.is_empty() {
             decode_jpeg(&slot.jpeg, &mut slot.frame)?;
         }
-        let map = anomaly_map(&slot.relative_patches, meta.grid(), meta.input_size);
-        let name = format!("{stem}-heatmap.png");
+        let name = format!("{stem}-heatmap.jpg");
         let heatmap_path = budget.dir.join(&name);
         let frame = slot.frame.dimensions();
         let geometry = match roi {
@@ -193,8 +189,8 @@ fn write_part(
             threshold: slot.threshold,
             rejected: true,
         };
-        let map = FrameMap::new(&map, geometry, slot.threshold)?;
-        save_image(&render(&slot.frame, &map, &verdict)?, &heatmap_path)?;
+        let map = FrameMap::new(&slot.relative_patches, geometry, slot.threshold)?;
+        crate::fsutil::write_atomic(&heatmap_path, &encode_jpeg(&render(&slot.frame, &map, &verdict)?)?)?;
         budget.add(&heatmap_path)?;
         heatmap = Some(name);
     }
