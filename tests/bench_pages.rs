@@ -3,27 +3,22 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 
 use common::browser::{headless, shows_the_json};
 
 fn run_with_pages(dir: &Path, args: &[&str]) -> (serde_json::Value, String) {
-    let (json, html) = (dir.join("out.json"), dir.join("out.html"));
-    let out = Command::new(env!("CARGO_BIN_EXE_ucad"))
-        .args(args)
-        .arg("--backbone")
-        .arg(common::tiny_backbone(dir))
-        .arg("--feature-cache")
-        .arg(dir.join("cache"))
-        .arg("--json")
-        .arg(&json)
-        .arg("--html")
-        .arg(&html)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let backbone = common::tiny_backbone(dir);
+    let cache = dir.join("cache");
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([
+        OsStr::new("--backbone"),
+        backbone.as_os_str(),
+        OsStr::new("--feature-cache"),
+        cache.as_os_str(),
+    ]);
+    let (report, html) = common::ucad_with_reports(dir, &all);
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(!page.contains("<script") && !page.contains("src=\"http"));
     (report, headless(&format!("file://{}", html.display()), &["--dump-dom"]))

@@ -4,11 +4,10 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 
 use common::browser::{headless, shows_the_json};
-use serde_json::Value;
 use ucad::backbone::models::ModelCache;
 use ucad::backbone::Arch;
 use ucad::data::synthetic::{products, SplitCounts};
@@ -32,19 +31,15 @@ fn the_html_report_shows_the_json_reports_numbers() {
             p.name.clone()
         })
         .collect();
-    let (json, html) = (dir.path().join("report.json"), dir.path().join("report.html"));
-    let out = Command::new(env!("CARGO_BIN_EXE_ucad"))
-        .args(["eval", "--data"])
-        .arg(&data)
-        .args(["--tasks", &names.join(",")])
-        .arg("--json")
-        .arg(&json)
-        .arg("--html")
-        .arg(&html)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let tasks = names.join(",");
+    let args = [
+        OsStr::new("eval"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--tasks"),
+        OsStr::new(&tasks),
+    ];
+    let (report, html) = common::ucad_with_reports(dir.path(), &args);
 
     let dom = headless(&format!("file://{}", html.display()), &["--dump-dom"]);
     // 7 headline numbers, oracle and reference (2 each), 10 per task, four triangular matrices.

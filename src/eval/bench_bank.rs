@@ -32,6 +32,20 @@ pub struct Setting {
     pub precision: Precision,
 }
 
+impl Setting {
+    /// `all` or the dims kept.
+    fn dims_label(&self) -> String {
+        match self.dims {
+            0 => "all".into(),
+            dims => dims.to_string(),
+        }
+    }
+
+    fn precision_label(&self) -> String {
+        format!("{:?}", self.precision).to_lowercase()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
     pub setting: Setting,
@@ -140,17 +154,12 @@ pub fn table(tasks: &[String], points: &[Point], budget: usize) -> String {
     let reference = points.first().and_then(Point::mean_auroc).unwrap_or(f64::NAN);
     for p in points {
         let s = p.setting;
-        let dims = if s.dims == 0 {
-            "all".to_string()
-        } else {
-            s.dims.to_string()
-        };
         let _ = write!(
             out,
             "{:>5.1}% {:>5} {:>5} ",
             s.fraction * 100.0,
-            dims,
-            format!("{:?}", s.precision).to_lowercase()
+            s.dims_label(),
+            s.precision_label()
         );
         for auroc in &p.image_auroc {
             let _ = write!(out, "{:>14} ", auroc.map_or("—".into(), |a| format!("{a:.4}")));
@@ -189,16 +198,12 @@ pub fn html(tasks: &[String], points: &[Point], budget: usize, backbone: &Backbo
     body.push_str("<th>mean</th><th>largest task (bytes)</th><th>fits</th></tr>\n");
     for (i, p) in points.iter().enumerate() {
         let s = p.setting;
-        let dims = if s.dims == 0 {
-            "all".to_string()
-        } else {
-            s.dims.to_string()
-        };
         let _ = write!(
             body,
-            "<tr><td>{:.1}%</td><td>{dims}</td><td>{}</td>",
+            "<tr><td>{:.1}%</td><td>{}</td><td>{}</td>",
             s.fraction * 100.0,
-            format!("{:?}", s.precision).to_lowercase()
+            s.dims_label(),
+            s.precision_label()
         );
         for (j, auroc) in p.image_auroc.iter().enumerate() {
             body.push_str(&score_cell(&format!("{i}.image_auroc.{j}"), *auroc, LOW));

@@ -166,3 +166,18 @@ pub fn timing_holds_unless_the_host_steals(attempts: usize, mut attempt: impl Fn
         eprintln!("attempt {count}: {late:?} while the host stole {stolen} ticks; repeating");
     }
 }
+
+/// Runs `ucad ARGS --json J --html H` in `dir`; the JSON report and the page's path.
+pub fn ucad_with_reports(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> (serde_json::Value, std::path::PathBuf) {
+    let (json, html) = (dir.join("report.json"), dir.join("report.html"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ucad"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap(), html)
+}
