@@ -34,7 +34,7 @@ use crate::fit::expected::{expected_at_threshold, Expected};
 use crate::fit::learner::TaskLearner;
 use crate::fit::FitParams;
 use crate::render::html::jpeg_uri;
-use crate::render::overlay::{render, FrameMap, Verdict};
+use crate::render::overlay::{render, render_within, FrameMap, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -467,17 +467,14 @@ fn picture(
     scored: &Scored,
     bound: Option<u32>,
 ) -> Result<RgbImage> {
-    let mut frame = load_rgb(path)?;
+    let frame = load_rgb(path)?;
     let threshold = detector.tasks()[scored.task].threshold;
-    let mut map = FrameMap::new(&scored.patches, pre.geometry(frame.width(), frame.height())?, threshold)?;
-    if let Some(bound) = bound.filter(|b| frame.width().max(frame.height()) > *b) {
-        let longest = frame.width().max(frame.height()) as f64;
-        let fit = |side: u32| ((side as f64 * bound as f64 / longest).round() as u32).max(1);
-        let size = (fit(frame.width()), fit(frame.height()));
-        frame = image::imageops::resize(&frame, size.0, size.1, image::imageops::FilterType::Triangle);
-        map = map.shown_at(size);
+    let map = FrameMap::new(&scored.patches, pre.geometry(frame.width(), frame.height())?, threshold)?;
+    let verdict = scored.verdict(detector);
+    match bound {
+        Some(bound) => render_within(&frame, &map, &verdict, bound),
+        None => render(&frame, &map, &verdict),
     }
-    render(&frame, &map, &scored.verdict(detector))
 }
 
 /// The settings a report states, from the options the run was made with.

@@ -111,7 +111,7 @@ impl FrameMap {
     }
 
     /// The same map over the frame shown at another size.
-    pub fn shown_at(&self, size: (u32, u32)) -> FrameMap {
+    fn shown_at(&self, size: (u32, u32)) -> FrameMap {
         FrameMap {
             map: self.map.clone(),
             patches: self.patches.clone(),
@@ -149,13 +149,18 @@ impl FrameMap {
         let (w, h) = self.geometry.frame;
         (0..h)
             .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| self.level(x, y).is_some_and(|(l, patch)| l > 0.0 || patch))
+            .map(|(x, y)| outlined(self.level(x, y)))
             .collect()
     }
 }
 
 /// The picture: frame | frame with map and outline, caption and legend below.
 pub fn render(frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<RgbImage> {
+    render_within(frame, map, verdict, MAX_PANEL)
+}
+
+/// [`render`] with the frame shown within a `bound`×`bound` square (a thumbnail).
+pub fn render_within(frame: &RgbImage, map: &FrameMap, verdict: &Verdict, bound: u32) -> Result<RgbImage> {
     let (w, h) = frame.dimensions();
     ensure!(
         (w, h) == map.geometry.frame,
@@ -163,7 +168,7 @@ pub fn render(frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<Rgb
         map.geometry.frame.0,
         map.geometry.frame.1
     );
-    let shown = shown_size(w, h);
+    let shown = shown_size(w, h, bound.min(MAX_PANEL));
     if shown != (w, h) {
         let filter = if shown.0 > w {
             FilterType::Nearest
@@ -171,7 +176,7 @@ pub fn render(frame: &RgbImage, map: &FrameMap, verdict: &Verdict) -> Result<Rgb
             FilterType::Triangle
         };
         let frame = imageops::resize(frame, shown.0, shown.1, filter);
-        return render(&frame, &map.shown_at(shown), verdict);
+        return render_within(&frame, &map.shown_at(shown), verdict, bound);
     }
     let scale = (2 * w / 560).max(1);
     let pad = 4 * scale;
@@ -194,45 +199,54 @@ pub fn save(path: &Path, frame: &RgbImage, map: &FrameMap, verdict: &Verdict) ->
     save_image(&render(frame, map, verdict)?, path)
 }
 
-/// The size a `w`×`h` frame is shown at: its own, magnified by whole pixels when narrow (never
-/// beyond [`MAX_PANEL`]), or shrunk to fit [`MAX_PANEL`].
-fn shown_size(w: u32, h: u32) -> (u32, u32) {
+/// The size a `w`×`h` frame is shown at within a `bound`×`bound` square: its own, magnified by
+/// whole pixels when narrower than [`MIN_PANEL`] (never beyond the bound), or shrunk to fit.
+fn shown_size(w: u32, h: u32, bound: u32) -> (u32, u32) {
     let longest = w.max(h);
-    if longest > MAX_PANEL {
-        let fit = |side: u32| ((side as u64 * MAX_PANEL as u64 / longest as u64) as u32).max(1);
+    if longest > bound {
+        let fit = |side: u32| ((side as u64 * bound as u64 / longest as u64) as u32).max(1);
         return (fit(w), fit(h));
     }
-    let zoom = MIN_PANEL.div_ceil(w).min(MAX_PANEL / longest).max(1);
+    let zoom = MIN_PANEL.div_ceil(w).min(bound / longest).max(1);
     (w * zoom, h * zoom)
 }
 
-/// The frame with the map blended over it at `at`; pixels the network does not see are dimmed.
+/// The frame with the map blended over it at `at`, pixels the network does not see dimmed; then
+/// the outline around what [`FrameMap::flagged`] takes in. Each pixel's level is read once.
 fn draw_map(out: &mut RgbImage, frame: &RgbImage, map: &FrameMap, at: (u32, u32), scale: u32) {
-    let flagged = map.flagged();
     let (w, h) = frame.dimensions();
-    let is_flagged = |x: i64, y: i64| {
-        (0..w as i64).contains(&x) && (0..h as i64).contains(&y) && flagged[(y * w as i64 + x) as usize]
-    };
-    let reach = scale as i64 + 1;
+    let mut flagged = Vec::with_capacity((w * h) as usize);
     for y in 0..h {
         for x in 0..w {
+            let level = map.level(x, y);
+            flagged.push(outlined(level));
             let base = frame.get_pixel(x, y);
-            let (xi, yi) = (x as i64, y as i64);
-            let outline = is_flagged(xi, yi)
-                && (1..=reach).any(|d| {
-                    !is_flagged(xi - d, yi)
-                        || !is_flagged(xi + d, yi)
-                        || !is_flagged(xi, yi - d)
-                        || !is_flagged(xi, yi + d)
-                });
-            let pixel = match (outline, map.level(x, y)) {
-                (true, _) => OUTLINE,
-                (false, Some((level, _))) => blend(base, colour(level), alpha(level)),
-                (false, None) => blend(base, INK, 0.65),
+            let pixel = match level {
+                Some((level, _)) => blend(base, colour(level), alpha(level)),
+                None => blend(base, INK, 0.65),
             };
             out.put_pixel(at.0 + x, at.1 + y, pixel);
         }
     }
+    let is_flagged = |x: i64, y: i64| {
+        (0..w as i64).contains(&x) && (0..h as i64).contains(&y) && flagged[(y * w as i64 + x) as usize]
+    };
+    let reach = scale as i64 + 1;
+    for y in 0..h as i64 {
+        for x in 0..w as i64 {
+            let edge = (1..=reach).any(|d| {
+                !is_flagged(x - d, y) || !is_flagged(x + d, y) || !is_flagged(x, y - d) || !is_flagged(x, y + d)
+            });
+            if is_flagged(x, y) && edge {
+                out.put_pixel(at.0 + x as u32, at.1 + y as u32, OUTLINE);
+            }
+        }
+    }
+}
+
+/// Whether the outline takes in a pixel at `level` ([`FrameMap::level`]).
+fn outlined(level: Option<(f32, bool)>) -> bool {
+    level.is_some_and(|(level, patch)| level > 0.0 || patch)
 }
 
 /// The colour bar from −1 to +1 threshold units with its ticks, and what the colours mean.
@@ -406,13 +420,14 @@ mod tests {
     #[test]
     fn pictures_stay_bounded_whatever_the_frame() {
         assert_eq!(
-            shown_size(1, 300),
+            shown_size(1, 300, MAX_PANEL),
             (6, 1800),
             "magnified no further than the longest side allows"
         );
-        assert_eq!(shown_size(64, 48), (256, 192));
-        assert_eq!(shown_size(8000, 6000), (2048, 1536));
-        assert_eq!(shown_size(5000, 1), (2048, 1));
-        assert_eq!(shown_size(640, 480), (640, 480));
+        assert_eq!(shown_size(64, 48, MAX_PANEL), (256, 192));
+        assert_eq!(shown_size(8000, 6000, MAX_PANEL), (2048, 1536));
+        assert_eq!(shown_size(5000, 1, MAX_PANEL), (2048, 1));
+        assert_eq!(shown_size(640, 480, MAX_PANEL), (640, 480));
+        assert_eq!(shown_size(900, 600, 320), (320, 213), "a thumbnail");
     }
 }
