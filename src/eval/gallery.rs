@@ -49,7 +49,7 @@ impl Gallery {
     }
 
     fn holds(self, d: &ImageDecision) -> bool {
-        let defective = d.defect != crate::data::dataset::GOOD;
+        let defective = d.defective();
         match self {
             Gallery::Escapes => defective && !d.rejected,
             Gallery::FalseRejects => !defective && d.rejected && !d.unknown,

@@ -15,6 +15,11 @@ pub(crate) const LOW: f64 = 0.7;
 const UCAD: &str = "#3b82c4";
 const REFERENCE: &str = "#8a96a3";
 
+/// A metric as the page shows it: 3 decimals, `—` when undefined.
+fn metric(value: Option<f64>) -> String {
+    value.map_or("—".into(), |v| format!("{v:.3}"))
+}
+
 pub fn eval_page(report: &Report) -> String {
     let mut body = String::new();
     let _ = writeln!(
@@ -49,11 +54,10 @@ pub fn eval_page(report: &Report) -> String {
 }
 
 fn final_row(body: &mut String, r: &Report) {
-    let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
     let items = [
-        ("final.image_auroc", "image AUROC", f(r.final_.image_auroc)),
-        ("final.pixel_auroc", "pixel AUROC", f(r.final_.pixel_auroc)),
-        ("final.aupro", "AUPRO", f(r.final_.aupro)),
+        ("final.image_auroc", "image AUROC", metric(r.final_.image_auroc)),
+        ("final.pixel_auroc", "pixel AUROC", metric(r.final_.pixel_auroc)),
+        ("final.aupro", "AUPRO", metric(r.final_.aupro)),
         (
             "routing_accuracy",
             "routing accuracy",
@@ -62,7 +66,7 @@ fn final_row(body: &mut String, r: &Report) {
         (
             "forgetting.image_auroc",
             "forgetting (image)",
-            f(r.forgetting.image_auroc),
+            metric(r.forgetting.image_auroc),
         ),
         (
             "bank.bytes_per_task",
@@ -82,7 +86,7 @@ fn final_row(body: &mut String, r: &Report) {
             "<div><div class=\"note\">{label}</div><div class=\"big\" data-key=\"{key}\">{value}</div></div>"
         );
     }
-    let span = |key: &str, v: Option<f64>| format!("<span data-key=\"{key}\">{}</span>", f(v));
+    let span = |key: &str, v: Option<f64>| format!("<span data-key=\"{key}\">{}</span>", metric(v));
     let _ = writeln!(
         body,
         "</div><p class=\"note\">Oracle (task id given): image AUROC {}, AUPRO {}. Upper reference \
@@ -154,7 +158,6 @@ fn per_task_table(body: &mut String, r: &Report) {
          <th>pixel AUROC</th><th>AUPRO</th><th>routing</th><th>unknown</th><th>threshold</th>\
          <th>false rejects</th><th>escapes</th><th>escapes expected</th></tr>\n",
     );
-    let rate = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
     for (i, t) in r.per_task.iter().enumerate() {
         let key = |name: &str| format!("per_task.{i}.{name}");
         let _ = writeln!(
@@ -166,14 +169,14 @@ fn per_task_table(body: &mut String, r: &Report) {
             score_cell(&key("pixel_auroc"), t.pixel_auroc, LOW),
             score_cell(&key("aupro"), t.aupro, LOW),
             score_cell(&key("routing_accuracy"), t.routing_accuracy, LOW),
-            cell(&key("unknown_rate"), &rate(t.unknown_rate)),
+            cell(&key("unknown_rate"), &metric(t.unknown_rate)),
             cell(
                 &key("threshold"),
                 &t.threshold.map_or("—".into(), |v| format!("{v:.4}"))
             ),
-            cell(&key("false_reject_rate"), &rate(t.false_reject_rate)),
-            cell(&key("escape_rate"), &rate(t.escape_rate)),
-            cell(&key("expected_escape_rate"), &rate(t.expected_escape_rate)),
+            cell(&key("false_reject_rate"), &metric(t.false_reject_rate)),
+            cell(&key("escape_rate"), &metric(t.escape_rate)),
+            cell(&key("expected_escape_rate"), &metric(t.expected_escape_rate)),
         );
     }
     body.push_str("</table>\n");
@@ -233,7 +236,7 @@ fn task_section(body: &mut String, r: &Report, i: usize, t: &TaskMetrics) {
     let own: Vec<&ImageDecision> = r.decisions.iter().filter(|d| d.task == t.task).collect();
     let scores = |defective: bool| -> Vec<f32> {
         (own.iter())
-            .filter(|d| (d.defect != crate::data::dataset::GOOD) == defective)
+            .filter(|d| d.defective() == defective)
             .map(|d| d.score_minus_threshold)
             .collect()
     };

@@ -221,6 +221,13 @@ pub struct ImageDecision {
     pub score_minus_threshold: f32,
 }
 
+impl ImageDecision {
+    /// The image shows a defect (its test folder is not `good`).
+    pub fn defective(&self) -> bool {
+        self.defect != crate::data::dataset::GOOD
+    }
+}
+
 impl Report {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
